@@ -1,4 +1,4 @@
-"""The `jaxbp` command line: `jaxbp check` (and later `train`, `bench`)."""
+"""The `jaxbp` command line: `jaxbp train`, `jaxbp check`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -45,9 +46,35 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one line on stderr and exits with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jaxbp._train_job import JobError, run
+
+    try:
+        return run(args)
+    except JobError as err:  # bad input: one line, no traceback
+        print(f"jaxbp train: error: {err}", file=sys.stderr)
+        return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxbp", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="jaxbp", description="Multilayer perceptrons with handwritten back-propagation."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train an MLP (default: digits, manual gradients)")
+    from jaxbp._train_job import add_arguments
+
+    add_arguments(train)
+    train.set_defaults(run=_train)
+
     check = sub.add_parser("check", help="gradient parity grid: manual_grad vs jax.grad")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     check.add_argument("--seed", type=int, default=0)
@@ -56,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"]
     )
     check.set_defaults(run=_check)
+
     args = parser.parse_args(argv)
     return args.run(args)
 

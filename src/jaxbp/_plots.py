@@ -1,0 +1,38 @@
+"""Figures, drawn with matplotlib (the optional `plot` extra), imported only here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend, or a clear ImportError."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError(
+            "figures need matplotlib, which is not installed: pip install 'jaxbp[plot]'."
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def training_curves(history: list[dict[str, Any]], path: str | Path, title: str) -> None:
+    """Loss (train and test) and accuracy or R^2 (test) per epoch, side by side."""
+    plt = pyplot()
+    epochs = [h["epoch"] for h in history]
+    score = "test_accuracy" if "test_accuracy" in history[0] else "test_r2"
+    fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax_loss.plot(epochs, [h["test_loss"] for h in history], label="test")
+    ax_loss.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
+    ax_loss.legend()
+    ax_score.plot(epochs, [h[score] for h in history], color="C1")
+    ax_score.set(xlabel="epoch", ylabel=score.removeprefix("test_"), title=f"test {score[5:]}")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

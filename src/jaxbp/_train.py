@@ -1,0 +1,182 @@
+"""Training: a jitted optax step whose gradient path is a switch, a whole epoch in one
+`lax.scan`, and evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxbp._activations import Activation
+from jaxbp._backprop import backprop
+from jaxbp._losses import OutputActivation
+from jaxbp._mlp import Params, forward_flow, loss_fn
+from jaxbp._validate import check_params, check_x, resolve
+
+Array = jax.Array
+Metrics = dict[str, Array]
+GRADS = ("manual", "autodiff")
+TASKS = ("classification", "regression")
+
+
+def value_and_grad_fn(
+    grad: str, **kw: Any
+) -> Callable[[Params, Array, Array], tuple[Array, Params]]:
+    """`(params, x, y) -> (loss, grads)` by `manual_grad` (eq. 1.4) or by `jax.grad`."""
+    if grad == "manual":
+        return lambda params, x, y: backprop(params, x, y, **kw)[:2]
+    if grad == "autodiff":
+        return jax.value_and_grad(lambda params, x, y: loss_fn(params, x, y, **kw))
+    raise ValueError(f"grad must be one of {list(GRADS)}; got {grad!r}.")
+
+
+def tree_norm(tree: Any) -> Array:
+    """The global L2 norm of a pytree of arrays."""
+    return jnp.sqrt(sum(jnp.sum(leaf * leaf) for leaf in jax.tree.leaves(tree)))
+
+
+def _make_update(
+    optimizer: optax.GradientTransformation, grad: str, kw: dict[str, Any]
+) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "optimizer must be an optax.GradientTransformation such as optax.adam(1e-3); "
+            f"got {type(optimizer).__name__}."
+        )
+    resolve(kw["activation"], kw["loss"], kw["output_activation"], kw["reduction"])  # fail early
+    value_and_grad = value_and_grad_fn(grad, **kw)
+
+    def update(params: Params, opt_state: Any, x: Array, y: Array) -> tuple[Params, Any, Metrics]:
+        value, grads = value_and_grad(params, x, y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {"loss": value, "grad_norm": tree_norm(grads)}
+
+    return update
+
+
+def make_train_step(
+    optimizer: optax.GradientTransformation,
+    *,
+    activation: str | Activation,
+    loss: str,
+    output_activation: str | OutputActivation | None = None,
+    reduction: str = "mean",
+    grad: str = "manual",
+) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
+    """A jitted training step `step(params, opt_state, x, y) -> (params, opt_state, metrics)`.
+
+    `grad="manual"` takes the gradient from `manual_grad` (eq. 1.4), `grad="autodiff"`
+    from `jax.grad`; nothing else differs. `metrics` holds scalars: `loss` (before the
+    update) and `grad_norm` (global L2 norm of the gradient). `params` and `opt_state`
+    are donated: do not reuse the arrays passed in.
+    """
+    kw = dict(
+        activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
+    )
+    return jax.jit(_make_update(optimizer, grad, kw), donate_argnums=(0, 1))
+
+
+def epoch_batches(key: Array, n: int, batch_size: int) -> Array:
+    """Shuffled sample indices for one epoch, `(ceil(n / batch_size), batch_size)`.
+
+    Every sample appears once; when `batch_size` does not divide `n`, the last batch is
+    filled up with the first indices of the same permutation, so every step sees a full
+    batch and `n_steps * batch_size - n` samples appear twice in that epoch.
+    """
+    steps = -(-n // batch_size)
+    perm = jax.random.permutation(key, n)
+    return jnp.concatenate([perm, perm[: steps * batch_size - n]]).reshape(steps, batch_size)
+
+
+def make_train_epoch(
+    optimizer: optax.GradientTransformation,
+    *,
+    activation: str | Activation,
+    loss: str,
+    batch_size: int,
+    output_activation: str | OutputActivation | None = None,
+    reduction: str = "mean",
+    grad: str = "manual",
+) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
+    """One whole epoch compiled into one program:
+    `epoch(params, opt_state, key, x, y) -> (params, opt_state, metrics)`.
+
+    The epoch shuffles `x: (n, n_0)` and `y` with `key`, cuts them into
+    `ceil(n / batch_size)` minibatches (see `epoch_batches` for the last one) and runs
+    the step of `make_train_step` on each inside `jax.lax.scan`. `metrics` holds the
+    per-step `loss` and `grad_norm`, each `(n_steps,)`. `params` and `opt_state` are
+    donated.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+    kw = dict(
+        activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
+    )
+    update = _make_update(optimizer, grad, kw)
+
+    def epoch(
+        params: Params, opt_state: Any, key: Array, x: Array, y: Array
+    ) -> tuple[Params, Any, Metrics]:
+        n = x.shape[0]
+        if n < batch_size:
+            raise ValueError(
+                f"x holds {n} samples, fewer than one batch (batch_size={batch_size}); "
+                "use a smaller batch_size."
+            )
+
+        def body(carry: tuple[Params, Any], idx: Array) -> tuple[tuple[Params, Any], Metrics]:
+            params, opt_state, metrics = update(*carry, x[idx], y[idx])
+            return (params, opt_state), metrics
+
+        (params, opt_state), metrics = jax.lax.scan(
+            body, (params, opt_state), epoch_batches(key, n, batch_size)
+        )
+        return params, opt_state, metrics
+
+    return jax.jit(epoch, donate_argnums=(0, 1))
+
+
+def evaluate(
+    params: Params,
+    x: Array,
+    y: Array,
+    *,
+    activation: str | Activation,
+    loss: str,
+    output_activation: str | OutputActivation | None = None,
+    task: str | None = None,
+) -> Metrics:
+    """Mean loss on `(x, y)`, and `accuracy` (classification) or `r2` (regression).
+
+    `task` defaults to "classification" for the cross-entropies and "regression" for
+    "mse". Accuracy takes the argmax of the output (softmax or several units with
+    one-hot or label targets) or thresholds each unit at 1/2 (binary cross-entropy or a
+    single output unit); `r2` is
+    `1 - sum (y - y_hat)^2 / sum (y - mean y)^2` over all outputs.
+    """
+    setup = resolve(activation, loss, output_activation, "mean")
+    task = task or ("regression" if setup.loss.name == "mse" else "classification")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {list(TASKS)}; got {task!r}.")
+    sizes = check_params(params)
+    x = check_x(x, sizes)
+    y = jnp.asarray(y)
+    value = loss_fn(
+        params, x, y, activation=activation, loss=loss, output_activation=output_activation
+    )
+    y_hat = forward_flow(params, x, setup.hidden, setup.output)[1][-1]
+    if task == "regression":
+        y = y.reshape(y_hat.shape).astype(y_hat.dtype)
+        ss_res = jnp.sum((y - y_hat) ** 2)
+        ss_tot = jnp.sum((y - jnp.mean(y, axis=0, keepdims=True)) ** 2)
+        return {"loss": value, "r2": 1 - ss_res / ss_tot}
+    if setup.loss.name == "binary_cross_entropy" or y_hat.shape[1] == 1:
+        correct = (y_hat > 0.5) == (y.reshape(y_hat.shape) > 0.5)  # each unit a yes/no
+    else:
+        labels = y if y.ndim == 1 else jnp.argmax(y, axis=1)
+        correct = jnp.argmax(y_hat, axis=1) == labels
+    return {"loss": value, "accuracy": jnp.mean(correct)}

@@ -1,0 +1,145 @@
+"""Built-in datasets and a user's files: contents, standardisation, and every load error."""
+
+import re
+
+import numpy as np
+import pytest
+from sklearn import datasets as sk
+
+from jaxbp import datasets
+
+
+@pytest.mark.parametrize("name", sorted(datasets.INFO))
+def test_builtin_shapes_and_standardisation(name):
+    d = datasets.load(name, seed=3)
+    info = datasets.INFO[name]
+    n = d.x_train.shape[0] + d.x_test.shape[0]
+    assert d.x_test.shape[0] == round(0.2 * n)
+    assert d.x_train.dtype == np.float32 and d.y_train.shape == (d.x_train.shape[0],)
+    x = np.asarray(d.x_train, np.float64)
+    varying = x.std(0) > 0
+    np.testing.assert_allclose(x.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(x.std(0)[varying], 1, rtol=1e-4)
+    if info.task == "classification":
+        classes = np.unique(np.asarray(d.y_train))
+        assert classes.tolist() == list(range(max(info.n_outputs, 2)))
+
+
+def test_split_uses_training_statistics_only():
+    raw, labels = sk.load_digits(return_X_y=True)
+    d = datasets.load("digits", seed=5)
+    order = np.random.default_rng(5).permutation(len(raw))
+    train, test = order[359:], order[:359]  # round(0.2 * 1797) = 359
+    std = raw[train].std(0)
+    std[std == 0] = 1
+    want = (raw[test] - raw[train].mean(0)) / std
+    np.testing.assert_allclose(d.x_test, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(d.y_test, labels[test])
+    assert abs(float(np.asarray(d.x_test).mean())) > 1e-4  # test statistics were not used
+
+
+def test_synthetic_labels():
+    d = datasets.load("xor", seed=0)
+    x, y = np.asarray(d.x_train), np.asarray(d.y_train)
+    # Standardising keeps the signs of these centred uniform features.
+    assert np.mean((x[:, 0] * x[:, 1] > 0) == (y == 1)) > 0.97
+    for name in ("moons", "spirals"):
+        y = np.asarray(datasets.load(name).y_train)
+        assert 0.4 < y.mean() < 0.6
+
+
+def test_seed_changes_the_split():
+    a, b = datasets.load("breast_cancer", seed=0), datasets.load("breast_cancer", seed=1)
+    assert not np.array_equal(a.y_test, b.y_test)
+    np.testing.assert_array_equal(a.x_train, datasets.load("breast_cancer", seed=0).x_train)
+
+
+def write_csv(tmp_path, text, name="data.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_csv_and_npz_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 3))
+    y = (x[:, 0] > 0).astype(int) + 3  # classes 3 and 4: remapped to 0 and 1
+    rows = "\n".join(",".join(f"{v:.17g}" for v in (*r, t)) for r, t in zip(x, y))
+    data_csv, info_csv = datasets.load_file(
+        write_csv(tmp_path, "a,b,c,label\n" + rows + "\n"), target="label"
+    )
+    np.savez(tmp_path / "data.npz", x=x, y=y)
+    data_npz, info_npz = datasets.load_file(tmp_path / "data.npz")
+    assert info_csv == info_npz == datasets.DatasetInfo("classification", "binary_cross_entropy", 1)
+    for a, b in zip(data_csv, data_npz):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert set(np.unique(np.asarray(data_csv.y_train))) == {0.0, 1.0}
+
+
+def test_task_inference(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 2))
+    cases = {
+        "multi": (np.arange(60) % 5, datasets.DatasetInfo("classification", "cross_entropy", 5)),
+        "real": (rng.normal(size=60), datasets.DatasetInfo("regression", "mse", 1)),
+        "many-integers": (np.arange(60), datasets.DatasetInfo("regression", "mse", 1)),
+    }
+    for name, (y, want) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y)
+        assert datasets.load_file(tmp_path / f"{name}.npz")[1] == want, name
+
+
+CSV_ERRORS = [
+    ("a,b,y\n1,2,0\n1,x,1\n", "y", "data.csv: line 3, column 'b': 'x' is not a number"),
+    ("a,b,y\n1,2,0\n1,nan,1\n", "y", "line 3, column 'b': 'nan' is not a finite number"),
+    ("a,b,y\n1,2,0\ninf,2,1\n", "y", "line 3, column 'a': 'inf' is not a finite number"),
+    ("a,b,y\n1,2,0\n1,2\n", "y", "line 3 has 2 cells; the header has 3"),
+    ("a,b,y\n1,2,0\n3,4,1\n", "label", "no target column 'label'; columns are ['a', 'b', 'y']"),
+    ("a,b,y\n1,2,0\n3,4,1\n", None, "name the target column of a CSV file (--target)"),
+    ("a,b,y\n1,2,1\n3,4,1\n", "y", "the target has one class (1) only"),
+    ("", "y", "empty CSV file"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "target", "fragment"),
+    CSV_ERRORS,
+    ids=[
+        "non-numeric",
+        "nan",
+        "inf",
+        "short-row",
+        "missing-target",
+        "no-target",
+        "one-class",
+        "empty",
+    ],
+)
+def test_csv_errors(tmp_path, text, target, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        datasets.load_file(write_csv(tmp_path, text), target=target)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ValueError, match="no such data file"):
+        datasets.load_file(tmp_path / "missing.csv", target="y")
+    (tmp_path / "data.txt").write_text("1,2\n")
+    with pytest.raises(ValueError, match=r"must be \.npz"):
+        datasets.load_file(tmp_path / "data.txt")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match=r"bad\.npz: not a readable \.npz file"):
+        datasets.load_file(tmp_path / "bad.npz")
+    np.savez(tmp_path / "keys.npz", features=np.ones((3, 2)), y=np.ones(3))
+    with pytest.raises(ValueError, match=r"needs arrays 'x' and 'y'; found \['features', 'y'\]"):
+        datasets.load_file(tmp_path / "keys.npz")
+    np.savez(tmp_path / "nan.npz", x=np.array([[1.0, np.nan], [2.0, 3.0]]), y=np.array([0, 1]))
+    with pytest.raises(ValueError, match=r"x\[0, 1\] is nan, not a finite number"):
+        datasets.load_file(tmp_path / "nan.npz")
+    np.savez(tmp_path / "shape.npz", x=np.ones(3), y=np.ones(3))
+    with pytest.raises(ValueError, match=r"x must be \(n, features\)"):
+        datasets.load_file(tmp_path / "shape.npz")
+
+
+def test_unknown_dataset():
+    with pytest.raises(ValueError, match=r"dataset must be one of \['breast_cancer'.*got 'mnist'"):
+        datasets.load("mnist")

@@ -1,0 +1,154 @@
+"""`jaxbp train`: outputs, resume, refusal of damaged checkpoints, divergence, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxbp._cli import main
+
+SMALL = ["--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
+
+
+def run(capsys, *args):
+    try:
+        code = main(["train", *args])
+    except SystemExit as exit_:  # argparse's own exit
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_outputs(tmp_path, capsys):
+    code, out, err = run(capsys, *SMALL, "--epochs", "3", "--out", str(tmp_path))
+    assert code == 0, err
+    assert "accuracy" in out and "parity passed" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.jaxbp",
+        "curves.png",
+        "metrics.jsonl",
+        "summary.json",
+    ]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert {
+        "dataset",
+        "grad",
+        "epochs",
+        "seconds",
+        "train_loss",
+        "test_loss",
+        "test_accuracy",
+        "parity_max_rel_err",
+    } <= set(summary)
+    assert summary["test_loss"] == lines[-1]["test_loss"] and summary["parity_max_rel_err"] < 1e-5
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_default_run_prints_progress_and_parity(tmp_path, capsys):
+    code, out, err = run(capsys, "--dataset", "moons", "--hidden", "8", "--epochs", "2")
+    assert code == 0
+    assert "parity before training: worst rel err" in out and "parity after training" in out
+    assert "epoch 2/2" in err and "samples/s" in err
+
+
+def metrics_without_timing(path):
+    timing = {"seconds", "samples_per_s"}
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in timing}
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_resume_is_bit_identical(tmp_path, capsys):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run(capsys, *SMALL, "--epochs", "4", "--out", str(straight))[0] == 0
+    assert run(capsys, *SMALL, "--epochs", "2", "--out", str(split))[0] == 0
+    assert run(capsys, *SMALL, "--epochs", "4", "--out", str(split), "--resume")[0] == 0
+    assert metrics_without_timing(straight / "metrics.jsonl") == metrics_without_timing(
+        split / "metrics.jsonl"
+    )
+    assert (straight / "checkpoint.jaxbp").read_bytes() == (split / "checkpoint.jaxbp").read_bytes()
+
+
+def test_resume_refuses_damaged_or_mismatched_checkpoints(tmp_path, capsys):
+    assert run(capsys, *SMALL, "--epochs", "1", "--out", str(tmp_path))[0] == 0
+    ckpt = tmp_path / "checkpoint.jaxbp"
+    good = ckpt.read_bytes()
+
+    ckpt.write_bytes(good[: len(good) // 2])
+    code, _, err = run(capsys, *SMALL, "--epochs", "2", "--out", str(tmp_path), "--resume")
+    assert code == 2 and "checksum mismatch" in err and "refusing" in err
+    assert ckpt.read_bytes() == good[: len(good) // 2], "a damaged checkpoint must not be replaced"
+
+    ckpt.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    assert "checksum mismatch" in run(capsys, *SMALL, "--out", str(tmp_path), "--resume")[2]
+    ckpt.write_bytes(b"garbage")
+    assert "not a jaxbp checkpoint" in run(capsys, *SMALL, "--out", str(tmp_path), "--resume")[2]
+
+    ckpt.write_bytes(good)
+    code, _, err = run(capsys, *SMALL, "--hidden", "9", "--out", str(tmp_path), "--resume")
+    assert code == 2 and "settings differ" in err and "hidden" in err
+    code, _, err = run(capsys, *SMALL, "--out", str(tmp_path / "none"), "--resume")
+    assert code == 2 and "no checkpoint" in err
+
+
+def test_divergence_stops_with_a_message(tmp_path, capsys):
+    args = ["--dataset", "diabetes", "--hidden", "16", "--optimizer", "sgd", "--quiet"]
+    assert run(capsys, *args, "--epochs", "1", "--lr", "1e-3", "--out", str(tmp_path))[0] == 0
+    good = (tmp_path / "checkpoint.jaxbp").read_bytes()
+    code, _, err = run(
+        capsys, *args, "--epochs", "3", "--lr", "1e30", "--out", str(tmp_path), "--resume"
+    )
+    assert code == 1
+    assert "at epoch 2, step" in err and "the last good checkpoint (epoch 1) is kept" in err
+    assert (tmp_path / "checkpoint.jaxbp").read_bytes() == good
+
+
+def test_user_csv(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    rows = "\n".join(f"{a},{b},{c},{int(a + b > 0)}" for a, b, c in x)
+    (tmp_path / "d.csv").write_text("a,b,c,label\n" + rows + "\n")
+    code, out, err = run(
+        capsys, "--data", str(tmp_path / "d.csv"), "--target", "label", "--epochs", "30", "--quiet"
+    )
+    assert code == 0, err
+    test_accuracy = float(out.splitlines()[-2].split()[-1])
+    assert test_accuracy > 0.9
+
+
+BAD = [
+    (["--dataset", "mnist"], "argument --dataset: invalid choice: 'mnist'"),
+    (["--activation", "swish"], "argument --activation: invalid choice"),
+    (["--hidden", "0,5"], "argument --hidden: expected comma-separated positive widths"),
+    (["--hidden", "abc"], "argument --hidden: expected comma-separated positive widths"),
+    (["--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
+    (["--lr", "nan"], "argument --lr: expected a positive number"),
+    (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+    (["--batch-size", "-3"], "argument --batch-size: expected a positive integer, got '-3'"),
+    (["--grad", "numeric"], "argument --grad: invalid choice"),
+    (["--data", "/nonexistent/d.csv", "--target", "y"], "/nonexistent/d.csv: no such data file"),
+    (["--dataset", "diabetes", "--loss", "cross_entropy"], "does not fit a regression target"),
+    (
+        ["--dataset", "digits", "--loss", "binary_cross_entropy"],
+        "needs two classes; this data has 10",
+    ),
+    (["--dataset", "xor", "--batch-size", "5000"], "fewer than one batch (--batch-size 5000)"),
+    (["--target", "y"], "--target names the label column"),
+]
+
+
+@pytest.mark.parametrize(("args", "fragment"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_and_status_2(capsys, args, fragment):
+    code, _, err = run(capsys, *args)
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_malformed_data_file(tmp_path, capsys):
+    (tmp_path / "d.csv").write_text("a,y\n1,0\nzz,1\n")
+    code, _, err = run(capsys, "--data", str(tmp_path / "d.csv"), "--target", "y")
+    assert code == 2 and "line 3, column 'a': 'zz' is not a number" in err
