@@ -99,6 +99,11 @@ def check_parity(
       random unit direction against central differences in float64 (needs
       `jax_enable_x64`); the error is `|fd - <g, v>| / ||g||`, bounded by `FD_RTOL`.
     - `key`: for the random directions (default `jax.random.key(0)`).
+
+    Relative errors measure disagreement, and both paths round. In float32 a leaf whose
+    gradient is a sum of nearly cancelling terms (the output bias of a well-trained
+    network, where y_hat is close to y for most samples) can disagree by more than 1e-5
+    with neither path wrong; cast to float64 for a strict verdict, as `jaxbp train` does.
     """
     if finite_differences and not jax.config.jax_enable_x64:
         raise ValueError(
