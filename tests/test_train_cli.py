@@ -154,3 +154,23 @@ def test_malformed_data_file(tmp_path, capsys):
     (tmp_path / "d.csv").write_text("a,y\n1,0\nzz,1\n")
     code, _, err = run(capsys, "--data", str(tmp_path / "d.csv"), "--target", "y")
     assert code == 2 and "line 3, column 'a': 'zz' is not a number" in err
+
+
+def test_diagnostics_logged_and_plotted(tmp_path, capsys):
+    args = ["--dataset", "xor", "--hidden", "8,8", "--activation", "sigmoid", "--epochs", "2"]
+    code, _, err = run(capsys, *args, "--diagnostics", "--out", str(tmp_path))
+    assert code == 0
+    assert err.count("||delta_l||") == 2 and "saturated" in err
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines[-1]["delta_norm"]) == 3 and len(lines[-1]["saturated"]) == 2
+    assert all(v > 0 for v in lines[-1]["grad_W_norm"])
+    assert (tmp_path / "diagnostics.png").read_bytes().startswith(b"\x89PNG")
+    code, _, err = run(capsys, *args, "--diagnostics", "--grad", "autodiff")
+    assert code == 2 and "use --grad manual" in err
+
+
+def test_devices(capsys):
+    assert run(capsys, *SMALL, "--epochs", "1", "--devices", "1")[0] == 0
+    code, _, err = run(capsys, *SMALL, "--devices", "4")
+    assert code == 2 and "only 1 cpu device(s) available" in err
+    assert "XLA_FLAGS=--xla_force_host_platform_device_count=4" in err

@@ -10,6 +10,7 @@ Index alphabet for the shapes below: `n` batch, `l` layer (1..L), `n_l` width of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -37,6 +38,26 @@ class Trace(NamedTuple):
     delta: tuple[Array, ...]
 
 
+def backward_flow(
+    params: Params, z: Sequence[Array], a: Sequence[Array], hidden: Activation, delta_L: Array
+) -> tuple[list[dict[str, Array]], list[Array]]:
+    """Eqs. 1.4 then 1.3 from the source `delta_L: (batch, n_L)`: `(grads, [delta_1..delta_L])`.
+
+    `z` holds at least `(z_1, ..., z_{L-1})` and `a` at least `(a_0, ..., a_{L-1})`, the
+    stored forward flow. Started from a loss's output delta this is the gradient; started
+    from any cotangent of `z_L` it is the MLP's vector-Jacobian product (`jaxbp.mlp`,
+    `jaxbp.gnvp`). `grads` are in the dtype of the flows.
+    """
+    delta = [delta_L]
+    for l in reversed(range(len(params) - 1)):  # eq. 1.4, from layer L-1 down to 1
+        delta.insert(0, hidden.backward(z[l], a[l + 1], delta[0] @ params[l + 1]["W"].T))
+    grads = [
+        {"W": a[l].T @ delta[l], "b": jnp.sum(delta[l], axis=0)}  # eq. 1.3
+        for l in range(len(params))
+    ]
+    return grads, delta
+
+
 def backprop(
     params: Params,
     x: Array,
@@ -60,14 +81,9 @@ def backprop(
     scale = 1 / x.shape[0] if reduction == "mean" else 1
 
     value = scale * jnp.sum(setup.loss.value(z[-1], a[-1], y))
-    delta = [scale * setup.loss.delta(z[-1], a[-1], y, setup.output)]  # delta_L
-    for l in reversed(range(len(params) - 1)):  # eq. 1.4, from layer L-1 down to 1
-        delta.insert(0, setup.hidden.backward(z[l], a[l + 1], delta[0] @ params[l + 1]["W"].T))
-    grads = [
-        {"W": _like(a[l].T @ delta[l], p["W"]), "b": _like(jnp.sum(delta[l], axis=0), p["b"])}
-        for l, p in enumerate(params)  # eq. 1.3
-    ]
-    return value, grads, Trace(tuple(z), tuple(a), tuple(delta))
+    delta_L = scale * setup.loss.delta(z[-1], a[-1], y, setup.output)
+    grads, delta = backward_flow(params, z, a, setup.hidden, delta_L)
+    return value, cast_like(grads, params), Trace(tuple(z), tuple(a), tuple(delta))
 
 
 def manual_grad(
@@ -97,5 +113,10 @@ def manual_grad(
     )[1]
 
 
-def _like(g: Array, leaf: Any) -> Array:
-    return g.astype(jnp.result_type(leaf))
+def cast_like(tree: Any, params: Params) -> Params:
+    """`tree`'s leaves in the pytree structure and leaf dtypes of `params` (as `jax.grad`)."""
+    leaves = [
+        jnp.asarray(g).astype(jnp.result_type(p))
+        for g, p in zip(jax.tree.leaves(tree), jax.tree.leaves(params), strict=True)
+    ]
+    return jax.tree.unflatten(jax.tree.structure(params), leaves)

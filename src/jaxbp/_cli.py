@@ -1,4 +1,4 @@
-"""The `jaxbp` command line: `jaxbp train`, `jaxbp check`."""
+"""The `jaxbp` command line: `jaxbp train`, `jaxbp check`, `jaxbp bench`."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -63,6 +64,16 @@ def _train(args: argparse.Namespace) -> int:
         return 2
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from jaxbp import _bench
+
+    result = _bench.run(args.configs, args.reps)
+    print(_bench.markdown(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(
         prog="jaxbp", description="Multilayer perceptrons with handwritten back-propagation."
@@ -83,6 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"]
     )
     check.set_defaults(run=_check)
+
+    from jaxbp._bench import CONFIGS
+
+    bench = sub.add_parser("bench", help="training-step speed: manual_grad vs jax.grad")
+    bench.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    bench.add_argument("--reps", type=int, default=200, help="timed steps for the small config")
+    bench.add_argument("--json", type=Path, help="also write the numbers here")
+    bench.set_defaults(run=_bench)
 
     args = parser.parse_args(argv)
     return args.run(args)

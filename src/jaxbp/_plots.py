@@ -36,3 +36,24 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, title: str)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def backward_flow(history: list[dict[str, Any]], path: str | Path, title: str) -> None:
+    """Per-layer ||delta_l|| and fraction of saturated hidden units, per epoch."""
+    plt = pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_delta, ax_sat) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for l in range(len(history[0]["delta_norm"])):
+        ax_delta.plot(epochs, [h["delta_norm"][l] for h in history], label=f"layer {l + 1}")
+    ax_delta.set(
+        xlabel="epoch", ylabel="||delta_l||", yscale="log", title="backward flow (eq. 1.4)"
+    )
+    ax_delta.legend(fontsize=7)
+    for l in range(len(history[0]["saturated"])):
+        ax_sat.plot(epochs, [h["saturated"][l] for h in history], label=f"layer {l + 1}")
+    ax_sat.set(xlabel="epoch", ylabel="fraction", ylim=(0, 1), title="saturated hidden units")
+    ax_sat.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

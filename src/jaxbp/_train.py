@@ -10,10 +10,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbp._activations import Activation
+from jaxbp._activations import Activation, get_activation
 from jaxbp._backprop import backprop
+from jaxbp._diagnostics import backward_flow_stats
 from jaxbp._losses import OutputActivation
 from jaxbp._mlp import Params, forward_flow, loss_fn
+from jaxbp._sharding import Mesh, data_parallel
 from jaxbp._validate import check_params, check_x, resolve
 
 Array = jax.Array
@@ -23,14 +25,27 @@ TASKS = ("classification", "regression")
 
 
 def value_and_grad_fn(
-    grad: str, **kw: Any
-) -> Callable[[Params, Array, Array], tuple[Array, Params]]:
-    """`(params, x, y) -> (loss, grads)` by `manual_grad` (eq. 1.4) or by `jax.grad`."""
-    if grad == "manual":
-        return lambda params, x, y: backprop(params, x, y, **kw)[:2]
+    grad: str, diagnostics: bool = False, **kw: Any
+) -> Callable[[Params, Array, Array], tuple[Array, Params, Metrics]]:
+    """`(params, x, y) -> (loss, grads, extra metrics)` by `manual_grad` (eq. 1.4) or by
+    `jax.grad`; with `diagnostics`, the extra metrics describe the backward flow."""
+    if grad not in GRADS:
+        raise ValueError(f"grad must be one of {list(GRADS)}; got {grad!r}.")
+    if diagnostics and grad != "manual":
+        raise ValueError(
+            "diagnostics=True reads the backward flow delta_l that manual_grad keeps and "
+            "jax.grad does not expose; use grad='manual'."
+        )
     if grad == "autodiff":
-        return jax.value_and_grad(lambda params, x, y: loss_fn(params, x, y, **kw))
-    raise ValueError(f"grad must be one of {list(GRADS)}; got {grad!r}.")
+        value_and_grad = jax.value_and_grad(lambda params, x, y: loss_fn(params, x, y, **kw))
+        return lambda params, x, y: (*value_and_grad(params, x, y), {})
+    hidden = get_activation(kw["activation"])
+
+    def manual(params: Params, x: Array, y: Array) -> tuple[Array, Params, Metrics]:
+        value, grads, trace = backprop(params, x, y, **kw)
+        return value, grads, backward_flow_stats(trace, grads, hidden) if diagnostics else {}
+
+    return manual
 
 
 def tree_norm(tree: Any) -> Array:
@@ -39,7 +54,7 @@ def tree_norm(tree: Any) -> Array:
 
 
 def _make_update(
-    optimizer: optax.GradientTransformation, grad: str, kw: dict[str, Any]
+    optimizer: optax.GradientTransformation, grad: str, diagnostics: bool, kw: dict[str, Any]
 ) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
@@ -47,13 +62,13 @@ def _make_update(
             f"got {type(optimizer).__name__}."
         )
     resolve(kw["activation"], kw["loss"], kw["output_activation"], kw["reduction"])  # fail early
-    value_and_grad = value_and_grad_fn(grad, **kw)
+    value_and_grad = value_and_grad_fn(grad, diagnostics, **kw)
 
     def update(params: Params, opt_state: Any, x: Array, y: Array) -> tuple[Params, Any, Metrics]:
-        value, grads = value_and_grad(params, x, y)
+        value, grads, extra = value_and_grad(params, x, y)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": value, "grad_norm": tree_norm(grads)}
+        return params, opt_state, {"loss": value, "grad_norm": tree_norm(grads), **extra}
 
     return update
 
@@ -66,18 +81,40 @@ def make_train_step(
     output_activation: str | OutputActivation | None = None,
     reduction: str = "mean",
     grad: str = "manual",
+    diagnostics: bool = False,
+    mesh: Mesh | None = None,
 ) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
     """A jitted training step `step(params, opt_state, x, y) -> (params, opt_state, metrics)`.
 
-    `grad="manual"` takes the gradient from `manual_grad` (eq. 1.4), `grad="autodiff"`
-    from `jax.grad`; nothing else differs. `metrics` holds scalars: `loss` (before the
-    update) and `grad_norm` (global L2 norm of the gradient). `params` and `opt_state`
-    are donated: do not reuse the arrays passed in.
+    - `grad="manual"` takes the gradient from `manual_grad` (eq. 1.4), `grad="autodiff"`
+      from `jax.grad`; nothing else differs.
+    - `metrics`: `loss` (before the update) and `grad_norm` (global L2 norm of the
+      gradient), scalars; with `diagnostics=True` (manual only) also the backward flow of
+      `backward_flow_stats`, per layer, read from the same single backward pass.
+    - `mesh`: a `jax.sharding.Mesh` whose first axis carries the batch: `x` and `y` are
+      split over it, parameters and optimizer state replicated, and XLA reduces the
+      gradient across devices (see `data_parallel`). `None`: one device.
+
+    `params` and `opt_state` are donated: do not reuse the arrays passed in.
     """
     kw = dict(
         activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
     )
-    return jax.jit(_make_update(optimizer, grad, kw), donate_argnums=(0, 1))
+    update = _make_update(optimizer, grad, diagnostics, kw)
+    if mesh is None:
+        return jax.jit(update, donate_argnums=(0, 1))
+    shard = data_parallel(mesh)
+
+    def sharded(params: Params, opt_state: Any, x: Array, y: Array) -> tuple[Params, Any, Metrics]:
+        shard.check_batch(x.shape[0], "the batch")  # at trace time, before XLA's own check
+        return update(params, opt_state, shard.constrain_batch(x), shard.constrain_batch(y))
+
+    return jax.jit(
+        sharded,
+        donate_argnums=(0, 1),
+        in_shardings=(shard.replicated, shard.replicated, None, None),
+        out_shardings=shard.replicated,
+    )
 
 
 def epoch_batches(key: Array, n: int, batch_size: int) -> Array:
@@ -92,31 +129,17 @@ def epoch_batches(key: Array, n: int, batch_size: int) -> Array:
     return jnp.concatenate([perm, perm[: steps * batch_size - n]]).reshape(steps, batch_size)
 
 
-def make_train_epoch(
+def _make_epoch(
     optimizer: optax.GradientTransformation,
-    *,
-    activation: str | Activation,
-    loss: str,
     batch_size: int,
-    output_activation: str | OutputActivation | None = None,
-    reduction: str = "mean",
-    grad: str = "manual",
+    grad: str,
+    diagnostics: bool,
+    kw: dict[str, Any],
+    constrain: Callable[[Array], Array] = lambda v: v,
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
-    """One whole epoch compiled into one program:
-    `epoch(params, opt_state, key, x, y) -> (params, opt_state, metrics)`.
-
-    The epoch shuffles `x: (n, n_0)` and `y` with `key`, cuts them into
-    `ceil(n / batch_size)` minibatches (see `epoch_batches` for the last one) and runs
-    the step of `make_train_step` on each inside `jax.lax.scan`. `metrics` holds the
-    per-step `loss` and `grad_norm`, each `(n_steps,)`. `params` and `opt_state` are
-    donated.
-    """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
-    kw = dict(
-        activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
-    )
-    update = _make_update(optimizer, grad, kw)
+    update = _make_update(optimizer, grad, diagnostics, kw)
 
     def epoch(
         params: Params, opt_state: Any, key: Array, x: Array, y: Array
@@ -128,16 +151,84 @@ def make_train_epoch(
                 "use a smaller batch_size."
             )
 
-        def body(carry: tuple[Params, Any], idx: Array) -> tuple[tuple[Params, Any], Metrics]:
-            params, opt_state, metrics = update(*carry, x[idx], y[idx])
+        def body(carry: tuple[Params, Any], batch: tuple[Array, Array]) -> tuple[Any, Metrics]:
+            x_b, y_b = batch
+            params, opt_state, metrics = update(*carry, constrain(x_b), constrain(y_b))
             return (params, opt_state), metrics
 
-        (params, opt_state), metrics = jax.lax.scan(
-            body, (params, opt_state), epoch_batches(key, n, batch_size)
-        )
+        # One gather of the whole shuffled epoch up front: the scan then reads contiguous
+        # batches, which is cheaper than a gather inside every step.
+        idx = epoch_batches(key, n, batch_size)
+        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), (x[idx], y[idx]))
         return params, opt_state, metrics
 
-    return jax.jit(epoch, donate_argnums=(0, 1))
+    return epoch
+
+
+def make_train_epoch(
+    optimizer: optax.GradientTransformation,
+    *,
+    activation: str | Activation,
+    loss: str,
+    batch_size: int,
+    output_activation: str | OutputActivation | None = None,
+    reduction: str = "mean",
+    grad: str = "manual",
+    diagnostics: bool = False,
+    mesh: Mesh | None = None,
+) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
+    """One whole epoch compiled into one program:
+    `epoch(params, opt_state, key, x, y) -> (params, opt_state, metrics)`.
+
+    The epoch shuffles `x: (n, n_0)` and `y` with `key`, cuts them into
+    `ceil(n / batch_size)` minibatches (see `epoch_batches` for the last one) and runs
+    the step of `make_train_step` on each inside `jax.lax.scan`. `metrics` holds each
+    step's metrics stacked along a leading `(n_steps,)` axis. With `mesh`, the whole
+    dataset is replicated and each minibatch split over the mesh's first axis.
+    `params` and `opt_state` are donated.
+    """
+    kw = dict(
+        activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
+    )
+    if mesh is None:
+        return jax.jit(
+            _make_epoch(optimizer, batch_size, grad, diagnostics, kw), donate_argnums=(0, 1)
+        )
+    shard = data_parallel(mesh)
+    shard.check_batch(batch_size, "batch_size")
+    epoch = _make_epoch(optimizer, batch_size, grad, diagnostics, kw, shard.constrain_batch)
+    return jax.jit(
+        epoch,
+        donate_argnums=(0, 1),
+        in_shardings=(shard.replicated,) * 5,
+        out_shardings=shard.replicated,
+    )
+
+
+def make_train_sweep(
+    optimizer: optax.GradientTransformation,
+    *,
+    activation: str | Activation,
+    loss: str,
+    batch_size: int,
+    output_activation: str | OutputActivation | None = None,
+    reduction: str = "mean",
+    grad: str = "manual",
+) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
+    """N models trained for one epoch each in one compiled program (`jax.vmap` of the
+    epoch of `make_train_epoch`): `sweep(params, opt_state, keys, x, y)`.
+
+    `params`, `opt_state` and `keys` carry a leading model axis `(N, ...)` (stack N
+    initialisations, and `jax.vmap(optimizer.init)` them); `x, y` are shared. To sweep a
+    hyperparameter, make it part of the state, e.g.
+    `optax.inject_hyperparams(optax.sgd)(learning_rate=lrs)`, vmapped init with one rate
+    per model. Metrics gain a leading `(N,)` axis. `params` and `opt_state` are donated.
+    """
+    kw = dict(
+        activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
+    )
+    epoch = _make_epoch(optimizer, batch_size, grad, False, kw)
+    return jax.jit(jax.vmap(epoch, in_axes=(0, 0, 0, None, None)), donate_argnums=(0, 1))
 
 
 def evaluate(

@@ -25,6 +25,7 @@ from jaxbp import datasets
 from jaxbp._checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from jaxbp._mlp import init_mlp
 from jaxbp._parity import check_parity
+from jaxbp._sharding import data_mesh
 from jaxbp._train import evaluate, make_train_epoch
 
 CHECKPOINT = "checkpoint.jaxbp"
@@ -192,6 +193,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = _config(args, info)
     epochs = args.epochs if args.epochs is not None else DEFAULTS[args.dataset]["epochs"]
     data, n_out, task = _targets(data, info, cfg["loss"])
+    mesh = _mesh(args.devices, cfg["batch_size"])
+    if args.diagnostics and cfg["grad"] != "manual":
+        raise JobError(
+            "--diagnostics reads the backward flow delta_l, which manual_grad keeps and "
+            "jax.grad does not expose: use --grad manual."
+        )
     x_train, y_train, x_test, y_test = data
     if x_train.shape[0] < cfg["batch_size"]:
         raise JobError(
@@ -222,17 +229,25 @@ def run(args: argparse.Namespace) -> int:
     batch = (x_train[: cfg["batch_size"]], y_train[: cfg["batch_size"]])
     parity_before = _parity(args, "before", params, batch, kw)
 
-    train_epoch = make_train_epoch(optimizer, batch_size=cfg["batch_size"], grad=cfg["grad"], **kw)
+    train_epoch = make_train_epoch(
+        optimizer,
+        batch_size=cfg["batch_size"],
+        grad=cfg["grad"],
+        diagnostics=args.diagnostics,
+        mesh=mesh,
+        **kw,
+    )
+    steps = -(-x_train.shape[0] // cfg["batch_size"])
     start = time.perf_counter()  # compile once, outside the timed epochs
     train_epoch = train_epoch.lower(params, opt_state, key, x_train, y_train).compile()
+    where = "" if mesh is None else f", batch split over {args.devices} devices"
     _say(
         args,
-        f"compiled one epoch ({-(-x_train.shape[0] // cfg['batch_size'])} steps in one "
-        f"program) in {time.perf_counter() - start:.1f} s",
+        f"compiled one epoch ({steps} steps in one program{where}) in "
+        f"{time.perf_counter() - start:.1f} s",
     )
     scores = jax.jit(lambda p, x, y: evaluate(p, x, y, task=task, **kw))
     progress = _Progress(epochs, args.quiet)
-    steps = -(-x_train.shape[0] // cfg["batch_size"])
     for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         params, opt_state, metrics = train_epoch(
@@ -260,9 +275,14 @@ def run(args: argparse.Namespace) -> int:
         }
         for split, (x, y) in (("train", (x_train, y_train)), ("test", (x_test, y_test))):
             row |= {f"{split}_{k}": float(v) for k, v in scores(params, x, y).items()}
-        row["grad_norm"] = float(np.mean(metrics["grad_norm"]))
+        # Per-step metrics averaged over the epoch; diagnostics are per layer.
+        row |= {
+            k: np.mean(np.asarray(v), axis=0).tolist() for k, v in metrics.items() if k != "loss"
+        }
         history.append(row)
         progress.epoch(epoch, row)
+        if args.diagnostics and not args.quiet:
+            print(_diagnostics_line(row), file=sys.stderr)
         if out is not None:
             with (out / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -270,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
             save_checkpoint(out / CHECKPOINT, state, {"epoch": epoch, "config": cfg})
 
     parity_after = _parity(args, "after", params, batch, kw)
+    passed = parity_before.passed and parity_after.passed
     last = history[-1]
     seconds = sum(h["seconds"] for h in history)
     score = "accuracy" if task == "classification" else "r2"
@@ -277,8 +298,7 @@ def run(args: argparse.Namespace) -> int:
     for metric in ("loss", score):
         print(f"{metric:<10}{last[f'train_{metric}']:>10.4f}{last[f'test_{metric}']:>10.4f}")
     print(
-        f"{epochs} epochs in {seconds:.1f} s of training; parity "
-        f"{'passed' if parity_before.passed and parity_after.passed else 'FAILED'}"
+        f"{epochs} epochs in {seconds:.1f} s of training; parity {'passed' if passed else 'FAILED'}"
     )
     if out is not None:
         summary = {
@@ -291,20 +311,53 @@ def run(args: argparse.Namespace) -> int:
             f"test_{score}": last[f"test_{score}"],
             "parity_max_rel_err": max(parity_before.max_rel_err, parity_after.max_rel_err),
             "parity_dtype": "float64",
+            "devices": args.devices,
             "config": cfg,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        try:
-            from jaxbp._plots import training_curves
+        _figures(out, history, f"{source}: {arch} {cfg['activation']}, {cfg['grad']} gradients")
+    return 0 if passed else 1
 
-            training_curves(
-                history,
-                out / "curves.png",
-                f"{source}: {arch} {cfg['activation']}, {cfg['grad']} gradients",
-            )
-        except ImportError as err:
-            print(f"jaxbp train: curves.png skipped: {err}", file=sys.stderr)
-    return 0 if parity_before.passed and parity_after.passed else 1
+
+def _mesh(devices: int | None, batch_size: int) -> Any:
+    if devices is None:
+        return None
+    available = jax.devices()
+    if devices > len(available):
+        hint = (
+            f"; on a CPU-only machine, XLA_FLAGS=--xla_force_host_platform_device_count={devices} "
+            "gives virtual devices (sharing the cores)"
+            if available[0].platform == "cpu"
+            else ""
+        )
+        raise JobError(
+            f"--devices {devices}: only {len(available)} {available[0].platform} device(s) "
+            f"available{hint}."
+        )
+    mesh = data_mesh(devices)
+    if batch_size % devices:
+        raise JobError(f"--batch-size {batch_size} must be a multiple of --devices {devices}.")
+    return mesh
+
+
+def _diagnostics_line(row: dict[str, Any]) -> str:
+    fmt = lambda values, spec: " ".join(format(v, spec) for v in values)  # noqa: E731
+    return (
+        f"    ||delta_l|| {fmt(row['delta_norm'], '.1e')}"
+        f"   ||dW_l|| {fmt(row['grad_W_norm'], '.1e')}"
+        f"   saturated {fmt(row['saturated'], '.2f')}"
+    )
+
+
+def _figures(out: Path, history: list[dict[str, Any]], title: str) -> None:
+    try:
+        from jaxbp._plots import backward_flow, training_curves
+    except ImportError as err:
+        print(f"jaxbp train: figures skipped: {err}", file=sys.stderr)
+        return
+    training_curves(history, out / "curves.png", title)
+    if "delta_norm" in history[0]:
+        backward_flow(history, out / "diagnostics.png", title)
 
 
 RESUMABLE_CHANGES = ("lr", "grad")
@@ -402,3 +455,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue from the checkpoint in --out"
     )
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
+    parser.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="log per-layer ||delta_l||, ||dW_l|| and saturated units per epoch (manual gradients)",
+    )
+    parser.add_argument("--devices", type=positive_int, help="split each batch over N devices")

@@ -153,12 +153,13 @@ def prepare_targets(y: Any, loss: Loss, batch: int, n_out: int, dtype: Any) -> A
             f"layer ({n_out} units){' or (batch,)' if n_out == 1 else ''}; got shape {y.shape}."
         )
     if loss.name == "binary_cross_entropy" and _is_concrete(y):
-        bad = np.asarray((y < 0) | (y > 1))
+        values = np.asarray(y)  # numpy: jnp ops on a closed-over constant would be traced
+        bad = (values < 0) | (values > 1)
         if bad.any():
             row = int(np.argwhere(bad)[0][0])
             raise ValueError(
                 f"y for loss='binary_cross_entropy' must lie in [0, 1]; row {row} is "
-                f"{np.asarray(y[row]).tolist()}."
+                f"{values[row].tolist()}."
             )
     return y.astype(dtype)
 
@@ -175,7 +176,7 @@ def _class_targets(y: Array, batch: int, n_out: int, dtype: Any) -> Array:
             if bad.size:
                 raise ValueError(
                     f"labels in y must lie in [0, {n_out}) for an output layer of {n_out} units; "
-                    f"y[{bad[0]}] = {int(y[bad[0]])}."
+                    f"y[{bad[0]}] = {int(np.asarray(y)[bad[0]])}."
                 )
         return jax.nn.one_hot(y, n_out, dtype=dtype)
     if y.shape != (batch, n_out):
@@ -184,7 +185,7 @@ def _class_targets(y: Array, batch: int, n_out: int, dtype: Any) -> Array:
             f"y for loss='cross_entropy' must be integer labels ({batch},) or probability rows "
             f"({batch}, {n_out}); got {y.dtype} of shape {y.shape}.{fix}"
         )
-    if _is_concrete(y) and bool(jnp.any(y < 0)):
+    if _is_concrete(y) and np.any(np.asarray(y) < 0):
         raise ValueError("probability rows in y for loss='cross_entropy' must be non-negative.")
     return y.astype(dtype)
 

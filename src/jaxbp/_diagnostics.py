@@ -1,0 +1,35 @@
+"""The backward flow made visible: per-layer statistics from one back-propagation pass."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxbp._activations import Activation
+from jaxbp._backprop import Trace
+from jaxbp._mlp import Params
+
+Array = jax.Array
+
+SATURATION_THRESHOLD = 0.01
+"""A hidden unit counts as saturated on a sample where phi'(z) < 0.01 (a flat sigmoid or
+tanh, a relu at or below zero)."""
+
+
+def backward_flow_stats(
+    trace: Trace, grads: Params, hidden: Activation, threshold: float = SATURATION_THRESHOLD
+) -> dict[str, Array]:
+    """Per-layer statistics of eqs. 1.3-1.4, read from a `backprop` trace, no extra pass.
+
+    - `delta_norm`: `(L,)`, the Frobenius norm of `delta_l` over the batch.
+    - `grad_W_norm`: `(L,)`, the norm of `dL/dW_l`.
+    - `saturated`: `(L - 1,)`, for each hidden layer the fraction of (sample, unit) pairs
+      where `phi'(z_l) < threshold`: the units that pass (almost) nothing back (eq. 1.4).
+    """
+    hidden_layers = zip(trace.z[:-1], trace.a[1:-1], strict=True)
+    saturated = [jnp.mean(hidden.deriv(z, a) < threshold) for z, a in hidden_layers]
+    return {
+        "delta_norm": jnp.stack([jnp.linalg.norm(d) for d in trace.delta]),
+        "grad_W_norm": jnp.stack([jnp.linalg.norm(g["W"]) for g in grads]),
+        "saturated": jnp.stack(saturated) if saturated else jnp.zeros((0,)),
+    }

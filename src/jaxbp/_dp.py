@@ -1,0 +1,172 @@
+"""Differentially private gradients (DP-SGD): clip each example, sum, add noise, average.
+
+The recipe of Abadi et al. (2016), with `g_n = grad l^n` the gradient of example `n`'s
+own loss, clip norm `C` and noise multiplier `sigma`:
+
+    g = ( sum_n g_n min(1, C / ||g_n||)  +  N(0, (sigma C)^2 I) ) / batch
+
+Clipping never builds a `g_n`. Its norm comes from the stored flows (see
+`per_example_grad_norms`), and since example `n`'s term of eq. 1.3 is the outer product
+of two rows, `a_{l-1}^(n)` and `delta_l^(n)`, scaling the rows of `delta_l` by
+`f_n = min(1, C / ||g_n||)` scales its whole term:
+
+    sum_n f_n a_{l-1}^(n) (delta_l^(n))^T = a_{l-1}^T @ (f[:, None] * delta_l)      (1.3)
+
+one matmul per layer, like `manual_grad`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from numbers import Real
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxbp._activations import Activation
+from jaxbp._backprop import backprop, cast_like
+from jaxbp._losses import OutputActivation
+from jaxbp._mlp import Params
+from jaxbp._per_example import norms_from_trace
+from jaxbp._validate import resolve
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+def dp_value_and_grad(
+    params: Params,
+    key: Array,
+    x: Array,
+    y: Array,
+    *,
+    l2_clip: float,
+    noise_multiplier: float,
+    activation: str | Activation,
+    loss: str,
+    output_activation: str | OutputActivation | None = None,
+) -> tuple[Array, Params, Array]:
+    """The DP-SGD gradient by eqs. 1.3-1.4: `(value, grads, norms)`.
+
+    **Arguments:** those of `jaxbp.loss_fn` (the reduction is fixed by the recipe), and
+
+    - `key`: a `jax.random` key for the noise, split once per leaf.
+    - `l2_clip`: `C > 0`, the bound on each example's gradient norm `||grad l^n||`.
+    - `noise_multiplier`: `sigma >= 0`; the noise on the summed gradient has standard
+      deviation `sigma * C` per coordinate. `0` gives the clipped mean without noise.
+
+    Both are Python numbers or scalar arrays, and may be traced (to `jax.vmap` a sweep
+    over them); their values are checked when concrete.
+
+    **Returns:**
+
+    - `value`: the mean loss over the batch, before clipping (not private: for monitoring).
+    - `grads`: `(sum_n clip(grad l^n) + noise) / batch`, of `params`' structure and dtypes.
+    - `norms`: `(batch,)`, each `||grad l^n||` before clipping.
+    """
+    _check_dp(l2_clip, noise_multiplier)
+    value, _, trace = backprop(
+        params,
+        x,
+        y,
+        activation=activation,
+        loss=loss,
+        output_activation=output_activation,
+        reduction="sum",  # delta_l^(n) = dl^n/dz_l: each row is example n's own flow
+    )
+    norms = norms_from_trace(trace)
+    scale = (l2_clip / jnp.maximum(norms, l2_clip))[:, None]  # min(1, C / ||g_n||), (batch, 1)
+    clipped = [
+        {"W": a.T @ (scale * d), "b": jnp.sum(scale * d, axis=0)}  # eq. 1.3, rows scaled
+        for a, d in zip(trace.a, trace.delta, strict=False)
+    ]
+    leaves = jax.tree.leaves(clipped)  # W_1, b_1, W_2, ...: the order of cast_like
+    if isinstance(noise_multiplier, jax.core.Tracer) or noise_multiplier > 0:
+        keys = jax.random.split(key, len(leaves))
+        std = noise_multiplier * l2_clip
+        leaves = [
+            g + std * jax.random.normal(k, g.shape, g.dtype)
+            for g, k in zip(leaves, keys, strict=True)
+        ]
+    batch = trace.a[0].shape[0]
+    grads = cast_like([g / batch for g in leaves], params)
+    return value / batch, grads, norms
+
+
+def make_dp_train_step(
+    optimizer: optax.GradientTransformation,
+    *,
+    l2_clip: float,
+    noise_multiplier: float,
+    activation: str | Activation,
+    loss: str,
+    output_activation: str | OutputActivation | None = None,
+) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
+    """A jitted DP-SGD step `step(params, opt_state, key, x, y) -> (params, opt_state, metrics)`.
+
+    The gradient is `dp_value_and_grad`'s (same keywords), then `optimizer` (any optax
+    transformation, e.g. `optax.sgd(0.1)`) turns it into the update. `metrics` holds
+    scalars: `loss` (mean, before the update), `grad_norm` (of the noised mean gradient)
+    and `clipped` (the fraction of examples whose norm exceeded `l2_clip`). Pass a fresh
+    `key` every step. `params` and `opt_state` are donated: do not reuse the arrays passed
+    in. Privacy accounting (epsilon, delta) is not done here.
+    """
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "optimizer must be an optax.GradientTransformation such as optax.sgd(0.1); "
+            f"got {type(optimizer).__name__}."
+        )
+    _check_dp(l2_clip, noise_multiplier)
+    resolve(activation, loss, output_activation)  # fail at construction, not at first call
+    kw = dict(
+        l2_clip=l2_clip,
+        noise_multiplier=noise_multiplier,
+        activation=activation,
+        loss=loss,
+        output_activation=output_activation,
+    )
+
+    def step(
+        params: Params, opt_state: Any, key: Array, x: Array, y: Array
+    ) -> tuple[Params, Any, Metrics]:
+        value, grads, norms = dp_value_and_grad(params, key, x, y, **kw)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        metrics = {
+            "loss": value,
+            "grad_norm": _norm(grads),
+            "clipped": jnp.mean((norms > l2_clip).astype(value.dtype)),
+        }
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _norm(tree: Any) -> Array:
+    return jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(tree)))
+
+
+def _check_dp(l2_clip: Any, noise_multiplier: Any) -> None:
+    rules = (
+        ("l2_clip", l2_clip, False, "the bound on each example's gradient norm, e.g. 1.0"),
+        ("noise_multiplier", noise_multiplier, True, "noise std / l2_clip; 0 turns it off"),
+    )
+    for name, value, zero_ok, meaning in rules:
+        dtype = getattr(value, "dtype", None)
+        real = dtype is not None and (
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+        )
+        scalar_array = real and np.shape(value) == ()
+        if isinstance(value, bool) or not (isinstance(value, Real) or scalar_array):
+            raise TypeError(
+                f"{name} must be a real number, a Python float or a scalar array ({meaning}); "
+                f"got {type(value).__name__} {value!r}."
+            )
+        if isinstance(value, jax.core.Tracer):
+            continue  # checked where it is concrete
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+            bound = ">= 0" if zero_ok else "> 0"
+            raise ValueError(f"{name} must be finite and {bound} ({meaning}); got {value!r}.")
