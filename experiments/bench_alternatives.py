@@ -4,7 +4,7 @@ Each alternative trains the MLP of `jaxbp._bench` (tanh hidden layers, identity 
 softmax cross-entropy on integer labels, `optax.sgd(1e-2, momentum=0.9)`), written the way
 its framework's documentation recommends, from the same initial weights as
 `jaxbp.init_mlp(jax.random.key(0), sizes)` and on the same 8 rotating batches as
-`jaxbp._bench.step_seconds`, in float32 on the CPU:
+`jaxbp._bench.step_call`, in float32 on the CPU:
 
 - "jax.grad, pure functions": `jax.jit` of a pure `(params, opt_state, x, y)` step,
   `jax.value_and_grad` of a logsumexp cross-entropy and an optax update, params and
@@ -58,13 +58,13 @@ import numpy as np
 import optax
 
 from jaxbp import init_mlp
-from jaxbp._bench import CONFIGS, Config, batches, median_seconds, optimizer
+from jaxbp._bench import CONFIGS, Config, batches, median_seconds, optimizer, round_robin
 
 LR, MOMENTUM = 1e-2, 0.9  # what jaxbp._bench.optimizer() is, for the frameworks without optax
 N_BATCHES = 8
 CHECK_STEPS = 3
 CHECK_RTOL = 1e-4
-DEFAULT_REPS = {"small": 200, "deep-narrow": 200, "medium": 50, "large": 10}
+DEFAULT_REPS = {"small": 300, "deep-narrow": 300, "medium": 100, "large": 30}
 
 # A step maker builds one framework's model, optimizer and data for `config` and returns
 # `step(i)`, which runs one training step on batch `i % 8` and returns its loss (computed
@@ -368,7 +368,7 @@ def _losses(maker: Maker, config: Config, steps: int = CHECK_STEPS) -> list[floa
 
 
 def make_jaxbp(grad: str) -> Maker:
-    """jaxbp's own jitted step (`make_train_step`, as `jaxbp._bench.step_seconds` times it)."""
+    """jaxbp's own jitted step (`make_train_step`, as `jaxbp._bench.step_call` runs it)."""
 
     def make(config: Config) -> Step:
         from jaxbp._bench import KW
@@ -390,7 +390,34 @@ def make_jaxbp(grad: str) -> Maker:
     return make
 
 
-JAXBP: dict[str, Maker] = {f"jaxbp {g}": make_jaxbp(g) for g in ("manual", "autodiff")}
+def make_jaxbp_scan(config: Config) -> Step:
+    """jaxbp manual, a whole epoch over the 8 batches in one `lax.scan` program: one call
+    runs 8 steps (`STEPS_PER_CALL`), so its time is divided by 8."""
+    from jaxbp._bench import KW
+    from jaxbp._train import make_train_epoch
+
+    params, data = _init(config)
+    tx = optimizer()
+    epoch = make_train_epoch(tx, batch_size=config.batch, **KW)
+    x = jnp.concatenate([b[0] for b in data])
+    y = jnp.concatenate([b[1] for b in data])
+    state = {"params": params, "opt_state": tx.init(params)}
+
+    def step(i: int) -> jax.Array:
+        state["params"], state["opt_state"], metrics = epoch(
+            state["params"], state["opt_state"], jax.random.key(i), x, y
+        )
+        return metrics["loss"][-1].block_until_ready()
+
+    return step
+
+
+SCAN = "jaxbp manual, epoch in one lax.scan"
+JAXBP: dict[str, Maker] = {
+    **{f"jaxbp {g}": make_jaxbp(g) for g in ("manual", "autodiff")},
+    SCAN: make_jaxbp_scan,
+}
+STEPS_PER_CALL = {SCAN: N_BATCHES}
 
 
 def check(config: Config) -> dict[str, Any]:
@@ -403,6 +430,8 @@ def check(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {}
     failures = []
     for name, maker in {**JAXBP, **MAKERS}.items():
+        if name in STEPS_PER_CALL:
+            continue  # shuffles its epoch: not comparable step by step
         losses = ref if maker is make_jax else _losses(maker, config)
         if losses is None:
             out[name] = None
@@ -420,9 +449,9 @@ def run(names: list[str], reps: int | None = None, rounds: int = 3) -> dict[str,
     configuration in `names`. `reps=None`: `DEFAULT_REPS` per configuration.
 
     On a shared machine the load drifts, so the frameworks are timed interleaved: all
-    steps are built and warmed up first, then `rounds` rounds (order reversed every other
-    round) each take `median_seconds` of `reps / rounds` calls of every step in turn;
-    a framework's time is its smallest round median. Returns a JSON-ready dict."""
+    steps are built and warmed up first, then `jaxbp._bench.round_robin` times one call of
+    each in turn, over `rounds` rounds; a framework's time is its smallest round median.
+    Returns a JSON-ready dict."""
     rows = []
     for name in names:
         config = CONFIGS[name]
@@ -434,13 +463,12 @@ def run(names: list[str], reps: int | None = None, rounds: int = 3) -> dict[str,
             for label, step in steps.items():
                 for i in range(WARMUP.get(label, 3) if step is not None else 0):
                     step(i)  # compiles here, outside the timing
-            chunk = max(3, -(-n // rounds))
-            times: dict[str, list[float]] = {label: [] for label in steps}
-            for r in range(rounds):
-                for label in list(steps)[:: 1 if r % 2 == 0 else -1]:
-                    if steps[label] is not None:
-                        times[label].append(median_seconds(steps[label], chunk, warmup=1))
-        row["ms"] = {label: 1e3 * min(t) if t else None for label, t in times.items()}
+            live = {label: step for label, step in steps.items() if step is not None}
+            times = round_robin(live, n, rounds=rounds, warmup=0)
+        row["ms"] = {
+            label: 1e3 * times[label] / STEPS_PER_CALL.get(label, 1) if label in times else None
+            for label in steps
+        }
         rows.append(row)
     return {"devices": str(jax.devices()[0].device_kind), "rounds": rounds, "rows": rows}
 

@@ -57,7 +57,7 @@ def test_bench_prints_the_table(tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert out.startswith("| config | floor ms | jax.grad ms | manual ms")
+    assert out.startswith("| config | FLOP floor ms | jax.grad ms | manual ms")
     row = json.loads((tmp_path / "b.json").read_text())["rows"][0]
     assert row["config"] == "small" and row["manual_ms"] > 0 and row["autodiff_ms"] > 0
     assert row["ratio"] == row["manual_ms"] / row["autodiff_ms"]

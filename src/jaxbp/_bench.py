@@ -67,7 +67,7 @@ def matmul_rate(n: int = 1024, reps: int = 30) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
-    seconds = median_seconds(lambda i: dot(a, b).block_until_ready(), reps)
+    seconds = round_robin({"dot": lambda i: dot(a, b).block_until_ready()}, reps)["dot"]
     return 2.0 * n**3 / seconds
 
 
@@ -85,8 +85,8 @@ def optimizer() -> optax.GradientTransformation:
     return optax.sgd(1e-2, momentum=0.9)
 
 
-def step_seconds(config: Config, grad: str, reps: int) -> float:
-    """Median seconds of one jitted training step, each call on the next of 8 batches."""
+def step_call(config: Config, grad: str) -> Callable[[int], None]:
+    """`call(i)`: one jitted training step on batch `i % 8`, blocking on its result."""
     opt = optimizer()
     step = make_train_step(opt, grad=grad, **KW)
     params = init_mlp(jax.random.key(0), config.sizes)
@@ -98,11 +98,11 @@ def step_seconds(config: Config, grad: str, reps: int) -> float:
         state["params"], state["opt_state"] = p, s
         metrics["loss"].block_until_ready()
 
-    return median_seconds(call, reps)
+    return call
 
 
-def scan_step_seconds(config: Config, grad: str, reps: int, steps: int = 50) -> float:
-    """Median seconds per step when a whole epoch of `steps` steps runs in one `lax.scan`."""
+def scan_call(config: Config, grad: str, steps: int) -> Callable[[int], None]:
+    """`call(i)`: one epoch of `steps` steps compiled into one `lax.scan` program."""
     opt = optimizer()
     epoch = make_train_epoch(opt, batch_size=config.batch, grad=grad, **KW)
     params = init_mlp(jax.random.key(0), config.sizes)
@@ -116,7 +116,34 @@ def scan_step_seconds(config: Config, grad: str, reps: int, steps: int = 50) -> 
         state["params"], state["opt_state"] = p, s
         metrics["loss"].block_until_ready()
 
-    return median_seconds(call, max(3, reps // steps)) / steps
+    return call
+
+
+def round_robin(
+    calls: dict[str, Callable[[int], None]], reps: int, rounds: int = 3, warmup: int = 3
+) -> dict[str, float]:
+    """Seconds per call of each of `calls`, robust to a shared machine's drifting load.
+
+    After warm-up, `rounds` rounds each time `reps // rounds` calls of every entry in turn
+    (one call of each, then the next), in reversed order every other round; an entry's
+    time is the smallest of its per-round medians.
+    """
+    for call in calls.values():
+        for i in range(warmup):
+            call(i)
+    best: dict[str, float] = {}
+    per_round = max(1, -(-reps // rounds))
+    for r in range(rounds):
+        names = list(calls)[:: 1 if r % 2 == 0 else -1]
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for i in range(per_round):
+            for name in names:
+                start = time.perf_counter()
+                calls[name](i)
+                times[name].append(time.perf_counter() - start)
+        for name, t in times.items():
+            best[name] = min(best.get(name, float("inf")), statistics.median(t))
+    return best
 
 
 def step_memory_bytes(config: Config, grad: str) -> int:
@@ -135,8 +162,8 @@ def step_memory_bytes(config: Config, grad: str) -> int:
     )
 
 
-def sweep_step_seconds(config: Config, models: int, reps: int, steps: int = 20) -> float:
-    """Median seconds per model-step when `models` models train in one vmapped epoch."""
+def sweep_call(config: Config, models: int, steps: int) -> Callable[[int], None]:
+    """`call(i)`: `models` models each train one epoch of `steps` steps, in one program."""
     from jaxbp._train import make_train_sweep
 
     opt = optimizer()
@@ -154,55 +181,77 @@ def sweep_step_seconds(config: Config, models: int, reps: int, steps: int = 20) 
         state["params"], state["opt_state"] = p, s
         metrics["loss"].block_until_ready()
 
-    return median_seconds(call, max(3, reps // steps)) / (steps * models)
+    return call
 
 
-def run(names: list[str], reps: int, scan: bool = True) -> dict[str, Any]:
-    """Measure every configuration in `names`; returns a JSON-ready dict."""
+def reps_for(config: Config, reps: int) -> int:
+    """`reps` for the small configuration, fewer for bigger ones (at least 30)."""
+    return max(30, round(reps * flops_per_step(CONFIGS["small"]) / flops_per_step(config)))
+
+
+def run(names: list[str], reps: int, scan_steps: int = 20) -> dict[str, Any]:
+    """Measure every configuration in `names`; returns a JSON-ready dict.
+
+    The two gradient paths are timed in turn (`round_robin`), steps and scanned epochs
+    separately; `reps` steps for "small", proportionally fewer for bigger configurations.
+    """
     rate = matmul_rate()
     rows = []
     for name in names:
         config = CONFIGS[name]
-        n = max(5, reps * 128 * 128 // max(config.batch * config.sizes[1], 1))  # fewer for big ones
+        n = reps_for(config, reps)
         row: dict[str, Any] = {"config": name, "sizes": list(config.sizes), "batch": config.batch}
-        row["floor_ms"] = 1e3 * flops_per_step(config) / rate
+        steps = round_robin({g: step_call(config, g) for g in GRADS}, n, rounds=5)
+        scans = round_robin(
+            {g: scan_call(config, g, scan_steps) for g in GRADS},
+            max(10, n // scan_steps),
+            rounds=5,
+        )
         for grad in GRADS:
-            seconds = step_seconds(config, grad, n)
-            row[f"{grad}_ms"] = 1e3 * seconds
-            row[f"{grad}_gflops"] = flops_per_step(config) / seconds / 1e9
-            if scan:
-                row[f"{grad}_scan_ms"] = 1e3 * scan_step_seconds(config, grad, n)
+            row[f"{grad}_ms"] = 1e3 * steps[grad]
+            row[f"{grad}_gflops"] = flops_per_step(config) / steps[grad] / 1e9
+            row[f"{grad}_scan_ms"] = 1e3 * scans[grad] / scan_steps
             row[f"{grad}_memory_mib"] = step_memory_bytes(config, grad) / 2**20
         row["ratio"] = row["manual_ms"] / row["autodiff_ms"]
-        row["manual_fraction_of_matmul_rate"] = row["manual_gflops"] * 1e9 / rate
+        row["scan_ratio"] = row["manual_scan_ms"] / row["autodiff_scan_ms"]
         rows.append(row)
+    # The matmul rate again at the end; the better of the two is the machine's rate.
+    rate = max(rate, matmul_rate())
+    for row in rows:
+        config = CONFIGS[row["config"]]
+        row["floor_ms"] = 1e3 * flops_per_step(config) / rate
+        row["manual_fraction_of_matmul_rate"] = row["manual_gflops"] * 1e9 / rate
+        row["manual_scan_fraction_of_matmul_rate"] = (
+            flops_per_step(config) / (row["manual_scan_ms"] / 1e3) / rate
+        )
     return {"matmul_gflops": rate / 1e9, "devices": str(jax.devices()[0].device_kind), "rows": rows}
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The table of `run`'s result."""
-    head = (
-        "| config | floor ms | jax.grad ms | manual ms | manual / jax.grad | manual GFLOP/s "
-        "| of matmul rate | scan: jax.grad ms/step | scan: manual ms/step "
-        "| memory MiB jax.grad / manual |"
-    )
-    lines = [head, "|" + "---|" * 10]
+    lines = [
+        "| config | FLOP floor ms | jax.grad ms | manual ms | manual / jax.grad | manual GFLOP/s "
+        "(of matmul rate) | scan: jax.grad ms/step | scan: manual ms/step | scan: manual / "
+        "jax.grad (of matmul rate) | peak MiB jax.grad / manual |",
+        "|" + "---|" * 10,
+    ]
     for r in result["rows"]:
-        scan = [f"{r[f'{g}_scan_ms']:.3f}" if f"{g}_scan_ms" in r else "-" for g in GRADS[::-1]]
         cells = [
             r["config"],
             f"{r['floor_ms']:.3f}",
             f"{r['autodiff_ms']:.3f}",
             f"{r['manual_ms']:.3f}",
             f"{r['ratio']:.3f}",
-            f"{r['manual_gflops']:.0f}",
-            f"{r['manual_fraction_of_matmul_rate']:.0%}",
-            *scan,
+            f"{r['manual_gflops']:.0f} ({r['manual_fraction_of_matmul_rate']:.0%})",
+            f"{r['autodiff_scan_ms']:.3f}",
+            f"{r['manual_scan_ms']:.3f}",
+            f"{r['scan_ratio']:.3f} ({r['manual_scan_fraction_of_matmul_rate']:.0%})",
             f"{r['autodiff_memory_mib']:.2f} / {r['manual_memory_mib']:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(
         f"\nMatmul rate measured in the same run: {result['matmul_gflops']:.0f} GFLOP/s "
-        f"(jax.jit(jnp.dot), float32 1024 x 1024) on {result['devices']}."
+        f"(jax.jit(jnp.dot), float32 1024 x 1024) on {result['devices']}. Median times; the "
+        "two gradient paths timed in turn."
     )
     return "\n".join(lines)

@@ -153,6 +153,8 @@ def check_parity(
     gradient is a sum of nearly cancelling terms (the output bias of a well-trained
     network, where y_hat is close to y for most samples) can disagree by more than 1e-5
     with neither path wrong; cast to float64 for a strict verdict, as `jaxbp train` does.
+    Both gradients are computed with `jax.default_matmul_precision("highest")`, so that
+    an accelerator's reduced-precision float32 matmuls do not blur the comparison.
     """
     if finite_differences and not jax.config.jax_enable_x64:
         raise ValueError(
@@ -162,8 +164,11 @@ def check_parity(
     kw = dict(
         activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
     )
-    manual = manual_grad(params, x, y, **kw)
-    auto = jax.grad(loss_fn)(params, x, y, **kw)
+    # Full-precision matmuls: on GPUs and TPUs float32 products may otherwise run in
+    # tf32/bf16 passes, whose error (~1e-3) would drown the comparison. No effect on CPU.
+    with jax.default_matmul_precision("highest"):
+        manual = manual_grad(params, x, y, **kw)
+        auto = jax.grad(loss_fn)(params, x, y, **kw)
     dtype = str(jnp.result_type(*jax.tree.leaves(params)))
     if rtol is None:
         rtol = DEFAULT_RTOL.get(dtype, 1e-5)
