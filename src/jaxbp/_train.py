@@ -1,5 +1,5 @@
 """Training: a jitted optax step whose gradient path is a switch, a whole epoch in one
-`lax.scan`, and evaluation."""
+`lax.scan`, N models in one vmapped program, data parallelism over a mesh, evaluation."""
 
 from __future__ import annotations
 
