@@ -8,10 +8,11 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from jaxbp import ACTIVATIONS
-from jaxbp._check import random_problem as make_problem  # noqa: F401  (re-exported for tests)
+from jaxbp._check import random_problem
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -32,10 +33,19 @@ RTOL = {jnp.float64: 1e-12, jnp.float32: 1e-5}
 """Per-leaf bound on ||manual - jax.grad|| / ||jax.grad||, by dtype (the project's promise)."""
 
 
+def make_problem(seed, sizes, batch, loss, dtype=jnp.float64, *, x_scale=1.0):
+    """Random `(params, x, y)` for `sizes` with targets for `loss` (see `random_problem`)."""
+    return random_problem(seed, sizes, batch, loss, dtype, x_scale=x_scale)
+
+
+def random_like(seed, tree):
+    """Standard normal float64 arrays shaped like the leaves of `tree`."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda leaf: jnp.asarray(rng.normal(size=np.shape(leaf))), tree)
+
+
 def rel_err(a, b):
     """||a - b|| / ||b|| in float64 (0 when both are 0)."""
-    import numpy as np
-
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     diff, ref = np.linalg.norm(a - b), np.linalg.norm(b)
     return 0.0 if diff == 0 else float(diff / ref)

@@ -51,10 +51,23 @@ def assert_parity(params, x, y, rtol, **kw):
 )
 @pytest.mark.parametrize("activation", ACTIVATION_NAMES)
 def test_parity_grid(activation, loss, output, depth, batch, reduction, dtype):
-    key = jax.random.key(depth * 100 + batch)
-    params, x, y = make_problem(key, sizes_for(depth), batch, loss, DTYPES[dtype])
+    seed = depth * 100 + batch
+    params, x, y = make_problem(seed, sizes_for(depth), batch, loss, DTYPES[dtype])
     kw = dict(activation=activation, loss=loss, output_activation=output, reduction=reduction)
-    assert_parity(params, x, y, RTOL[DTYPES[dtype]], **kw)
+    rtol = RTOL[DTYPES[dtype]]
+    if dtype == "float32" and output == "softmax" and loss == "mse":
+        # A saturated softmax output is ill-conditioned for both paths alike: its backward
+        # a * (g - <g, a>) cancels 1 - a_max, amplifying float32 rounding by about
+        # 1 / (1 - a_max) (seen once in the grid: a 5-layer linear net at a_max = 0.9998,
+        # rel err 2e-4 in float32, 5e-13 in float64). The issue allows widening such a
+        # case alone: it is held to 10 eps / (1 - a_max), and its float64 twin to 1e-12.
+        a = jaxbp.forward(params, x, activation=activation, output_activation="softmax")
+        headroom = float(jnp.min(1 - jnp.max(a, axis=1)))
+        if headroom < 1e-3:
+            rtol = max(rtol, 10 * float(jnp.finfo(jnp.float32).eps) / headroom)
+            twin = jax.tree.map(lambda v: v.astype(jnp.float64), (params, x))
+            assert_parity(*twin, y, RTOL[jnp.float64], **kw)
+    assert_parity(params, x, y, rtol, **kw)
 
 
 @settings(max_examples=30, deadline=None)
@@ -71,9 +84,7 @@ def test_parity_hypothesis(widths, batch, x_scale, activation, loss_output, redu
     loss, output = loss_output
     if output == "softmax" and widths[-1] == 1:
         widths = [*widths[:-1], 2]  # a one-unit softmax is constant: its gradient is exactly 0
-    params, x, y = make_problem(
-        jax.random.key(seed), widths, batch, loss, jnp.float64, x_scale=x_scale
-    )
+    params, x, y = make_problem(seed, widths, batch, loss, jnp.float64, x_scale=x_scale)
     kw = dict(activation=activation, loss=loss, output_activation=output, reduction=reduction)
     manual = jit_manual_grad(params, x, y, **kw)  # jitted: new shapes each example
     auto = jit_autodiff_grad(params, x, y, **kw)
@@ -87,7 +98,7 @@ def test_parity_hypothesis(widths, batch, x_scale, activation, loss_output, redu
 @pytest.mark.parametrize("activation", ACTIVATION_NAMES)
 def test_finite_differences(activation, loss, output):
     """A third reference: central differences in float64 along random unit directions."""
-    params, x, y = make_problem(jax.random.key(7), sizes_for(3), 6, loss, jnp.float64)
+    params, x, y = make_problem(7, sizes_for(3), 6, loss, jnp.float64)
     kw = dict(activation=activation, loss=loss, output_activation=output)
     report = jaxbp.check_parity(params, x, y, finite_differences=True, **kw)
     # relu-like kinks: a step of 1e-6 crosses a kink only if some |z| < ~1e-5; not here.
@@ -95,9 +106,9 @@ def test_finite_differences(activation, loss, output):
     assert report.max_fd_err < 1e-6
 
 
-def test_trace_holds_both_flows(key):
+def test_trace_holds_both_flows():
     """z_l, a_l match a forward pass written out here; delta_l = dL/dz_l by autodiff."""
-    params, x, y = make_problem(key, sizes_for(4), 5, "cross_entropy", jnp.float64)
+    params, x, y = make_problem(0, sizes_for(4), 5, "cross_entropy", jnp.float64)
     kw = dict(activation="tanh", loss="cross_entropy")
     value, grads, trace = jaxbp.backprop(params, x, y, **kw)
     assert value == jaxbp.loss_fn(params, x, y, **kw)
@@ -122,20 +133,17 @@ def test_trace_holds_both_flows(key):
         np.testing.assert_allclose(grads[l]["W"], trace.a[l].T @ trace.delta[l], rtol=1e-15)
 
 
-def test_jit(key):
-    params, x, y = make_problem(key, sizes_for(3), 8, "cross_entropy", jnp.float64)
+def test_jit():
+    params, x, y = make_problem(0, sizes_for(3), 8, "cross_entropy", jnp.float64)
     kw = dict(activation="gelu", loss="cross_entropy")
     eager = jaxbp.manual_grad(params, x, y, **kw)
     for a, b in zip(jax.tree.leaves(jit_manual_grad(params, x, y, **kw)), jax.tree.leaves(eager)):
         np.testing.assert_allclose(a, b, rtol=1e-13)
 
 
-def test_vmap_over_networks_and_batches(key):
+def test_vmap_over_networks_and_batches():
     kw = dict(activation="gelu", loss="cross_entropy")
-    problems = [
-        make_problem(jax.random.key(s), sizes_for(3), 8, "cross_entropy", jnp.float64)
-        for s in range(3)
-    ]
+    problems = [make_problem(s, sizes_for(3), 8, "cross_entropy", jnp.float64) for s in range(3)]
     x, y = problems[0][1], problems[0][2]
     stack = jax.tree.map(lambda *v: jnp.stack(v), *[p for p, _, _ in problems])
     per_net = jax.vmap(lambda p: jaxbp.manual_grad(p, x, y, **kw))(stack)
@@ -153,8 +161,8 @@ def test_vmap_over_networks_and_batches(key):
             assert rel_err(a[i], b) < 1e-12
 
 
-def test_jvp_of_manual_grad_is_a_hessian_vector_product(key):
-    params, x, y = make_problem(key, sizes_for(3), 8, "cross_entropy", jnp.float64)
+def test_jvp_of_manual_grad_is_a_hessian_vector_product():
+    params, x, y = make_problem(0, sizes_for(3), 8, "cross_entropy", jnp.float64)
     kw = dict(activation="softplus", loss="cross_entropy")
     v = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
     hvp = jax.jit(lambda p, v: jax.jvp(lambda q: jaxbp.manual_grad(q, x, y, **kw), (p,), (v,))[1])
@@ -166,8 +174,8 @@ def test_jvp_of_manual_grad_is_a_hessian_vector_product(key):
         assert rel_err(a, b) < 1e-11
 
 
-def test_dtypes_follow_params(key):
-    params, x, y = make_problem(key, sizes_for(2), 4, "mse", jnp.float32)
+def test_dtypes_follow_params():
+    params, x, y = make_problem(0, sizes_for(2), 4, "mse", jnp.float32)
     # float64 inputs with float32 params: gradients keep the params' dtype, like jax.grad.
     grads = jaxbp.manual_grad(params, x.astype(jnp.float64), y, activation="tanh", loss="mse")
     assert [g.dtype for g in jax.tree.leaves(grads)] == [jnp.float32] * 4
@@ -198,8 +206,8 @@ def test_manual_grad_uses_no_autodiff(module):
     assert not used & AUTODIFF_NAMES
 
 
-def test_manual_grad_runs_with_autodiff_disabled(key, monkeypatch):
-    params, x, y = make_problem(key, sizes_for(3), 4, "cross_entropy", jnp.float64)
+def test_manual_grad_runs_with_autodiff_disabled(monkeypatch):
+    params, x, y = make_problem(0, sizes_for(3), 4, "cross_entropy", jnp.float64)
     want = jax.grad(jaxbp.loss_fn)(params, x, y, activation="relu", loss="cross_entropy")
     for name in ("grad", "value_and_grad", "vjp", "jvp", "linearize"):
         monkeypatch.setattr(jax, name, lambda *a, _n=name, **k: pytest.fail(f"jax.{_n} called"))
@@ -209,9 +217,9 @@ def test_manual_grad_runs_with_autodiff_disabled(key, monkeypatch):
 
 
 @pytest.mark.parametrize("loss", ["binary_cross_entropy", "cross_entropy", "mse"])
-def test_jit_with_targets_closed_over(key, loss):
+def test_jit_with_targets_closed_over(loss):
     """Concrete targets captured by a jitted closure (not passed as arguments) work too."""
-    params, x, y = make_problem(key, sizes_for(2), 5, loss, jnp.float64)
+    params, x, y = make_problem(0, sizes_for(2), 5, loss, jnp.float64)
     if loss == "cross_entropy":
         y = jax.nn.one_hot(y, 3, dtype=jnp.float64)  # probability rows
     kw = dict(activation="tanh", loss=loss)

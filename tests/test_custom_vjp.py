@@ -10,12 +10,11 @@ import pytest
 from jax.test_util import check_grads
 
 import jaxbp
-from conftest import rel_err
-from problems import random_problem
+from conftest import make_problem, rel_err
 
 
 def net(seed, sizes, batch=6):
-    params, x, _ = random_problem(seed, sizes, batch, "mse")
+    params, x, _ = make_problem(seed, sizes, batch, "mse")
     return params, x
 
 

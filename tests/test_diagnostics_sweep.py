@@ -12,9 +12,9 @@ from conftest import make_problem, rel_err
 KW = dict(activation="sigmoid", loss="cross_entropy")
 
 
-def test_diagnostics_against_autodiff(key):
+def test_diagnostics_against_autodiff():
     """delta_l norms equal those of dL/dz_l by jax.grad w.r.t. offsets on each z_l."""
-    params, x, y = make_problem(key, [5, 7, 7, 3], 9, "cross_entropy", jnp.float64)
+    params, x, y = make_problem(0, [5, 7, 7, 3], 9, "cross_entropy", jnp.float64)
     optimizer = optax.sgd(0.0)  # leave params unchanged
     step = jaxbp.make_train_step(optimizer, diagnostics=True, **KW)
     _, _, metrics = step(jax.tree.map(jnp.array, params), optimizer.init(params), x, y)
@@ -44,8 +44,8 @@ def test_diagnostics_against_autodiff(key):
     np.testing.assert_array_equal(metrics["saturated"], want)
 
 
-def test_saturation_counts_dead_relus(key):
-    params, x, y = make_problem(key, [4, 6, 2], 8, "cross_entropy", jnp.float64)
+def test_saturation_counts_dead_relus():
+    params, x, y = make_problem(0, [4, 6, 2], 8, "cross_entropy", jnp.float64)
     params[0]["b"] = params[0]["b"].at[:3].set(-100.0)  # three units dead on every sample
     optimizer = optax.sgd(0.0)
     step = jaxbp.make_train_step(
@@ -65,7 +65,7 @@ def test_sweep_equals_separate_runs():
     lrs = jnp.asarray([0.01, 0.1, 0.5], jnp.float32)
     optimizer = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
     inits = [jaxbp.init_mlp(jax.random.key(s), [6, 8, 3]) for s in range(3)]
-    _, x, y = make_problem(jax.random.key(9), [6, 8, 3], 40, "cross_entropy", jnp.float32)
+    _, x, y = make_problem(9, [6, 8, 3], 40, "cross_entropy", jnp.float32)
     stack = jax.tree.map(lambda *v: jnp.stack(v), *inits)
     states = jax.vmap(optimizer.init)(stack)
     states.hyperparams["learning_rate"] = jnp.array(lrs)  # a copy: the sweep donates states

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 import jaxbp
+from conftest import make_problem
 from jaxbp._parity import FD_RTOL
-from problems import random_problem
 
 SAMPLE, UNIT = 2, 1  # the pre-activation z_1[SAMPLE, UNIT] is put at the kink
 
 
 def kinked_problem(seed, offset, sizes=(3, 4, 2), loss="mse"):
     """A problem whose first-layer pre-activation z_1[SAMPLE, UNIT] equals `offset`."""
-    params, x, y = random_problem(seed, list(sizes), 5, loss)
+    params, x, y = make_problem(seed, list(sizes), 5, loss)
     z1 = x @ params[0]["W"]
     params[0]["b"] = params[0]["b"].at[UNIT].set(-z1[SAMPLE, UNIT] + offset)
     return params, x, y
@@ -55,7 +55,7 @@ def test_near_but_not_across_is_checked():
 
 def test_kinked_output_activation():
     """mse under a relu output: z_L at 0 is a kink of the last layer."""
-    params, x, y = random_problem(0, [3, 2], 5, "mse")
+    params, x, y = make_problem(0, [3, 2], 5, "mse")
     z = x @ params[0]["W"]
     params[0]["b"] = params[0]["b"].at[0].set(-z[SAMPLE, 0])
     kw = dict(activation="tanh", loss="mse", output_activation="relu")

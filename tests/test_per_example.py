@@ -12,8 +12,7 @@ import optax
 import pytest
 
 import jaxbp
-from conftest import rel_err
-from problems import random_problem
+from conftest import make_problem, rel_err
 
 STATIC = ("activation", "loss", "output_activation", "reduction")
 DP_STATIC = ("l2_clip", "noise_multiplier", "activation", "loss", "output_activation")
@@ -67,7 +66,7 @@ def tree_norm(tree):
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 @pytest.mark.parametrize(("activation", "loss", "output", "sizes"), CASES, ids=IDS)
 def test_match_vmap_grad(activation, loss, output, sizes, reduction):
-    params, x, y = random_problem(len(sizes), sizes, BATCH, loss)
+    params, x, y = make_problem(len(sizes), sizes, BATCH, loss)
     kw = dict(activation=activation, loss=loss, output_activation=output)
     grads, norms, manual = per_example(params, x, y, **kw, reduction=reduction)
     scale = 1 / BATCH if reduction == "mean" else 1  # "mean": each term is grad l^n / batch
@@ -85,7 +84,7 @@ def test_match_vmap_grad(activation, loss, output, sizes, reduction):
 
 def test_norms_never_build_per_example_grads():
     """The norms' program holds no (batch, n_in, n_out) array; per_example_grads' does."""
-    params, x, y = random_problem(0, [4, 5, 3], BATCH, "cross_entropy")
+    params, x, y = make_problem(0, [4, 5, 3], BATCH, "cross_entropy")
     kw = dict(activation="tanh", loss="cross_entropy")
 
     def ranks(fn):
@@ -97,7 +96,7 @@ def test_norms_never_build_per_example_grads():
 
 
 def test_float32():
-    params, x, y = random_problem(0, [4, 3], BATCH, "mse", jnp.float32)
+    params, x, y = make_problem(0, [4, 3], BATCH, "mse", jnp.float32)
     kw = dict(activation="elu", loss="mse", output_activation="identity", reduction="mean")
     grads, norms, _ = jax.eval_shape(lambda: per_example(params, x, y, **kw))
     assert [g.dtype for g in jax.tree.leaves(grads)] == [jnp.float32] * 2
@@ -128,7 +127,7 @@ def clipped_mean_reference(params, x, y, clip):
 
 @pytest.fixture
 def dp_problem():
-    return random_problem(4, [4, 5, 5, 3], BATCH, "cross_entropy")
+    return make_problem(4, [4, 5, 5, 3], BATCH, "cross_entropy")
 
 
 def test_dp_gradient_clips_each_example(dp_problem):
@@ -155,7 +154,7 @@ def test_dp_gradient_clips_each_example(dp_problem):
 
 def test_one_huge_example_moves_the_gradient_by_at_most_clip_over_batch():
     kw = dict(activation="tanh", loss="mse", output_activation="identity", noise_multiplier=0.0)
-    params, x, y = random_problem(3, [4, 5, 2], BATCH, "mse")
+    params, x, y = make_problem(3, [4, 5, 2], BATCH, "mse")
     clip, n = 0.5, BATCH + 1
     xs = jnp.concatenate([x, x[:1]])
     ys = jnp.concatenate([y, jnp.full((1, 2), 1e4)])  # a wild target: ||grad l^n|| ~ 1e4

@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxbp
-from conftest import rel_err
-from problems import random_like, random_problem
+from conftest import make_problem, random_like, rel_err
 
 STATIC = ("activation", "loss", "output_activation", "reduction")
 CASES = [
@@ -32,7 +31,7 @@ def flat(tree):
 @pytest.fixture(params=CASES, ids=IDS)
 def case(request):
     activation, loss, output, reduction, sizes = request.param
-    params, x, y = random_problem(len(sizes), sizes, BATCH, loss)
+    params, x, y = make_problem(len(sizes), sizes, BATCH, loss)
     v = random_like(1, params)
     kw = dict(activation=activation, loss=loss, output_activation=output, reduction=reduction)
     return params, x, y, v, kw
@@ -94,7 +93,7 @@ def test_gnvp_matches_explicit_gauss_newton(case):
 )
 def test_gnvp_is_hvp_for_one_layer_with_canonical_link(loss, output):
     """z = x W + b is linear in theta, so H = J^T H_out J exactly."""
-    params, x, y = random_problem(0, [3, 4], BATCH, loss)
+    params, x, y = make_problem(0, [3, 4], BATCH, loss)
     v = random_like(1, params)
     kw = dict(activation="tanh", loss=loss, output_activation=output)
     gn, h = gnvp(params, x, y, v, **kw), hvp(params, x, y, v, **kw)
@@ -102,14 +101,14 @@ def test_gnvp_is_hvp_for_one_layer_with_canonical_link(loss, output):
 
 
 def test_gnvp_differs_from_hvp_for_deeper_networks():
-    params, x, y = random_problem(0, [3, 4, 2], BATCH, "mse")
+    params, x, y = make_problem(0, [3, 4, 2], BATCH, "mse")
     v = jax.tree.map(jnp.ones_like, params)
     kw = dict(activation="tanh", loss="mse")
     assert rel_err(flat(gnvp(params, x, y, v, **kw)), flat(hvp(params, x, y, v, **kw))) > 1e-3
 
 
 def test_dtypes_and_v_cast():
-    params, x, y = random_problem(0, [3, 4, 2], BATCH, "mse", jnp.float32)
+    params, x, y = make_problem(0, [3, 4, 2], BATCH, "mse", jnp.float32)
     v = jax.tree.map(lambda p: jnp.ones(p.shape, jnp.float64), params)  # cast to float32
     for fn in (jaxbp.hvp, jaxbp.gnvp):
         out = jax.eval_shape(lambda fn=fn: fn(params, x, y, v, activation="tanh", loss="mse"))
@@ -117,7 +116,7 @@ def test_dtypes_and_v_cast():
 
 
 def test_errors():
-    params, x, y = random_problem(0, [3, 4, 2], BATCH, "mse")
+    params, x, y = make_problem(0, [3, 4, 2], BATCH, "mse")
     wrong = [{"W": jnp.ones((3, 4)), "b": jnp.ones(4)}]
     for fn in (jaxbp.hvp, jaxbp.gnvp):
         with pytest.raises(ValueError, match="v must be a pytree shaped like params"):

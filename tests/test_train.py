@@ -24,7 +24,7 @@ def reference_step(optimizer, params, opt_state, x, y):
 
 @pytest.fixture
 def problem():
-    params, x, y = make_problem(jax.random.key(3), [6, 16, 16, 4], 96, "cross_entropy", jnp.float32)
+    params, x, y = make_problem(3, [6, 16, 16, 4], 96, "cross_entropy", jnp.float32)
     return params, x, y
 
 
@@ -129,15 +129,13 @@ def test_evaluate_against_numpy(problem):
     )
     np.testing.assert_allclose(ev["loss"], jaxbp.loss_fn(params, x, y, **KW), rtol=1e-6)
 
-    params, x, t = make_problem(jax.random.key(4), [6, 8, 2], 50, "mse", jnp.float64)
+    params, x, t = make_problem(4, [6, 8, 2], 50, "mse", jnp.float64)
     ev = jaxbp.evaluate(params, x, t, activation="relu", loss="mse")
     y_hat, t = np.asarray(jaxbp.forward(params, x, activation="relu")), np.asarray(t)
     r2 = 1 - ((t - y_hat) ** 2).sum() / ((t - t.mean(0)) ** 2).sum()
     np.testing.assert_allclose(ev["r2"], r2, rtol=1e-12)
 
-    params, x, t = make_problem(
-        jax.random.key(5), [6, 8, 1], 50, "binary_cross_entropy", jnp.float64
-    )
+    params, x, t = make_problem(5, [6, 8, 1], 50, "binary_cross_entropy", jnp.float64)
     t = (t > 0.5).astype(jnp.float64)
     ev = jaxbp.evaluate(params, x, t[:, 0], activation="relu", loss="binary_cross_entropy")
     z = np.asarray(jaxbp.forward(params, x, activation="relu"))[:, 0]

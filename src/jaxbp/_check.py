@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxbp._activations import ACTIVATIONS
-from jaxbp._mlp import init_mlp
 from jaxbp._parity import check_parity
 
 LOSS_OUTPUTS = (
@@ -23,17 +24,28 @@ LOSS_OUTPUTS = (
 
 
 def random_problem(
-    key: jax.Array, sizes: list[int], batch: int, loss: str, dtype: Any, *, x_scale: float = 1.0
+    seed: int, sizes: list[int], batch: int, loss: str, dtype: Any, *, x_scale: float = 1.0
 ) -> tuple[list[dict[str, jax.Array]], jax.Array, jax.Array]:
-    """Random `(params, x, y)`: Glorot params, normal inputs of std `x_scale`, and
-    targets that suit `loss` (labels for cross_entropy, uniform [0, 1] otherwise)."""
-    k_params, k_x, k_y = jax.random.split(key, 3)
-    params = init_mlp(k_params, sizes, dtype=dtype)
-    x = x_scale * jax.random.normal(k_x, (batch, sizes[0]), dtype)
+    """Random `(params, x, y)` from numpy's generator seeded with `seed`: Glorot-normal
+    weights, small random biases (so the bias path is exercised), normal inputs of std
+    `x_scale`, and targets that suit `loss` (labels for cross_entropy, U[0, 1] otherwise).
+
+    numpy rather than `jax.random`: the latter compiles its samplers once per new shape,
+    which would dominate a grid of small problems.
+    """
+    rng = np.random.default_rng(seed)
+    params = [
+        {
+            "W": jnp.asarray(rng.normal(0, np.sqrt(2 / (n_in + n_out)), (n_in, n_out)), dtype),
+            "b": jnp.asarray(0.1 * rng.normal(size=n_out), dtype),
+        }
+        for n_in, n_out in itertools.pairwise(sizes)
+    ]
+    x = jnp.asarray(x_scale * rng.normal(size=(batch, sizes[0])), dtype)
     if loss == "cross_entropy":
-        y = jax.random.randint(k_y, (batch,), 0, sizes[-1])
+        y = jnp.asarray(rng.integers(0, sizes[-1], batch), jnp.int32)
     else:
-        y = jax.random.uniform(k_y, (batch, sizes[-1]), dtype)
+        y = jnp.asarray(rng.uniform(size=(batch, sizes[-1])), dtype)
     return params, x, y
 
 
@@ -44,14 +56,15 @@ def parity_grid(
     seed: int = 0,
 ) -> Iterator[dict[str, Any]]:
     """Yield one record per (dtype, activation, loss/output, depth) with its parity result."""
-    key = jax.random.key(seed)
+    problem = itertools.count(seed * 10_000)
     for dtype in dtypes:
         for activation in ACTIVATIONS:
             for loss, output in LOSS_OUTPUTS:
                 for depth in depths:
-                    key, sub = jax.random.split(key)
                     sizes = [6] + [9] * (depth - 1) + [4]
-                    params, x, y = random_problem(sub, sizes, batch, loss, jnp.dtype(dtype))
+                    params, x, y = random_problem(
+                        next(problem), sizes, batch, loss, jnp.dtype(dtype)
+                    )
                     report = check_parity(
                         params, x, y, activation=activation, loss=loss, output_activation=output
                     )

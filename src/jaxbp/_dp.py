@@ -32,6 +32,7 @@ from jaxbp._backprop import backprop, cast_like
 from jaxbp._losses import OutputActivation
 from jaxbp._mlp import Params
 from jaxbp._per_example import norms_from_trace
+from jaxbp._train import check_optimizer, tree_norm
 from jaxbp._validate import resolve
 
 Array = jax.Array
@@ -115,11 +116,7 @@ def make_dp_train_step(
     `key` every step. `params` and `opt_state` are donated: do not reuse the arrays passed
     in. Privacy accounting (epsilon, delta) is not done here.
     """
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(
-            "optimizer must be an optax.GradientTransformation such as optax.sgd(0.1); "
-            f"got {type(optimizer).__name__}."
-        )
+    check_optimizer(optimizer)
     _check_dp(l2_clip, noise_multiplier)
     resolve(activation, loss, output_activation)  # fail at construction, not at first call
     kw = dict(
@@ -137,16 +134,12 @@ def make_dp_train_step(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         metrics = {
             "loss": value,
-            "grad_norm": _norm(grads),
+            "grad_norm": tree_norm(grads),
             "clipped": jnp.mean((norms > l2_clip).astype(value.dtype)),
         }
         return optax.apply_updates(params, updates), opt_state, metrics
 
     return jax.jit(step, donate_argnums=(0, 1))
-
-
-def _norm(tree: Any) -> Array:
-    return jnp.sqrt(sum(jnp.sum(g * g) for g in jax.tree.leaves(tree)))
 
 
 def _check_dp(l2_clip: Any, noise_multiplier: Any) -> None:

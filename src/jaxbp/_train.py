@@ -53,14 +53,19 @@ def tree_norm(tree: Any) -> Array:
     return jnp.sqrt(sum(jnp.sum(leaf * leaf) for leaf in jax.tree.leaves(tree)))
 
 
-def _make_update(
-    optimizer: optax.GradientTransformation, grad: str, diagnostics: bool, kw: dict[str, Any]
-) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
+def check_optimizer(optimizer: Any) -> None:
+    """Refuse anything but an optax transformation, naming what was passed."""
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             "optimizer must be an optax.GradientTransformation such as optax.adam(1e-3); "
             f"got {type(optimizer).__name__}."
         )
+
+
+def _make_update(
+    optimizer: optax.GradientTransformation, grad: str, diagnostics: bool, kw: dict[str, Any]
+) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
+    check_optimizer(optimizer)
     resolve(kw["activation"], kw["loss"], kw["output_activation"], kw["reduction"])  # fail early
     value_and_grad = value_and_grad_fn(grad, diagnostics, **kw)
 
