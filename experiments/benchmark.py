@@ -8,7 +8,9 @@ this one run (the machine may be shared and noisy):
    against jax.grad, GFLOP/s against the matmul rate measured here, peak memory;
 2. the same step in Flax NNX, Equinox and PyTorch (eager, torch.compile) when installed
    (`pip install ".[bench]"`), and jaxbp's scanned epoch per step against them;
-3. sweeps: N models trained in one vmapped program, per-model step time for N = 1, 8, 32;
+3. sweeps: N models trained in one vmapped program, per-model step time for N = 1, 8, 32,
+   each model with its own batch order or all with one; the epoch shuffle against
+   jax.random.permutation;
 4. what jax.grad alone does not give, at the medium size: per-example gradient norms and
    gradients against vmap(grad), hvp against jvp(grad), jax.grad through jaxbp.mlp's
    handwritten backward against plain autodiff, the clipped DP-SGD gradient;
@@ -45,22 +47,28 @@ def log(message):
 
 def sweeps(config, models, reps, steps):
     """Per-model step time of N models in one vmapped program (epochs of `steps` steps),
-    against one model's scanned epoch (N = 1) and one model's jitted step. The single step
-    is timed on its own: interleaved with the long sweep calls it reads slow."""
+    each model with its own shuffle or all with one (`shared_order`), against one model's
+    scanned epoch (N = 1) and one model's jitted step. The single step is timed on its
+    own: interleaved with the long sweep calls it reads slow."""
     single = _bench.round_robin({"step": _bench.step_call(config, "manual")}, 10 * reps)["step"]
-    times = _bench.round_robin(
-        {n: _bench.sweep_call(config, n, steps) for n in models}, reps, rounds=5
-    )
-    per = {n: times[n] / (steps * n) for n in models}
+    calls = {
+        (n, shared): _bench.sweep_call(config, n, steps, shared)
+        for n in models
+        for shared in (False, True)
+    }
+    times = _bench.round_robin(calls, reps, rounds=5)
+    per = {nk: times[nk] / (steps * nk[0]) for nk in calls}
+    one = per[(1, False)]
     return [
         {
             "models": n,
-            "ms_per_model_step": 1e3 * per[n],
-            "ratio_to_one_model": per[n] / per[1],
-            "ratio_to_single_step": per[n] / single,
+            "shared_order": shared,
+            "ms_per_model_step": 1e3 * per[(n, shared)],
+            "ratio_to_one_model": per[(n, shared)] / one,
+            "ratio_to_single_step": per[(n, shared)] / single,
             "single_step_ms": 1e3 * single,
         }
-        for n in models
+        for n, shared in calls
     ]
 
 
@@ -188,18 +196,31 @@ def markdown(result):
     lines += [
         "## Sweeps: N small models in one vmapped program",
         "",
-        "| models | ms per model-step | x one model (scanned epoch) | x jitted single step |",
-        "|---|---|---|---|",
+        "| models | batch order | ms per model-step | x one model (scanned epoch) "
+        "| x jitted single step |",
+        "|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['models']} | {r['ms_per_model_step']:.4f} | {r['ratio_to_one_model']:.3f} | "
+        f"| {r['models']} | {'shared' if r['shared_order'] else 'own'} | "
+        f"{r['ms_per_model_step']:.4f} | {r['ratio_to_one_model']:.3f} | "
         f"{r['ratio_to_single_step']:.3f} |"
         for r in result["sweeps"]
     ]
     lines += [
         "",
         f"One jitted step of the same model, timed on its own: "
-        f"{result['sweeps'][0]['single_step_ms']:.4f} ms.",
+        f"{result['sweeps'][0]['single_step_ms']:.4f} ms. 'own': each model shuffles with "
+        "its own key; 'shared': one key, the same batches for every model "
+        "(`make_train_sweep(..., shared_order=True)`).",
+        "",
+        "## The epoch shuffle (ms per shuffle of n samples)",
+        "",
+        "| n | jax.random.permutation | jaxbp | speed-up |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['n']} | {r['jax_ms']:.3f} | {r['jaxbp_ms']:.3f} | {r['speedup']:.2f}x |"
+        for r in result["shuffle"]
     ]
     lines += [
         "",
@@ -258,6 +279,9 @@ def main():
     models = (1, 2) if smoke else (1, 8, 32)
     result["sweeps"] = sweeps(
         _bench.CONFIGS["small"], models, 3 if smoke else 30, 4 if smoke else 20
+    )
+    result["shuffle"] = _bench.shuffle_times(
+        (100, 1000) if smoke else (1437, 2560, 60_000), 6 if smoke else 60
     )
     log("4/5 per-example gradients, hvp, custom_vjp, DP-SGD")
     size, batch = ([16, 8, 4], 8) if smoke else ([784, 512, 512, 10], 256)

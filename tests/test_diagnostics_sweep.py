@@ -81,3 +81,55 @@ def test_sweep_equals_separate_runs():
         alone, _, _ = epoch(inits[i], state, keys[i], x, y)
         for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(swept)):
             assert rel_err(b[i], a) < 1e-5
+
+
+def _three_models():
+    optimizer = optax.sgd(0.1, momentum=0.9)
+    inits = [jaxbp.init_mlp(jax.random.key(s), [6, 8, 3]) for s in range(3)]
+    stack = jax.tree.map(lambda *v: jnp.stack(v), *inits)
+    return optimizer, inits, stack, jax.vmap(optimizer.init)(stack)
+
+
+def test_sweep_with_shared_order_equals_separate_runs_with_one_key():
+    """shared_order: every model sees the batches of one key, the first layer's products
+    run as one matmul, and each model ends where its own epoch with that key ends."""
+    optimizer, inits, stack, states = _three_models()
+    _, x, y = make_problem(10, [6, 8, 3], 40, "cross_entropy", jnp.float32)
+    kw = dict(activation="tanh", loss="cross_entropy", batch_size=8)
+    sweep = jaxbp.make_train_sweep(optimizer, shared_order=True, **kw)
+    key = jax.random.key(4)
+    swept, _, metrics = sweep(stack, states, key, x, y)
+    assert metrics["loss"].shape == (3, 5)
+    epoch = jaxbp.make_train_epoch(optimizer, **kw)
+    for i in range(3):
+        alone, _, _ = epoch(inits[i], optimizer.init(inits[i]), key, x, y)
+        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(swept)):
+            assert rel_err(b[i], a) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("shared_order", "keys", "match"),
+    [
+        (False, jax.random.key(0), r"one key per model, shape \(N,\)"),
+        (False, jax.random.split(jax.random.key(0), 2), "params stack 3 models, keys hold 2"),
+        (True, jax.random.split(jax.random.key(0), 3), "a single key with shared_order=True"),
+        (True, jax.random.split(jax.random.PRNGKey(0), 3), r"got keys of shape \(3, 2\)"),
+    ],
+    ids=["one-key-per-model-missing", "key-count", "shared-given-many", "shared-raw-many"],
+)
+def test_sweep_refuses_keys_of_the_wrong_shape(shared_order, keys, match):
+    optimizer, _, stack, states = _three_models()
+    _, x, y = make_problem(11, [6, 8, 3], 16, "cross_entropy", jnp.float32)
+    sweep = jaxbp.make_train_sweep(
+        optimizer, activation="tanh", loss="cross_entropy", batch_size=8, shared_order=shared_order
+    )
+    with pytest.raises(ValueError, match=match):
+        sweep(stack, states, keys, x, y)
+
+
+def test_sweep_takes_raw_uint32_keys():
+    optimizer, _, stack, states = _three_models()
+    _, x, y = make_problem(12, [6, 8, 3], 16, "cross_entropy", jnp.float32)
+    sweep = jaxbp.make_train_sweep(optimizer, activation="tanh", loss="cross_entropy", batch_size=8)
+    _, _, metrics = sweep(stack, states, jax.random.split(jax.random.PRNGKey(0), 3), x, y)
+    assert metrics["loss"].shape == (3, 2)

@@ -37,6 +37,14 @@ def test_benchmark(tmp_path):
     assert row["config"] == "small" and row["manual_ms"] > 0 and row["autodiff_memory_mib"] > 0
     assert [r["devices"] for r in result["sharded"]] == [1, 1, 2, 2, 4, 4]
     assert {r["quantity"] for r in result["extras"]} >= {"per-example gradient norms"}
+    assert [(r["models"], r["shared_order"]) for r in result["sweeps"]] == [
+        (1, False),
+        (1, True),
+        (2, False),
+        (2, True),
+    ]
+    assert [r["n"] for r in result["shuffle"]] == [100, 1000]
+    assert all(r["jaxbp_ms"] > 0 and r["jax_ms"] > 0 for r in result["shuffle"])
     assert (tmp_path / "benchmark.md").read_text().startswith("## jaxbp bench")
 
 

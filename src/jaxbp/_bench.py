@@ -162,12 +162,15 @@ def step_memory_bytes(config: Config, grad: str) -> int:
     )
 
 
-def sweep_call(config: Config, models: int, steps: int) -> Callable[[int], None]:
-    """`call(i)`: `models` models each train one epoch of `steps` steps, in one program."""
+def sweep_call(
+    config: Config, models: int, steps: int, shared_order: bool = False
+) -> Callable[[int], None]:
+    """`call(i)`: `models` models each train one epoch of `steps` steps, in one program;
+    each shuffles with its own key, or all with one (`shared_order`)."""
     from jaxbp._train import make_train_sweep
 
     opt = optimizer()
-    sweep = make_train_sweep(opt, batch_size=config.batch, **KW)
+    sweep = make_train_sweep(opt, batch_size=config.batch, shared_order=shared_order, **KW)
     inits = [init_mlp(jax.random.key(s), config.sizes) for s in range(models)]
     params = jax.tree.map(lambda *v: jnp.stack(v), *inits)
     state = {"params": params, "opt_state": jax.vmap(opt.init)(params)}
@@ -176,12 +179,42 @@ def sweep_call(config: Config, models: int, steps: int) -> Callable[[int], None]
     y = jax.random.randint(jax.random.key(2), (n,), 0, config.sizes[-1])
 
     def call(i: int) -> None:
-        keys = jax.random.split(jax.random.key(i), models)
+        key = jax.random.key(i)
+        keys = key if shared_order else jax.random.split(key, models)
         p, s, metrics = sweep(state["params"], state["opt_state"], keys, x, y)
         state["params"], state["opt_state"] = p, s
         metrics["loss"].block_until_ready()
 
     return call
+
+
+def shuffle_times(sizes: tuple[int, ...], reps: int) -> list[dict[str, float]]:
+    """ms of one jitted epoch shuffle of `n` samples: `jax.random.permutation` against
+    jaxbp's (`jaxbp._shuffle.permutation`), timed in turn."""
+    from jaxbp._shuffle import permutation
+
+    rows = []
+    for n in sizes:
+        fns = {
+            "jax.random.permutation": jax.jit(lambda k, n=n: jax.random.permutation(k, n)),
+            "jaxbp": jax.jit(lambda k, n=n: permutation(k, n)),
+        }
+        times = round_robin(
+            {
+                name: lambda i, f=f: f(jax.random.key(i)).block_until_ready()
+                for name, f in fns.items()
+            },
+            reps,
+        )
+        rows.append(
+            {
+                "n": n,
+                "jax_ms": 1e3 * times["jax.random.permutation"],
+                "jaxbp_ms": 1e3 * times["jaxbp"],
+                "speedup": times["jax.random.permutation"] / times["jaxbp"],
+            }
+        )
+    return rows
 
 
 def reps_for(config: Config, reps: int) -> int:
