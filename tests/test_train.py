@@ -49,6 +49,18 @@ def test_step_matches_a_hand_rolled_optax_step(problem, grad):
     assert set(metrics) >= {"loss", "grad_norm"} and metrics["grad_norm"].shape == ()
 
 
+@pytest.mark.parametrize("grad", ["manual", "autodiff"])
+def test_grad_norm_is_the_norm_of_the_gradient(grad):
+    """float64, a 5-layer network (10 leaves): the metric against numpy's norm of the
+    flattened jax.grad gradient."""
+    params, x, y = make_problem(4, [6, 9, 9, 9, 9, 4], 12, "cross_entropy")
+    step = jaxbp.make_train_step(optax.sgd(0.1), grad=grad, **KW)
+    grads = jax.grad(jaxbp.loss_fn)(params, x, y, **KW)
+    want = np.linalg.norm(np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)]))
+    _, _, metrics = step(copy(params), optax.sgd(0.1).init(params), x, y)
+    assert float(metrics["grad_norm"]) == pytest.approx(want, rel=1e-13)
+
+
 def test_manual_and_autodiff_trajectories_agree_over_120_steps(problem):
     """Same seed and data: the two gradient paths train to the same parameters (float32)."""
     params, x, y = problem
