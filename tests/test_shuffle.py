@@ -28,7 +28,7 @@ def test_is_a_permutation(n, seed):
 def test_rounds_give_three_times_the_position_bits(n):
     """r rounds of 32 - k random bits reach 3k bits (collision chance < 1/2n), and no
     fewer rounds would."""
-    k = max(1, (n - 1).bit_length())
+    k = (n - 1).bit_length() or 1  # bits to write n - 1, the largest position
     r = rounds_for(n)
     assert r * (32 - k) >= 3 * k > (r - 1) * (32 - k)
 

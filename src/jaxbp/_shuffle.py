@@ -18,6 +18,11 @@ _MAX_ROUNDS = 6
 pay off, and `jax.random.permutation` is used."""
 
 
+def position_bits(n: int) -> int:
+    """`k`: the low bits of the packed word that hold a position in `range(n)`."""
+    return max(1, (n - 1).bit_length())
+
+
 def rounds_for(n: int) -> int:
     """Rounds of packed sorting that make a permutation of `range(n)` uniform.
 
@@ -29,7 +34,7 @@ def rounds_for(n: int) -> int:
     probability below `n**2 / 2**(r * (32 - k) + 1)`. Choosing `r * (32 - k) >= 3k`
     bounds that by `1 / (2n)`, the guarantee `jax.random.permutation` gives.
     """
-    k = max(1, (n - 1).bit_length())
+    k = position_bits(n)
     return -(-3 * k // (_WORD - k))
 
 
@@ -38,7 +43,7 @@ def permutation(key: Array, n: int) -> Array:
     rounds = rounds_for(n)
     if rounds > _MAX_ROUNDS:
         return jax.random.permutation(key, n).astype(jnp.int32)
-    k = max(1, (n - 1).bit_length())
+    k = position_bits(n)
     position = jnp.arange(n, dtype=jnp.uint32)
     perm = position
     for round_key in jax.random.split(key, rounds):
