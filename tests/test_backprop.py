@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import jaxbp
 from conftest import ACTIVATION_NAMES, LOSS_OUTPUTS, RTOL, make_problem, rel_err
-from jaxbp import _activations, _backprop, _losses, _mlp, _validate
+from jaxbp import _activations, _backprop, _config, _layers, _losses, _mlp, _tasks, _validate
 
 DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
 STATIC = ("activation", "loss", "output_activation", "reduction")
@@ -196,7 +196,9 @@ AUTODIFF_NAMES = {
 
 
 @pytest.mark.parametrize(
-    "module", [_backprop, _mlp, _activations, _losses, _validate], ids=lambda m: m.__name__
+    "module",
+    [_backprop, _mlp, _activations, _losses, _validate, _layers, _config, _tasks],
+    ids=lambda m: m.__name__,
 )
 def test_manual_grad_uses_no_autodiff(module):
     """Nothing on manual_grad's path names an autodiff transform."""

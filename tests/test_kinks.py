@@ -1,6 +1,8 @@
 """check_parity near relu kinks: finite differences whose step carries a pre-activation
 across 0 are reported as "skipped (kink)", not as failures; real errors are still caught."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -75,7 +77,7 @@ def test_wrong_derivative_is_still_caught_at_a_kink():
     """A relu whose derivative is 1.01 for z > 0: autodiff parity fails every hidden leaf,
     and the finite differences that are not skipped fail too."""
     params, x, y = kinked_problem(0, 0.0, sizes=(3, 4, 4, 2))
-    bad = jaxbp.Activation("relu", jax.nn.relu, lambda z, a: 1.01 * (z > 0))
+    bad = jaxbp.Activation("relu", jax.nn.relu, lambda z, a: 1.01 * (z > 0), kinks=(0.0,))
     report = jaxbp.check_parity(params, x, y, activation=bad, loss="mse", finite_differences=True)
     assert not report.passed and "FAILED" in str(report)
     assert report.kinks[0] == 1
@@ -83,6 +85,24 @@ def test_wrong_derivative_is_still_caught_at_a_kink():
     checked = [leaf for leaf in report.leaves[:4] if not leaf.fd_skipped]
     assert checked and all(leaf.fd_err > FD_RTOL for leaf in checked)
     np.testing.assert_array_less(1e-3, [leaf.rel_err for leaf in report.leaves[:4]])
+
+
+def test_kinks_come_from_the_record_not_the_name():
+    """A relu shifted to kink at 0.7, named freely: its own `kinks` say where to look."""
+    shift = 0.7
+    params, x, y = kinked_problem(0, shift)  # z_1[SAMPLE, UNIT] sits on the shifted kink
+    shifted = jaxbp.Activation(
+        "my_relu",
+        lambda z: jax.nn.relu(z - shift),
+        lambda z, a: (z > shift).astype(z.dtype),
+        kinks=(shift,),
+    )
+    kw = dict(activation=shifted, loss="mse", finite_differences=True)
+    report = jaxbp.check_parity(params, x, y, **kw)
+    assert report.passed and report.kinks == (1, 0)
+    unaware = dataclasses.replace(shifted, kinks=())
+    report = jaxbp.check_parity(params, x, y, **{**kw, "activation": unaware})
+    assert report.kinks == (0, 0)
 
 
 def test_without_finite_differences_no_kink_report():

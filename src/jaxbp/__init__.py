@@ -6,18 +6,29 @@ README for the notation.
 """
 
 from jaxbp import datasets
-from jaxbp._activations import ACTIVATIONS, Activation
+from jaxbp._activations import ACTIVATIONS, SOFTMAX, Activation, Softmax
 from jaxbp._backprop import Trace, backprop, manual_grad
+from jaxbp._check import LOSS_OUTPUTS, parity_grid, random_problem
+from jaxbp._config import Config
 from jaxbp._custom_vjp import mlp
 from jaxbp._diagnostics import backward_flow_stats
 from jaxbp._dp import dp_value_and_grad, make_dp_train_step
-from jaxbp._losses import LOSSES
-from jaxbp._mlp import INITS, forward, init_mlp, loss_fn
-from jaxbp._parity import ParityReport, check_parity
+from jaxbp._init import INITS
+from jaxbp._layers import Activate, Context, Dense
+from jaxbp._losses import LOSSES, Loss, huber
+from jaxbp._mlp import forward, init_mlp, loss_fn
+from jaxbp._parity import LeafParity, ParityReport, assert_parity, check_parity
 from jaxbp._per_example import per_example_grad_norms, per_example_grads
 from jaxbp._second_order import gnvp, hvp
 from jaxbp._sharding import data_mesh
-from jaxbp._train import evaluate, make_train_epoch, make_train_step, make_train_sweep
+from jaxbp._tasks import TASKS, Task
+from jaxbp._train import (
+    epoch_batches,
+    evaluate,
+    make_train_epoch,
+    make_train_step,
+    make_train_sweep,
+)
 
 __version__ = "0.1.0"
 
@@ -25,18 +36,32 @@ __all__ = [
     "ACTIVATIONS",
     "INITS",
     "LOSSES",
+    "LOSS_OUTPUTS",
+    "SOFTMAX",
+    "TASKS",
+    "Activate",
     "Activation",
+    "Config",
+    "Context",
+    "Dense",
+    "LeafParity",
+    "Loss",
     "ParityReport",
+    "Softmax",
+    "Task",
     "Trace",
+    "assert_parity",
     "backprop",
     "backward_flow_stats",
     "check_parity",
     "data_mesh",
     "datasets",
     "dp_value_and_grad",
+    "epoch_batches",
     "evaluate",
     "forward",
     "gnvp",
+    "huber",
     "hvp",
     "init_mlp",
     "loss_fn",
@@ -46,6 +71,8 @@ __all__ = [
     "make_train_sweep",
     "manual_grad",
     "mlp",
+    "parity_grid",
     "per_example_grad_norms",
     "per_example_grads",
+    "random_problem",
 ]

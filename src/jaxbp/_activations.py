@@ -6,20 +6,27 @@ applies to the stored forward flow. Every derivative has the signature
 activation already stored by the forward pass; each one uses whichever is cheaper,
 and its docstring line says which.
 
-At a kink (relu, leaky_relu at 0) the derivative is the left one: relu'(0) = 0 and
-leaky_relu'(0) = 0.01. That is the value `jax.grad` gives for `jax.nn.relu` and for
+The record owns every other fact about its activation too: where its derivative jumps
+(`kinks`, which `check_parity` needs to read finite differences), and the weight
+initialisation it prefers (`init`: He for the rectifiers, Glorot otherwise; section
+1.1.3). At a kink (relu, leaky_relu at 0) the derivative is the left one: relu'(0) = 0
+and leaky_relu'(0) = 0.01. That is the value `jax.grad` gives for `jax.nn.relu` and for
 the `where(z > 0, ...)` forms written here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import erfc
+
+from jaxbp._init import check_init
 
 Array = jax.Array
 
@@ -30,17 +37,40 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-class Activation(NamedTuple):
-    """An elementwise nonlinearity `phi` and its handwritten derivative.
+def check_arity(owner: str, field: str, fn: Any, args: str) -> None:
+    """Refuse a `fn` that is not callable with the positional arguments `args` ("z, a")."""
+    if not callable(fn):
+        raise TypeError(f"{owner}: {field} must be a function of ({args}); got {fn!r}.")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and ufuncs have none: trust them
+        return
+    try:
+        signature.bind(*args.split(", "))
+    except TypeError:
+        raise TypeError(
+            f"{owner}: {field} must take the positional arguments ({args}); got {field}"
+            f"{signature}. Write it as `lambda {args}: ...`, ignoring what it does not use."
+        ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """An elementwise nonlinearity `phi`, its handwritten derivative, and its facts.
 
     **Arguments:**
 
-    - `name`: how it prints and how `jaxbp` refers to it.
+    - `name`: how it prints.
     - `fn`: `z -> phi(z)`, elementwise; `z` is `(batch, n)`.
     - `deriv`: `(z, a) -> phi'(z)`, elementwise, given `z` and `a = phi(z)` from the
       forward pass. It must not call `jax.grad` or any other autodiff.
+    - `kinks`: the points where `phi'` jumps (relu: `(0.0,)`); `check_parity` skips the
+      finite differences whose step carries a pre-activation across one of them.
+    - `init`: the weight initialisation it prefers (one of `jaxbp.INITS`), used by
+      `jaxbp train` when no `--init` is given.
 
-    Example, a user's own activation:
+    The signatures of `fn` and `deriv` are checked when the record is built. Example,
+    a user's own activation:
 
     ```python
     cube = jaxbp.Activation("cube", lambda z: z**3, lambda z, a: 3 * z**2)
@@ -50,19 +80,52 @@ class Activation(NamedTuple):
     name: str
     fn: Callable[[Array], Array]
     deriv: Callable[[Array, Array], Array]
+    kinks: tuple[float, ...] = ()
+    init: str = "glorot_normal"
+
+    min_units = 1  # the smallest output layer it makes sense on
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"Activation name must be a str; got {self.name!r}.")
+        owner = f"Activation {self.name!r}"
+        check_arity(owner, "fn", self.fn, "z")
+        check_arity(owner, "deriv", self.deriv, "z, a")
+        try:
+            kinks = tuple(float(k) for k in self.kinks)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"{owner}: kinks must be a tuple of numbers (where phi' jumps, e.g. (0.0,)); "
+                f"got {self.kinks!r}."
+            ) from None
+        if not all(math.isfinite(k) for k in kinks):
+            raise ValueError(f"{owner}: kinks must be finite; got {kinks!r}.")
+        object.__setattr__(self, "kinks", kinks)
+        check_init(self.init, f"{owner}: init")
 
     def backward(self, z: Array, a: Array, g: Array) -> Array:
         """`g * phi'(z)`: the backward flow through this activation (eq. 1.4)."""
         return g * self.deriv(z, a)
 
+    def crossings(self, lo: Array, hi: Array) -> Array:
+        """Where `lo` and `hi` (same shape) lie on different sides of some kink: a bool mask."""
+        crossed = jnp.zeros(jnp.shape(lo), bool)
+        for k in self.kinks:
+            crossed = crossed | ((lo > k) != (hi > k))
+        return crossed
 
-class Softmax(NamedTuple):
+
+@dataclasses.dataclass(frozen=True)
+class Softmax:
     """The softmax output link; not elementwise, so it carries a vector-Jacobian product.
 
-    `a_k = exp(z_k) / sum_j exp(z_j)` over the last axis of `z: (batch, K)`.
+    `a_k = exp(z_k) / sum_j exp(z_j)` over the last axis of `z: (batch, K)`, `K >= 2`
+    (on one unit it is the constant 1).
     """
 
     name: str = "softmax"
+    kinks: tuple[float, ...] = ()
+    min_units = 2
 
     def fn(self, z: Array) -> Array:
         return jax.nn.softmax(z, axis=-1)
@@ -72,8 +135,16 @@ class Softmax(NamedTuple):
         del z
         return a * (g - jnp.sum(g * a, axis=-1, keepdims=True))
 
+    def crossings(self, lo: Array, hi: Array) -> Array:
+        del hi
+        return jnp.zeros(jnp.shape(lo), bool)
+
 
 SOFTMAX = Softmax()
+
+
+def _identity(z: Array) -> Array:
+    return z
 
 
 def _identity_deriv(z: Array, a: Array) -> Array:
@@ -149,15 +220,15 @@ def _silu_deriv(z: Array, a: Array) -> Array:
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act
     for act in (
-        Activation("identity", lambda z: z, _identity_deriv),
+        Activation("identity", _identity, _identity_deriv),
         Activation("sigmoid", jax.nn.sigmoid, _sigmoid_deriv),
         Activation("tanh", jnp.tanh, _tanh_deriv),
-        Activation("relu", jax.nn.relu, _relu_deriv),
-        Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv),
-        Activation("elu", _elu, _elu_deriv),
+        Activation("relu", jax.nn.relu, _relu_deriv, kinks=(0.0,), init="he_normal"),
+        Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv, kinks=(0.0,), init="he_normal"),
+        Activation("elu", _elu, _elu_deriv, init="he_normal"),  # C^1 at 0 for alpha = 1
         Activation("softplus", jax.nn.softplus, _softplus_deriv),
-        Activation("gelu", _gelu, _gelu_deriv),
-        Activation("silu", jax.nn.silu, _silu_deriv),
+        Activation("gelu", _gelu, _gelu_deriv, init="he_normal"),
+        Activation("silu", jax.nn.silu, _silu_deriv, init="he_normal"),
     )
 }
 """The built-in hidden activations by name. GELU is the exact (erf) form."""

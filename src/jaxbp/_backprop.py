@@ -6,20 +6,25 @@ Index alphabet for the shapes below: `n` batch, `l` layer (1..L), `n_l` width of
     source:                 delta_L = dl/dz_L          (the loss's handwritten delta)
     backward flow:          delta_l = phi'(z_l) * (delta_{l+1} @ W_{l+1}^T)        (1.4)
     gradients:              dL/dW_l = a_{l-1}^T @ delta_l,  dL/db_l = sum_n delta_l  (1.3)
+
+Each layer record owns its part of the recursion (`jaxbp._layers`): a dense layer's
+backward is `delta @ W^T` and eq. 1.3, an activation's is the factor `phi'(z_l)`. The
+backward flow is those records chained in reverse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxbp._activations import Activation
-from jaxbp._losses import OutputActivation
-from jaxbp._mlp import Params, forward_flow
-from jaxbp._validate import check_params, check_x, prepare_targets, resolve
+from jaxbp._config import Config, Keywords, as_config
+from jaxbp._layers import Activate
+from jaxbp._mlp import Flow, Params, batch_scale, forward_flow, prepare
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Array = jax.Array
 
@@ -31,6 +36,9 @@ class Trace(NamedTuple):
     - `a`: activations `(a_0, ..., a_L)` with `a_0 = x`, each `(batch, n_l)`.
     - `delta`: the backward flow `(delta_1, ..., delta_L)`, `delta_l = dL/dz_l` of the
       reduced loss, each `(batch, n_l)`.
+
+    (With other layers in the body, `z_l` are the inputs of its activations and `z_L`
+    the logits, `a_l` their outputs.)
     """
 
     z: tuple[Array, ...]
@@ -38,79 +46,80 @@ class Trace(NamedTuple):
     delta: tuple[Array, ...]
 
 
-def backward_flow(
-    params: Params, z: Sequence[Array], a: Sequence[Array], hidden: Activation, delta_L: Array
-) -> tuple[list[dict[str, Array]], list[Array]]:
-    """Eqs. 1.4 then 1.3 from the source `delta_L: (batch, n_L)`: `(grads, [delta_1..delta_L])`.
+class Backward(NamedTuple):
+    """The backward flow through every layer: `grads` per parametric layer, `g[i]` the
+    cotangent `dL/d out` at layer i's output, `dx = dL/dx`."""
 
-    `z` holds at least `(z_1, ..., z_{L-1})` and `a` at least `(a_0, ..., a_{L-1})`, the
-    stored forward flow. Started from a loss's output delta this is the gradient; started
-    from any cotangent of `z_L` it is the MLP's vector-Jacobian product (`jaxbp.mlp`,
-    `jaxbp.gnvp`). `grads` are in the dtype of the flows.
+    grads: list[Any]
+    g: tuple[Array, ...]
+    dx: Array
+
+
+def backward_flow(flow: Flow, delta_L: Array) -> Backward:
+    """Eq. 1.4 over the layers in reverse, from the source `delta_L = dL/dz_L: (batch, n_L)`.
+
+    Started from a loss's output delta this is the gradient; started from any cotangent
+    of `z_L` it is the network's vector-Jacobian product (`jaxbp.mlp`, `jaxbp.gnvp`).
     """
-    delta = [delta_L]
-    for l in reversed(range(len(params) - 1)):  # eq. 1.4, from layer L-1 down to 1
-        delta.insert(0, hidden.backward(z[l], a[l + 1], delta[0] @ params[l + 1]["W"].T))
-    grads = [
-        {"W": a[l].T @ delta[l], "b": jnp.sum(delta[l], axis=0)}  # eq. 1.3
-        for l in range(len(params))
-    ]
-    return grads, delta
+    g, grads, at = delta_L, [], [delta_L] * len(flow.layers)
+    for i in reversed(range(len(flow.layers))):
+        at[i] = g  # dL/d(output of layer i)
+        g, dtheta = flow.layers[i].backward(flow.params[i], flow.caches[i], g)  # eqs. 1.3-1.4
+        if flow.layers[i].has_params:
+            grads.insert(0, dtheta)
+    return Backward(grads, tuple(at), g)
+
+
+def trace_of(flow: Flow, back: Backward, x: Array) -> Trace:
+    """The chapter's `(z, a, delta)`: the activations' inputs and outputs, the logits."""
+    acts = [i for i, layer in enumerate(flow.layers) if isinstance(layer, Activate)]
+    z = [flow.caches[i][0] for i in acts] + [flow.z]
+    a = [x] + [flow.caches[i][1] for i in acts] + [flow.a]
+    # delta_l = dL/dz_l: the cotangent leaving activation l's backward, i.e. arriving at
+    # the layer before it; delta_L arrives at the last layer's output.
+    delta = [back.g[i - 1] if i > 0 else back.dx for i in acts] + [back.g[-1]]
+    return Trace(tuple(z), tuple(a), tuple(delta))
+
+
+def source(config: Config, flow: Flow, y: Any, n_out: int) -> tuple[Array, Array]:
+    """The reduced loss and `delta_L = dL/dz_L` (the loss's handwritten delta, scaled)."""
+    batch = flow.z.shape[0]
+    y = config.loss.targets(y, batch, n_out, flow.z.dtype)
+    scale = batch_scale(config, batch)
+    value = scale * jnp.sum(config.loss.value(flow.z, flow.a, y))
+    return value, scale * config.loss.delta(flow.z, flow.a, y, config.output)
 
 
 def backprop(
-    params: Params,
-    x: Array,
-    y: Array,
-    *,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None = None,
-    reduction: str = "mean",
+    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> tuple[Array, Params, Trace]:
     """The loss, its gradient by eqs. 1.3-1.4, and both flows: `(value, grads, trace)`.
 
     Takes the arguments of `jaxbp.loss_fn`. `grads` has exactly the structure and
     dtypes of `params`; `trace` is a `jaxbp.Trace`.
     """
-    setup = resolve(activation, loss, output_activation, reduction)
-    sizes = check_params(params)
-    x = check_x(x, sizes)
-    z, a = forward_flow(params, x, setup.hidden, setup.output)
-    y = prepare_targets(y, setup.loss, x.shape[0], sizes[-1], z[-1].dtype)
-    scale = 1 / x.shape[0] if reduction == "mean" else 1
-
-    value = scale * jnp.sum(setup.loss.value(z[-1], a[-1], y))
-    delta_L = scale * setup.loss.delta(z[-1], a[-1], y, setup.output)
-    grads, delta = backward_flow(params, z, a, setup.hidden, delta_L)
-    return value, cast_like(grads, params), Trace(tuple(z), tuple(a), tuple(delta))
+    cfg = as_config(config, keywords)
+    body, x, n_out = prepare(cfg, params, x)
+    flow = forward_flow(cfg, body, params, x)
+    value, delta_L = source(cfg, flow, y, n_out)
+    back = backward_flow(flow, delta_L)
+    return value, cast_like(back.grads, params), trace_of(flow, back, x)
 
 
 def manual_grad(
-    params: Params,
-    x: Array,
-    y: Array,
-    *,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None = None,
-    reduction: str = "mean",
+    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> Params:
     """The gradient of `jaxbp.loss_fn` with respect to `params`, by eqs. 1.3 and 1.4.
 
     Same arguments as `jaxbp.loss_fn`; returns a pytree of `params`' structure and
-    dtypes. Pure, and works under `jax.jit` (string keywords static), `jax.vmap` and
-    `jax.jvp`.
+    dtypes. Pure, and works under `jax.jit` (pass a `jaxbp.Config`, or the string
+    keywords as static), `jax.vmap` and `jax.jvp`.
     """
-    return backprop(
-        params,
-        x,
-        y,
-        activation=activation,
-        loss=loss,
-        output_activation=output_activation,
-        reduction=reduction,
-    )[1]
+    cfg = as_config(config, keywords)
+    body, x, n_out = prepare(cfg, params, x)
+    flow = forward_flow(cfg, body, params, x)
+    _, delta_L = source(cfg, flow, y, n_out)
+    return cast_like(backward_flow(flow, delta_L).grads, params)
 
 
 def cast_like(tree: Any, params: Params) -> Params:

@@ -1,17 +1,20 @@
-"""The parity grid behind `jaxbp check`: activations x losses x depths, on random data."""
+"""The parity grid: activations x losses x depths on random data, `manual_grad` against
+`jax.grad`. One case table, shared by `jaxbp check` and the test suite."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._activations import ACTIVATIONS
+from jaxbp._activations import ACTIVATIONS, Activation, get_activation
+from jaxbp._losses import Loss, get_loss, get_output_activation
 from jaxbp._parity import check_parity
+from jaxbp._tasks import CLASSIFICATION
 
 LOSS_OUTPUTS = (
     ("mse", "identity"),
@@ -19,16 +22,20 @@ LOSS_OUTPUTS = (
     ("mse", "softmax"),
     ("binary_cross_entropy", "sigmoid"),
     ("cross_entropy", "softmax"),
+    ("huber", "identity"),
+    ("huber", "tanh"),
 )
-"""Every loss with every kind of output it takes: canonical links and the general product."""
+"""Every built-in loss with the kinds of output it takes: canonical links and the general
+product."""
 
 
 def random_problem(
-    seed: int, sizes: list[int], batch: int, loss: str, dtype: Any, *, x_scale: float = 1.0
+    seed: int, sizes: list[int], batch: int, loss: str | Loss, dtype: Any, *, x_scale: float = 1.0
 ) -> tuple[list[dict[str, jax.Array]], jax.Array, jax.Array]:
     """Random `(params, x, y)` from numpy's generator seeded with `seed`: Glorot-normal
     weights, small random biases (so the bias path is exercised), normal inputs of std
-    `x_scale`, and targets that suit `loss` (labels for cross_entropy, U[0, 1] otherwise).
+    `x_scale`, and targets that suit the loss's task (labels for classification,
+    U[0, 1] otherwise).
 
     numpy rather than `jax.random`: the latter compiles its samplers once per new shape,
     which would dominate a grid of small problems.
@@ -42,37 +49,61 @@ def random_problem(
         for n_in, n_out in itertools.pairwise(sizes)
     ]
     x = jnp.asarray(x_scale * rng.normal(size=(batch, sizes[0])), dtype)
-    if loss == "cross_entropy":
-        y = jnp.asarray(rng.integers(0, sizes[-1], batch), jnp.int32)
+    labels = rng.integers(0, sizes[-1], batch)
+    y_unit = rng.uniform(size=(batch, sizes[-1]))
+    if get_loss(loss).task is CLASSIFICATION:
+        y = jnp.asarray(labels, jnp.int32)
     else:
-        y = jnp.asarray(rng.uniform(size=(batch, sizes[-1])), dtype)
+        y = jnp.asarray(y_unit, dtype)
     return params, x, y
 
 
 def parity_grid(
-    dtypes: tuple[str, ...] = ("float32", "float64"),
-    depths: tuple[int, ...] = (1, 2, 3, 4, 5),
+    activations: Sequence[str | Activation] | None = None,
+    losses: Sequence[tuple[str | Loss, Any]] | None = None,
+    *,
+    dtypes: Sequence[str] = ("float32", "float64"),
+    depths: Sequence[int] = (1, 2, 3, 4, 5),
     batch: int = 7,
     seed: int = 0,
 ) -> Iterator[dict[str, Any]]:
-    """Yield one record per (dtype, activation, loss/output, depth) with its parity result."""
+    """`manual_grad` against `jax.grad` over a grid; yields one record per case.
+
+    **Arguments:**
+
+    - `activations`: hidden activations, names or `jaxbp.Activation` records (default:
+      every built-in).
+    - `losses`: `(loss, output_activation)` pairs, a loss a name or a `jaxbp.Loss`, the
+      output a name, a record or `None` for the loss's link (default: every built-in
+      loss with every kind of output it takes, `LOSS_OUTPUTS`).
+    - `dtypes`, `depths`, `batch`, `seed`: the problems, random (`random_problem`) with
+      widths `6-9-...-9-4`. float64 needs `jax_enable_x64`.
+
+    Each record holds `dtype`, `activation`, `loss`, `output_activation` (names), `depth`,
+    `max_rel_err`, `rtol` and `passed`.
+    """
+    acts = [get_activation(a) for a in (ACTIVATIONS if activations is None else activations)]
+    pairs = [
+        (get_loss(loss), None if out is None else get_output_activation(out))
+        for loss, out in (LOSS_OUTPUTS if losses is None else losses)
+    ]
     problem = itertools.count(seed * 10_000)
     for dtype in dtypes:
-        for activation in ACTIVATIONS:
-            for loss, output in LOSS_OUTPUTS:
+        for act in acts:
+            for loss, output in pairs:
                 for depth in depths:
                     sizes = [6] + [9] * (depth - 1) + [4]
                     params, x, y = random_problem(
                         next(problem), sizes, batch, loss, jnp.dtype(dtype)
                     )
                     report = check_parity(
-                        params, x, y, activation=activation, loss=loss, output_activation=output
+                        params, x, y, activation=act, loss=loss, output_activation=output
                     )
                     yield {
                         "dtype": dtype,
-                        "activation": activation,
-                        "loss": loss,
-                        "output_activation": output,
+                        "activation": act.name,
+                        "loss": loss.name,
+                        "output_activation": (output or loss.link).name,
                         "depth": depth,
                         "max_rel_err": report.max_rel_err,
                         "rtol": report.rtol,

@@ -10,7 +10,7 @@ whatever cotangent `delta_L = dF/dz_L` the rest of the program sends back:
     delta_l = phi'(z_l) * (delta_{l+1} @ W_{l+1}^T)                              (1.4)
     dF/dx   = delta_1 @ W_1^T
 
-The forward pass stores `z_l` and `a_l` as residuals (memory for time, as in the
+The forward pass stores every layer's cache as residuals (memory for time, as in the
 chapter). A `custom_vjp` defines reverse mode only: `jax.jvp` and `jax.jacfwd` of a
 program that calls the manual `mlp` raise a `TypeError`; use `backward="autodiff"`
 there. Forward over reverse (`jax.hessian`, `jax.jvp` of `jax.grad`) works: it
@@ -21,75 +21,83 @@ with `manual_grad`).
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxbp._activations import ACTIVATIONS, Activation, get_activation
 from jaxbp._backprop import backward_flow, cast_like
-from jaxbp._mlp import Params, forward_flow
-from jaxbp._validate import check_params, check_x
+from jaxbp._config import Config, Keywords, as_config
+from jaxbp._mlp import Flow, Params, forward_flow, per_layer, prepare
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Array = jax.Array
 
 BACKWARDS = ("manual", "autodiff")
-_IDENTITY = ACTIVATIONS["identity"]
 
 
 def mlp(
-    params: Params, x: Array, *, activation: str | Activation, backward: str = "manual"
+    params: Params,
+    x: Array,
+    config: Config | None = None,
+    *,
+    backward: str = "manual",
+    **keywords: Unpack[Keywords],
 ) -> Array:
     """The logits `z_L` of eq. 1.1, `(batch, n_L)`: no output activation.
 
     **Arguments:**
 
     - `params`: as `jaxbp.init_mlp` returns; `x: (batch, n_0)` (an integer `x` is cast to
-      the dtype of `params[0]["W"]`).
-    - `activation`: the hidden layers' activation, a name or a `jaxbp.Activation`.
+      the dtype of the first parameter).
+    - `config`, or its keywords: `activation` (the hidden layers'), or `layers`; a loss
+      and output activation are accepted and unused.
     - `backward`: `"manual"` (reverse mode by eqs. 1.3-1.4, for `params` and `x`; no
       forward mode, though forward over reverse works) or `"autodiff"` (plain JAX, every
       transformation).
 
-    Works under `jax.jit` (keywords static), `jax.vmap` and `jax.grad` of any program
-    built on it; `activation` and `backward` are closed over, never traced.
+    Works under `jax.jit`, `jax.vmap` and `jax.grad` of any program built on it; the
+    configuration is closed over, never traced.
     """
-    hidden = get_activation(activation)
-    x = check_x(x, check_params(params))
+    cfg = as_config(config, keywords, need_loss=False)
+    body, x, _ = prepare(cfg, params, x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
-        x = x.astype(jnp.result_type(params[0]["W"]))
+        x = x.astype(jnp.result_type(jax.tree.leaves(params)[0]))
     if backward == "manual":
-        return _manual_mlp(hidden, params, x)
+        return _manual_mlp((cfg, body), params, x)
     if backward == "autodiff":
-        return _logits(hidden, params, x)
+        return forward_flow(cfg, body, params, x).z
     raise ValueError(
         f"backward must be one of {list(BACKWARDS)}: 'manual' for the handwritten "
         f"reverse mode (eq. 1.4), 'autodiff' for plain JAX; got {backward!r}."
     )
 
 
-def _logits(hidden: Activation, params: Params, x: Array) -> Array:
-    return forward_flow(params, x, hidden, _IDENTITY)[0][-1]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _manual_mlp(hidden: Activation, params: Params, x: Array) -> Array:
-    return _logits(hidden, params, x)
+def _manual_mlp(net: tuple[Config, tuple[Any, ...]], params: Params, x: Array) -> Array:
+    return forward_flow(*net, params, x).z
+
+
+Residuals = tuple[Params, tuple[Any, ...], Array]
 
 
 def _manual_mlp_fwd(
-    hidden: Activation, params: Params, x: Array
-) -> tuple[Array, tuple[Params, list[Array], list[Array]]]:
-    zs, acts = forward_flow(params, x, hidden, _IDENTITY)
-    return zs[-1], (params, zs[:-1], acts[:-1])  # residuals: z_1..z_{L-1}, a_0..a_{L-1}
+    net: tuple[Config, tuple[Any, ...]], params: Params, x: Array
+) -> tuple[Array, Residuals]:
+    flow = forward_flow(*net, params, x)
+    return flow.z, (params, flow.caches, x)  # residuals: every layer's cache
 
 
 def _manual_mlp_bwd(
-    hidden: Activation, residuals: tuple[Params, list[Array], list[Array]], delta_out: Array
+    net: tuple[Config, tuple[Any, ...]], residuals: Residuals, delta_out: Array
 ) -> tuple[Params, Array]:
-    params, zs, acts = residuals
-    grads, deltas = backward_flow(params, zs, acts, hidden, delta_out)  # eqs. 1.3-1.4
-    dx = deltas[0] @ params[0]["W"].T  # dF/dx = delta_1 @ W_1^T
-    return cast_like(grads, params), dx.astype(acts[0].dtype)
+    body = net[1]
+    params, caches, x = residuals
+    flow = Flow(body, per_layer(body, params), caches, delta_out, delta_out)
+    back = backward_flow(flow, delta_out)  # eqs. 1.3-1.4; back.dx = delta_1 @ W_1^T
+    return cast_like(back.grads, params), back.dx.astype(x.dtype)
 
 
 _manual_mlp.defvjp(_manual_mlp_fwd, _manual_mlp_bwd)

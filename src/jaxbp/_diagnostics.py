@@ -22,7 +22,7 @@ def backward_flow_stats(
     """Per-layer statistics of eqs. 1.3-1.4, read from a `backprop` trace, no extra pass.
 
     - `delta_norm`: `(L,)`, the Frobenius norm of `delta_l` over the batch.
-    - `grad_W_norm`: `(L,)`, the norm of `dL/dW_l`.
+    - `grad_W_norm`: the norm of `dL/dW_l`, one per layer whose parameters hold a `W`.
     - `saturated`: `(L - 1,)`, for each hidden layer the fraction of (sample, unit) pairs
       where `phi'(z_l) < threshold`: the units that pass (almost) nothing back (eq. 1.4).
     """
@@ -30,6 +30,6 @@ def backward_flow_stats(
     saturated = [jnp.mean(hidden.deriv(z, a) < threshold) for z, a in hidden_layers]
     return {
         "delta_norm": jnp.stack([jnp.linalg.norm(d) for d in trace.delta]),
-        "grad_W_norm": jnp.stack([jnp.linalg.norm(g["W"]) for g in grads]),
+        "grad_W_norm": jnp.stack([jnp.linalg.norm(g["W"]) for g in grads if "W" in g]),
         "saturated": jnp.stack(saturated) if saturated else jnp.zeros((0,)),
     }

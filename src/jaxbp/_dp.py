@@ -20,23 +20,35 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from numbers import Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbp._activations import Activation
-from jaxbp._backprop import backprop, cast_like
-from jaxbp._losses import OutputActivation
+from jaxbp._backprop import cast_like
+from jaxbp._config import Config, Keywords, as_config
 from jaxbp._mlp import Params
-from jaxbp._per_example import norms_from_trace
+from jaxbp._per_example import flows, norms, parametric
 from jaxbp._train import check_optimizer, tree_norm
-from jaxbp._validate import resolve
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Array = jax.Array
 Metrics = dict[str, Array]
+
+
+def dp_config(config: Config | None, keywords: dict[str, Any]) -> Config:
+    """The configuration with the recipe's reduction: "sum", so that each row of
+    `delta_l` is example n's own flow `dl^n/dz_l`."""
+    if "reduction" in keywords:
+        raise TypeError(
+            "DP-SGD fixes the reduction (clip each example's own gradient, sum, then "
+            f"average): do not pass reduction= (got {keywords['reduction']!r})."
+        )
+    return as_config(config, keywords).replace(reduction="sum")
 
 
 def dp_value_and_grad(
@@ -44,16 +56,16 @@ def dp_value_and_grad(
     key: Array,
     x: Array,
     y: Array,
+    config: Config | None = None,
     *,
     l2_clip: float,
     noise_multiplier: float,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None = None,
+    **keywords: Unpack[Keywords],
 ) -> tuple[Array, Params, Array]:
     """The DP-SGD gradient by eqs. 1.3-1.4: `(value, grads, norms)`.
 
-    **Arguments:** those of `jaxbp.loss_fn` (the reduction is fixed by the recipe), and
+    **Arguments:** those of `jaxbp.loss_fn` (the reduction is fixed by the recipe, and a
+    `config`'s is ignored), and
 
     - `key`: a `jax.random` key for the noise, split once per leaf.
     - `l2_clip`: `C > 0`, the bound on each example's gradient norm `||grad l^n||`.
@@ -67,25 +79,18 @@ def dp_value_and_grad(
 
     - `value`: the mean loss over the batch, before clipping (not private: for monitoring).
     - `grads`: `(sum_n clip(grad l^n) + noise) / batch`, of `params`' structure and dtypes.
-    - `norms`: `(batch,)`, each `||grad l^n||` before clipping.
+    - `norms`: `(batch,)`, each `||grad l^n||` before clipping (the norms of
+      `per_example_grad_norms(..., reduction="sum")`).
     """
     _check_dp(l2_clip, noise_multiplier)
-    value, _, trace = backprop(
-        params,
-        x,
-        y,
-        activation=activation,
-        loss=loss,
-        output_activation=output_activation,
-        reduction="sum",  # delta_l^(n) = dl^n/dz_l: each row is example n's own flow
-    )
-    norms = norms_from_trace(trace)
-    scale = (l2_clip / jnp.maximum(norms, l2_clip))[:, None]  # min(1, C / ||g_n||), (batch, 1)
-    clipped = [
-        {"W": a.T @ (scale * d), "b": jnp.sum(scale * d, axis=0)}  # eq. 1.3, rows scaled
-        for a, d in zip(trace.a, trace.delta, strict=False)
+    cfg = dp_config(config, keywords)
+    value, flow, back = flows(cfg, params, x, y, "DP-SGD")  # value: the summed loss
+    norms_n = norms(flow, back)
+    scale = (l2_clip / jnp.maximum(norms_n, l2_clip))[:, None]  # min(1, C / ||g_n||), (batch, 1)
+    clipped = [  # eq. 1.3 with each example's rows of delta_l scaled
+        layer.backward(p, cache, scale * g)[1] for layer, p, cache, g in parametric(flow, back)
     ]
-    leaves = jax.tree.leaves(clipped)  # W_1, b_1, W_2, ...: the order of cast_like
+    leaves = jax.tree.leaves(clipped)  # the order of cast_like
     if isinstance(noise_multiplier, jax.core.Tracer) or noise_multiplier > 0:
         keys = jax.random.split(key, len(leaves))
         std = noise_multiplier * l2_clip
@@ -93,19 +98,18 @@ def dp_value_and_grad(
             g + std * jax.random.normal(k, g.shape, g.dtype)
             for g, k in zip(leaves, keys, strict=True)
         ]
-    batch = trace.a[0].shape[0]
+    batch = flow.z.shape[0]
     grads = cast_like([g / batch for g in leaves], params)
-    return value / batch, grads, norms
+    return value / batch, grads, norms_n
 
 
 def make_dp_train_step(
     optimizer: optax.GradientTransformation,
+    config: Config | None = None,
     *,
     l2_clip: float,
     noise_multiplier: float,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None = None,
+    **keywords: Unpack[Keywords],
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
     """A jitted DP-SGD step `step(params, opt_state, key, x, y) -> (params, opt_state, metrics)`.
 
@@ -118,24 +122,19 @@ def make_dp_train_step(
     """
     check_optimizer(optimizer)
     _check_dp(l2_clip, noise_multiplier)
-    resolve(activation, loss, output_activation)  # fail at construction, not at first call
-    kw = dict(
-        l2_clip=l2_clip,
-        noise_multiplier=noise_multiplier,
-        activation=activation,
-        loss=loss,
-        output_activation=output_activation,
-    )
+    cfg = dp_config(config, keywords)  # fail at construction, not at first call
 
     def step(
         params: Params, opt_state: Any, key: Array, x: Array, y: Array
     ) -> tuple[Params, Any, Metrics]:
-        value, grads, norms = dp_value_and_grad(params, key, x, y, **kw)
+        value, grads, norms_n = dp_value_and_grad(
+            params, key, x, y, cfg, l2_clip=l2_clip, noise_multiplier=noise_multiplier
+        )
         updates, opt_state = optimizer.update(grads, opt_state, params)
         metrics = {
             "loss": value,
             "grad_norm": tree_norm(grads),
-            "clipped": jnp.mean((norms > l2_clip).astype(value.dtype)),
+            "clipped": jnp.mean((norms_n > l2_clip).astype(value.dtype)),
         }
         return optax.apply_updates(params, updates), opt_state, metrics
 

@@ -5,46 +5,83 @@ dict per layer; each column of `W_l` holds one neuron's incoming weights. A batc
 `(batch, n_0)`, one sample a row, and layer `l` computes
 
     z_l = a_{l-1} @ W_l + b_l,    a_l = phi(z_l),    a_0 = x.
+
+More generally the network is the sequence of layer records of `Config.body` (dense
+layers and activations by default; see `jaxbp._layers`), and `params` holds one entry
+per layer with parameters.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxbp._activations import Activation, get_activation
-from jaxbp._losses import OutputActivation
-from jaxbp._validate import check_params, check_x, get_output_activation, prepare_targets, resolve
+from jaxbp._config import Config, Keywords, as_config, check_params
+from jaxbp._init import check_init
+from jaxbp._layers import Context, Dense
+from jaxbp._validate import check_output_units, check_x
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Array = jax.Array
 Params = list[dict[str, Array]]
 
-INITS = (
-    "glorot_normal",
-    "glorot_uniform",
-    "he_normal",
-    "he_uniform",
-    "lecun_normal",
-    "standard",
-)
+TRAIN = Context(train=True)
 
 
-def _init_weight(key: Array, n_in: int, n_out: int, init: str, dtype: Any) -> Array:
-    shape = (n_in, n_out)
-    if init.endswith("_normal"):
-        variance = {"glorot": 2 / (n_in + n_out), "he": 2 / n_in, "lecun": 1 / n_in}
-        std = math.sqrt(variance[init.removesuffix("_normal")])
-        return std * jax.random.normal(key, shape, dtype)
-    limit = {
-        "glorot_uniform": math.sqrt(6 / (n_in + n_out)),
-        "he_uniform": math.sqrt(6 / n_in),
-        "standard": 1 / math.sqrt(n_in),
-    }[init]
-    return jax.random.uniform(key, shape, dtype, minval=-limit, maxval=limit)
+class Flow(NamedTuple):
+    """One forward pass, stored for the backward pass (memory for time).
+
+    `layers`: the body's records; `params`: per layer its parameters (or `None`);
+    `caches`: per layer what its backward needs; `z`: the logits `z_L: (batch, n_L)`;
+    `a`: the output `y_hat = phi_out(z_L)`.
+    """
+
+    layers: tuple[Any, ...]
+    params: tuple[Any, ...]
+    caches: tuple[Any, ...]
+    z: Array
+    a: Array
+
+
+def per_layer(body: Sequence[Any], params: Sequence[Any]) -> tuple[Any, ...]:
+    """`params` spread over `body`: each parametric layer's entry, `None` for the others."""
+    entries = iter(params)
+    return tuple(next(entries) if layer.has_params else None for layer in body)
+
+
+def prepare(config: Config, params: Any, x: Any) -> tuple[tuple[Any, ...], Array, int]:
+    """Check `params` and `x` against `config`: `(body, x, n_out)`."""
+    body = config.body(len(params) if isinstance(params, (list, tuple)) else 0)
+    widths = check_params(params, body)
+    x = check_x(x, widths[0])
+    check_output_units(config.output, widths[-1])
+    return body, x, widths[-1]
+
+
+def forward_flow(
+    config: Config, body: tuple[Any, ...], params: Any, x: Array, ctx: Context = TRAIN
+) -> Flow:
+    """The forward flow of eq. 1.1 through `body`, every layer's cache kept for eq. 1.4.
+
+    `x: (batch, n_0)`; arguments are assumed checked (`prepare`).
+    """
+    caches, a = [], x
+    keys = _layer_keys(ctx, len(body))
+    for layer, p, key in zip(body, per_layer(body, params), keys, strict=True):
+        a, cache = layer.forward(p, a, ctx._replace(key=key))
+        caches.append(cache)
+    return Flow(body, per_layer(body, params), tuple(caches), a, config.output.fn(a))
+
+
+def _layer_keys(ctx: Context, n: int) -> list[Array | None]:
+    if ctx.key is None:
+        return [None] * n
+    return list(jax.random.split(ctx.key, n))
 
 
 def init_mlp(
@@ -66,9 +103,13 @@ def init_mlp(
 
     **Returns:** a list of `L` dicts `{"W": (n_{l-1}, n_l), "b": (n_l,)}`.
     """
-    if init not in INITS:
-        raise ValueError(f"init must be one of {list(INITS)}; got {init!r}.")
-    sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else [sizes]
+    check_init(init)
+    if sizes is None or isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise TypeError(
+            f"sizes must be a list of layer widths [n_0, ..., n_L] such as [64, 128, 10]; "
+            f"got {type(sizes).__name__} {sizes!r}."
+        )
+    sizes = list(sizes)
     if len(sizes) < 2:
         raise ValueError(
             "sizes must list at least two widths [n_0, ..., n_L] (input and output); "
@@ -81,55 +122,27 @@ def init_mlp(
         raise TypeError(f"dtype must be a floating dtype such as jnp.float32; got {dtype!r}.")
     keys = jax.random.split(key, len(sizes) - 1)
     return [
-        {"W": _init_weight(k, n_in, n_out, init, dtype), "b": jnp.zeros((n_out,), dtype)}
+        Dense(n_out, init).init(k, n_in, dtype)[0]
         for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
     ]
 
 
-def forward_flow(
-    params: Params, x: Array, hidden: Activation, output: OutputActivation
-) -> tuple[list[Array], list[Array]]:
-    """The forward flow of eq. 1.1, stored for eq. 1.3: `([z_1..z_L], [a_0..a_L])`.
-
-    `x: (batch, n_0)`; `z_l, a_l: (batch, n_l)`; `a_0 = x`. Hidden layers use `hidden`,
-    the last layer `output`. Arguments are assumed checked.
-    """
-    zs, acts = [], [x]
-    for i, layer in enumerate(params):
-        z = acts[-1] @ layer["W"] + layer["b"][None, :]
-        phi = output if i == len(params) - 1 else hidden
-        zs.append(z)
-        acts.append(phi.fn(z))
-    return zs, acts
-
-
 def forward(
-    params: Params,
-    x: Array,
-    *,
-    activation: str | Activation,
-    output_activation: str | OutputActivation = "identity",
+    params: Params, x: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> Array:
-    """The network's output `y_hat = f(x)` of eq. 1.1.
+    """The network's output `y_hat = f(x)` of eq. 1.1, `(batch, n_L)`, in evaluation mode.
 
-    `x: (batch, n_0)` -> `(batch, n_L)`. `activation` is used on the hidden layers,
-    `output_activation` (any activation, or "softmax") on the last.
+    `x: (batch, n_0)`. Takes a `config` or the keywords of `jaxbp.Config`: `activation`
+    on the hidden layers, `output_activation` on the last (default: the loss's canonical
+    link, identity without a loss); `loss` and `reduction` are accepted and unused.
     """
-    hidden = get_activation(activation)
-    output = get_output_activation(output_activation)
-    x = check_x(x, check_params(params))
-    return forward_flow(params, x, hidden, output)[1][-1]
+    cfg = as_config(config, keywords, need_loss=False)
+    body, x, _ = prepare(cfg, params, x)
+    return forward_flow(cfg, body, params, x, Context(train=False)).a
 
 
 def loss_fn(
-    params: Params,
-    x: Array,
-    y: Array,
-    *,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None = None,
-    reduction: str = "mean",
+    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> Array:
     """The loss `L(theta)` of eq. 1.2 over a batch, a scalar.
 
@@ -138,15 +151,22 @@ def loss_fn(
     - `x: (batch, n_0)`.
     - `y`: `(batch, n_L)` targets, or `(batch,)` when `n_L = 1`; for "cross_entropy",
       integer labels `(batch,)` or probability rows `(batch, K)`.
-    - `activation`: the hidden layers' activation.
-    - `loss`: "mse", "binary_cross_entropy" or "cross_entropy".
-    - `output_activation`: `None` for the loss's canonical link; "mse" takes any.
-    - `reduction`: "mean" over samples or "sum" (the chapter's `L = sum_n l^n`).
+    - `config`, or its keywords: `activation` (hidden layers), `loss` (a name or a
+      `jaxbp.Loss`), `output_activation` (`None` for the loss's canonical link),
+      `reduction` ("mean" over samples or "sum", the chapter's `L = sum_n l^n`).
     """
-    setup = resolve(activation, loss, output_activation, reduction)
-    sizes = check_params(params)
-    x = check_x(x, sizes)
-    zs, acts = forward_flow(params, x, setup.hidden, setup.output)
-    y = prepare_targets(y, setup.loss, x.shape[0], sizes[-1], zs[-1].dtype)
-    per_sample = setup.loss.value(zs[-1], acts[-1], y)
-    return jnp.mean(per_sample) if reduction == "mean" else jnp.sum(per_sample)
+    cfg = as_config(config, keywords)
+    body, x, n_out = prepare(cfg, params, x)
+    flow = forward_flow(cfg, body, params, x)
+    y = cfg.loss.targets(y, x.shape[0], n_out, flow.z.dtype)
+    return reduce(cfg, cfg.loss.value(flow.z, flow.a, y))
+
+
+def reduce(config: Config, per_sample: Array) -> Array:
+    """The batch reduction of `config` over `per_sample: (batch,)`."""
+    return jnp.mean(per_sample) if config.reduction == "mean" else jnp.sum(per_sample)
+
+
+def batch_scale(config: Config, batch: int) -> float:
+    """`dL/dl^n`: `1 / batch` for "mean", 1 for "sum"."""
+    return 1 / batch if config.reduction == "mean" else 1

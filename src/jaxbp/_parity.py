@@ -2,13 +2,14 @@
 
 For users' own gradient-parity tests; `jaxbp check` is built on it.
 
-Kinks. relu and leaky_relu are not differentiable at `z = 0`, and a central difference
-whose two points put a pre-activation on opposite sides of 0 measures the average of
-two slopes, not the derivative both gradients take there. So each finite-difference
-check also runs the forward flow at its two points `theta +- eps v` and flags every
-pre-activation entry `z_l[n, j]` of a kinked layer whose branch differs between them,
-`(z > 0)` at `theta + eps v` against `theta - eps v`: exactly the entries whose piece of
-the activation changes within the step. A leaf whose step flags any entry gets its
+Kinks. relu and leaky_relu are not differentiable at `z = 0` (their records say so:
+`Activation.kinks`), and a central difference whose two points put a pre-activation on
+opposite sides of a kink measures the average of two slopes, not the derivative both
+gradients take there. So each finite-difference check also runs the forward flow at its
+two points `theta +- eps v` and flags every pre-activation entry `z_l[n, j]` whose side
+of some kink `k` of its activation, `(z > k)`, differs between `theta + eps v` and
+`theta - eps v`: exactly the entries whose piece of the activation changes within the
+step. A leaf whose step flags any entry gets its
 finite-difference result reported as "skipped (kink)" rather than counted; its
 comparison with `jax.grad`, which kinks do not disturb (both take the left derivative),
 still counts. An entry that stays on one side, however close to 0, is not flagged:
@@ -18,17 +19,19 @@ along the step the loss is then smooth and the difference is meaningful.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._activations import Activation
 from jaxbp._backprop import manual_grad
-from jaxbp._losses import OutputActivation
-from jaxbp._mlp import Params, forward_flow, loss_fn
-from jaxbp._validate import resolve
+from jaxbp._config import Config, Keywords, as_config
+from jaxbp._layers import Activate
+from jaxbp._mlp import Params, forward_flow, loss_fn, prepare
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Array = jax.Array
 
@@ -40,18 +43,15 @@ FD_RTOL = 1e-6
 """Central finite differences (always in float64): step, and bound on
 `|fd - <g, v>| / ||g||` for a unit direction `v` on one leaf."""
 
-KINKED = ("relu", "leaky_relu")
-"""Activations (by name) whose derivative jumps at `z = 0`, where finite differences that
-straddle 0 are meaningless. elu (alpha 1) is continuously differentiable there."""
-
 
 @dataclasses.dataclass(frozen=True)
 class LeafParity:
     """Parity of one gradient leaf: max abs and relative error (and finite-difference error).
 
-    `fd_kinks` counts the pre-activation entries whose relu/leaky_relu branch differs
-    between the two finite-difference points of this leaf; when it is positive the
-    finite-difference check is skipped (`fd_skipped`), and `fd_err` is shown for
+    `abs_err` is `||manual - autodiff||` and `ref_norm` `||autodiff||` (so `rel_err` is
+    their ratio). `fd_kinks` counts the pre-activation entries whose side of a kink
+    differs between the two finite-difference points of this leaf; when it is positive
+    the finite-difference check is skipped (`fd_skipped`), and `fd_err` is shown for
     information only.
     """
 
@@ -60,6 +60,8 @@ class LeafParity:
     rel_err: float
     fd_err: float | None = None
     fd_kinks: int = 0
+    abs_err: float = 0.0
+    ref_norm: float = 0.0
 
     @property
     def fd_skipped(self) -> bool:
@@ -71,8 +73,9 @@ class ParityReport:
     """Per-leaf errors of `manual_grad` against `jax.grad`; `passed` when all are within tolerance.
 
     `kinks` (with finite differences only): per layer, the number of pre-activation
-    entries `z_l[n, j]` that some leaf's finite-difference step carried across a
-    relu/leaky_relu kink. `print(report)` shows a table.
+    entries `z_l[n, j]` that some leaf's finite-difference step carried across a kink of
+    its activation. `print(report)` shows a table; `report.assert_passed()` raises an
+    `AssertionError` whose message is that table, for tests.
     """
 
     leaves: tuple[LeafParity, ...]
@@ -81,6 +84,20 @@ class ParityReport:
     fd_rtol: float | None
     passed: bool
     kinks: tuple[int, ...] | None = None
+    atol: float = 0.0
+    setting: str = ""
+
+    def leaf_passed(self, leaf: LeafParity) -> bool:
+        """`||manual - autodiff|| <= atol + rtol ||autodiff||`, and its finite difference."""
+        ok = leaf.max_abs_err == 0 or leaf.abs_err <= self.atol + self.rtol * leaf.ref_norm
+        if self.fd_rtol is not None and leaf.fd_err is not None and not leaf.fd_skipped:
+            ok = ok and leaf.fd_err <= self.fd_rtol
+        return ok
+
+    def assert_passed(self) -> None:
+        """Raise `AssertionError` with the table (failing leaves marked) unless `passed`."""
+        if not self.passed:
+            raise AssertionError(f"gradient parity failed{self.setting}:\n{self}")
 
     @property
     def max_rel_err(self) -> float:
@@ -95,16 +112,17 @@ class ParityReport:
         return max(errs) if errs else None
 
     def __str__(self) -> str:
-        head = f"{'leaf':<16} {'max abs err':>11} {'rel err':>9}"
+        head = f"  {'leaf':<16} {'max abs err':>11} {'rel err':>9}"
         if self.fd_rtol is not None:
             head += f" {'fd err':>9}"
         lines = [head]
         for leaf in self.leaves:
-            row = f"{leaf.path:<16} {leaf.max_abs_err:>11.2e} {leaf.rel_err:>9.2e}"
+            mark = "  " if self.leaf_passed(leaf) else "x "
+            row = f"{mark}{leaf.path:<16} {leaf.max_abs_err:>11.2e} {leaf.rel_err:>9.2e}"
             if leaf.fd_err is not None:
                 row += f" {leaf.fd_err:>9.2e}"
                 if leaf.fd_skipped:
-                    row += f"  skipped (kink: {leaf.fd_kinks} across 0)"
+                    row += f"  skipped (kink: {leaf.fd_kinks} across one)"
             lines.append(row)
         if self.kinks is not None and any(self.kinks):
             skipped = sum(leaf.fd_skipped for leaf in self.leaves)
@@ -116,8 +134,10 @@ class ParityReport:
                 f"      (entries crossing, per layer: {list(self.kinks)}); "
                 "their autodiff parity still counts"
             )
-        verdict = "passed" if self.passed else "FAILED"
-        tol = f"rtol {self.rtol:.0e}" + (f", fd rtol {self.fd_rtol:.0e}" if self.fd_rtol else "")
+        verdict = "passed" if self.passed else "FAILED (x: the leaves out of tolerance)"
+        tol = f"rtol {self.rtol:.0e}"
+        tol += f", atol {self.atol:.1e}" if self.atol else ""
+        tol += f", fd rtol {self.fd_rtol:.0e}" if self.fd_rtol else ""
         lines.append(f"{verdict} ({self.dtype}, {tol}; worst rel err {self.max_rel_err:.2e})")
         return "\n".join(lines)
 
@@ -126,27 +146,31 @@ def check_parity(
     params: Params,
     x: Array,
     y: Array,
+    config: Config | None = None,
     *,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None = None,
-    reduction: str = "mean",
     rtol: float | None = None,
+    atol: float = 0.0,
     finite_differences: bool = False,
     key: Array | None = None,
+    **keywords: Unpack[Keywords],
 ) -> ParityReport:
     """Compare `manual_grad` with `jax.grad(loss_fn)` leaf by leaf.
 
     Takes the arguments of `jaxbp.loss_fn`, plus:
 
-    - `rtol`: bound on each leaf's `||manual - autodiff|| / ||autodiff||`; defaults by
-      the parameters' dtype (`DEFAULT_RTOL`: 1e-12 float64, 1e-5 float32).
+    - `rtol`, `atol`: each leaf passes when `||manual - autodiff|| <= atol + rtol
+      ||autodiff||` (the rule of `numpy.allclose`, on the leaf's norm). `rtol` defaults
+      by the parameters' dtype (`DEFAULT_RTOL`: 1e-12 float64, 1e-5 float32), `atol` to 0.
+      An `atol` judges error on the scale of the whole gradient rather than the leaf's:
+      a leaf whose gradient nearly cancels (a well-trained network's output bias) has a
+      large relative error in both paths alike, yet an error far below the gradient's
+      scale; a wrong derivative is off by that scale and still fails.
     - `finite_differences`: also check each leaf's directional derivative along one
       random unit direction against central differences in float64 (needs
       `jax_enable_x64`); the error is `|fd - <g, v>| / ||g||`, bounded by `FD_RTOL`. A
-      leaf whose step carries a relu/leaky_relu pre-activation across 0 is reported as
-      "skipped (kink)" instead (see the module docstring), and `report.kinks` counts
-      those pre-activations per layer.
+      leaf whose step carries a pre-activation across a kink of its activation is
+      reported as "skipped (kink)" instead (see the module docstring), and
+      `report.kinks` counts those pre-activations per layer.
     - `key`: for the random directions (default `jax.random.key(0)`).
 
     Relative errors measure disagreement, and both paths round. In float32 a leaf whose
@@ -156,19 +180,19 @@ def check_parity(
     Both gradients are computed with `jax.default_matmul_precision("highest")`, so that
     an accelerator's reduced-precision float32 matmuls do not blur the comparison.
     """
+    cfg = as_config(config, keywords)
     if finite_differences and not jax.config.jax_enable_x64:
         raise ValueError(
             "finite_differences=True evaluates the loss in float64, which needs x64: call "
             "jax.config.update('jax_enable_x64', True) first."
         )
-    kw = dict(
-        activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
-    )
+    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
+        raise ValueError(f"atol must be a number >= 0 (0: purely relative); got {atol!r}.")
     # Full-precision matmuls: on GPUs and TPUs float32 products may otherwise run in
     # tf32/bf16 passes, whose error (~1e-3) would drown the comparison. No effect on CPU.
     with jax.default_matmul_precision("highest"):
-        manual = manual_grad(params, x, y, **kw)
-        auto = jax.grad(loss_fn)(params, x, y, **kw)
+        manual = manual_grad(params, x, y, cfg)
+        auto = jax.grad(loss_fn)(params, x, y, cfg)
     dtype = str(jnp.result_type(*jax.tree.leaves(params)))
     if rtol is None:
         rtol = DEFAULT_RTOL.get(dtype, 1e-5)
@@ -180,7 +204,7 @@ def check_parity(
     fd_kinks = [0] * len(paths)
     kinks = None
     if finite_differences:
-        errs, crossings = _finite_difference_errors(params, x, y, manual, key, kw)
+        errs, crossings = _finite_difference_errors(params, x, y, manual, key, cfg)
         fd_errs = list(errs)
         fd_kinks = [sum(int(np.sum(c)) for c in leaf) for leaf in crossings]
         kinks = tuple(int(np.sum(np.any(layer, axis=0))) for layer in zip(*crossings, strict=True))
@@ -191,12 +215,40 @@ def check_parity(
     )
     for path, m, a, fd, n_kinks in pairs:
         m, a = np.asarray(m, np.float64), np.asarray(a, np.float64)
-        leaves.append(LeafParity(path, float(np.max(np.abs(m - a))), _rel(m, a), fd, n_kinks))
-    passed = all(leaf.rel_err <= rtol for leaf in leaves) and all(
-        leaf.fd_err <= FD_RTOL for leaf in leaves if leaf.fd_err is not None and not leaf.fd_skipped
-    )
+        diff, ref = float(np.linalg.norm(m - a)), float(np.linalg.norm(a))
+        leaves.append(
+            LeafParity(path, float(np.max(np.abs(m - a))), _rel(m, a), fd, n_kinks, diff, ref)
+        )
     fd_rtol = FD_RTOL if finite_differences else None
-    return ParityReport(tuple(leaves), dtype, rtol, fd_rtol, passed, kinks)
+    loss_name = cfg.loss.name
+    setting = (
+        f" ({_describe(cfg)}, loss {loss_name!r}, output {cfg.output.name!r}, "
+        f"reduction {cfg.reduction!r})"
+    )
+    report = ParityReport(tuple(leaves), dtype, rtol, fd_rtol, True, kinks, float(atol), setting)
+    passed = all(report.leaf_passed(leaf) for leaf in leaves)
+    return dataclasses.replace(report, passed=passed)
+
+
+def assert_parity(
+    params: Params, x: Array, y: Array, config: Config | None = None, **kwargs: Any
+) -> ParityReport:
+    """`check_parity(...)`, raising an `AssertionError` with its table unless it passed.
+
+    For pytest: the message names the activation, loss, dtype and tolerances and marks
+    each failing leaf with `x`. Returns the report when it passed.
+    """
+    report = check_parity(params, x, y, config, **kwargs)
+    report.assert_passed()
+    return report
+
+
+def _describe(config: Config) -> str:
+    if config.layers is None:
+        return f"activation {config.activation.name!r}"
+    return "layers " + "-".join(
+        getattr(layer, "name", type(layer).__name__) for layer in config.layers
+    )
 
 
 def _rel(m: np.ndarray, a: np.ndarray) -> float:
@@ -207,7 +259,7 @@ def _rel(m: np.ndarray, a: np.ndarray) -> float:
 
 
 def _finite_difference_errors(
-    params: Params, x: Array, y: Array, grads: Params, key: Array | None, kw: dict[str, Any]
+    params: Params, x: Array, y: Array, grads: Params, key: Array | None, config: Config
 ) -> tuple[list[float], list[list[np.ndarray]]]:
     """Per leaf, `|fd - <g, v>| / ||g||` for one random unit direction `v` on that leaf,
     and per leaf and layer a `(batch, n_l)` mask of the kink crossings of its step."""
@@ -216,25 +268,32 @@ def _finite_difference_errors(
     x, y = as64(x), jnp.asarray(y)
     if not jnp.issubdtype(y.dtype, jnp.integer):
         y = as64(y)
-    setup = resolve(kw["activation"], kw["loss"], kw["output_activation"], kw["reduction"])
-    kinked = [setup.hidden.name in KINKED] * (len(params) - 1) + [setup.output.name in KINKED]
+    body, x, _ = prepare(config, params, x)
 
     def moved(i: int, v: Array, step: float) -> Params:
         leaves = list(flat)
         leaves[i] = flat[i] + step * v
         return treedef.unflatten(leaves)
 
-    def crossings(i: int, v: Array) -> list[np.ndarray]:
-        """Per layer, entries of z_l on different sides of 0 at theta - eps v and + eps v."""
-        if not any(kinked):
-            return [np.zeros((x.shape[0], np.shape(p["W"])[1]), bool) for p in params]
-        sides = [
-            forward_flow(moved(i, v, step), x, setup.hidden, setup.output)[0]
-            for step in (-FD_EPS, FD_EPS)
+    def pre_activations(p: Params) -> list[tuple[Array, Any]]:
+        """`(z_l, its activation)` for every activation of the body, then `(z_L, output)`."""
+        flow = forward_flow(config, body, p, x)
+        hidden = [
+            (cache[0], layer.activation)
+            for layer, cache in zip(body, flow.caches, strict=True)
+            if isinstance(layer, Activate)
         ]
+        return [*hidden, (flow.z, config.output)]
+
+    kinked = any(act.kinks for _, act in pre_activations(treedef.unflatten(flat)))
+
+    def crossings(i: int, v: Array) -> list[np.ndarray]:
+        """Per layer, entries of z_l on different sides of a kink at theta -+ eps v."""
+        if not kinked:
+            return [np.zeros(z.shape, bool) for z, _ in pre_activations(treedef.unflatten(flat))]
+        lo, hi = (pre_activations(moved(i, v, step)) for step in (-FD_EPS, FD_EPS))
         return [
-            np.asarray((lo > 0) != (hi > 0)) if kink else np.zeros(lo.shape, bool)
-            for lo, hi, kink in zip(*sides, kinked, strict=True)
+            np.asarray(act.crossings(z0, z1)) for (z0, act), (z1, _) in zip(lo, hi, strict=True)
         ]
 
     keys = jax.random.split(jax.random.key(0) if key is None else key, len(flat))
@@ -242,7 +301,7 @@ def _finite_difference_errors(
     for i, (k, g) in enumerate(zip(keys, jax.tree.leaves(grads), strict=True)):
         v = jax.random.normal(k, flat[i].shape, jnp.float64)
         v = v / jnp.linalg.norm(v)
-        ends = [float(loss_fn(moved(i, v, step), x, y, **kw)) for step in (FD_EPS, -FD_EPS)]
+        ends = [float(loss_fn(moved(i, v, step), x, y, config)) for step in (FD_EPS, -FD_EPS)]
         fd = (ends[0] - ends[1]) / (2 * FD_EPS)
         g = np.asarray(g, np.float64)
         norm = float(np.linalg.norm(g))

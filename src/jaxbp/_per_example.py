@@ -9,7 +9,9 @@ and their norms need only the row norms of the two stored flows:
     ||dW_l^(n)||^2 + ||db_l^(n)||^2 = (||a_{l-1}^(n)||^2 + 1) ||delta_l^(n)||^2
 
 so `per_example_grad_norms` costs two row reductions per layer on top of one backward
-pass, and never builds a `(batch, n_{l-1}, n_l)` array.
+pass, and never builds a `(batch, n_{l-1}, n_l)` array. Each layer record owns its own
+terms (`per_example_grads`, `per_example_sq_norms`); a layer whose gradient couples the
+examples of a batch (`per_example = False`) is refused by name.
 
 Scaling: the terms are those of the reduced loss. With `reduction="sum"` example `n`'s
 term is the gradient of its own loss, `grad l^n`; with `reduction="mean"` it is
@@ -19,55 +21,42 @@ term is the gradient of its own loss, `grad l^n`; with `reduction="mean"` it is
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import jax
 import jax.numpy as jnp
 
-from jaxbp._activations import Activation
-from jaxbp._backprop import Trace, backprop
-from jaxbp._losses import OutputActivation
-from jaxbp._mlp import Params
+from jaxbp._backprop import Backward, backward_flow, source
+from jaxbp._config import Config, Keywords, as_config
+from jaxbp._mlp import Flow, Params, forward_flow, prepare
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Array = jax.Array
 
 
 def per_example_grads(
-    params: Params,
-    x: Array,
-    y: Array,
-    *,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None = None,
-    reduction: str = "mean",
+    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> Params:
     """Each example's term of the gradient of eq. 1.3, by the recursion of eq. 1.4.
 
-    Takes the arguments of `jaxbp.loss_fn`. Returns a list of
-    `{"W": (batch, n_{l-1}, n_l), "b": (batch, n_l)}`, the dtypes of `params`: leaf `[n]`
-    is `a_{l-1}^(n) (delta_l^(n))^T` (and `delta_l^(n)` for the bias). Summing over the
-    leading axis gives `manual_grad` with the same `reduction`; under "mean" each term is
-    `grad l^n / batch` (see the module docstring). Memory grows with `batch` times the
-    parameter count: for norms or clipping use `per_example_grad_norms`.
+    Takes the arguments of `jaxbp.loss_fn`. Returns a pytree shaped like `params` whose
+    leaves gain a leading batch axis: for a dense layer
+    `{"W": (batch, n_{l-1}, n_l), "b": (batch, n_l)}`, leaf `[n]` being
+    `a_{l-1}^(n) (delta_l^(n))^T` (and `delta_l^(n)` for the bias), in the dtypes of
+    `params`. Summing over the leading axis gives `manual_grad` with the same
+    `reduction`; under "mean" each term is `grad l^n / batch` (see the module docstring).
+    Memory grows with `batch` times the parameter count: for norms or clipping use
+    `per_example_grad_norms`.
     """
-    trace = _trace(params, x, y, activation, loss, output_activation, reduction)
-    return [
-        {
-            "W": jnp.einsum("ni,no->nio", a, d).astype(jnp.result_type(p["W"])),
-            "b": d.astype(jnp.result_type(p["b"])),
-        }
-        for p, a, d in zip(params, trace.a, trace.delta, strict=False)
-    ]
+    _, flow, back = flows(as_config(config, keywords), params, x, y, "per_example_grads")
+    terms = [layer.per_example_grads(p, cache, g) for layer, p, cache, g in parametric(flow, back)]
+    return jax.tree.map(lambda t, p: t.astype(jnp.result_type(p)), terms, list(params))
 
 
 def per_example_grad_norms(
-    params: Params,
-    x: Array,
-    y: Array,
-    *,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None = None,
-    reduction: str = "mean",
+    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> Array:
     """The L2 norm of each example's whole gradient, `(batch,)`, without building it.
 
@@ -75,28 +64,41 @@ def per_example_grad_norms(
     its leaves `[n]`, computed from one backward pass as
     `sqrt(sum_l (||a_{l-1}^(n)||^2 + 1) ||delta_l^(n)||^2)` (eq. 1.3, term by term).
     """
-    return norms_from_trace(_trace(params, x, y, activation, loss, output_activation, reduction))
+    _, flow, back = flows(as_config(config, keywords), params, x, y, "per_example_grad_norms")
+    return norms(flow, back)
 
 
-def norms_from_trace(trace: Trace) -> Array:
-    """`(batch,)` per-example gradient norms from the flows `trace.a` and `trace.delta`."""
+def flows(
+    config: Config, params: Params, x: Array, y: Array, what: str
+) -> tuple[Array, Flow, Backward]:
+    """The loss and both flows of one back-propagation, refusing layers whose gradient
+    has no per-example terms."""
+    body, x, n_out = prepare(config, params, x)
+    coupled = [layer.name for layer in body if not layer.per_example]
+    if coupled:
+        raise ValueError(
+            f"{what} is undefined for a network with {coupled[0]!r} layers: there an "
+            "example's gradient depends on the other examples of its batch, so it has no "
+            "per-example terms (Opacus refuses batch norm for the same reason). Use layer "
+            "normalisation, or no normalisation."
+        )
+    flow = forward_flow(config, body, params, x)
+    value, delta_L = source(config, flow, y, n_out)
+    return value, flow, backward_flow(flow, delta_L)
+
+
+def parametric(flow: Flow, back: Backward) -> list[tuple[Any, Any, Any, Array]]:
+    """`(layer, params, cache, g)` for every layer with parameters, `g = dL/d out`."""
+    return [
+        (layer, p, cache, g)
+        for layer, p, cache, g in zip(flow.layers, flow.params, flow.caches, back.g, strict=True)
+        if layer.has_params
+    ]
+
+
+def norms(flow: Flow, back: Backward) -> Array:
+    """`(batch,)` per-example gradient norms from the stored flows, layer by layer."""
     squares = [
-        (jnp.sum(a * a, axis=1) + 1) * jnp.sum(d * d, axis=1)
-        for a, d in zip(trace.a, trace.delta, strict=False)  # a_L has no delta: zip stops
+        layer.per_example_sq_norms(p, cache, g) for layer, p, cache, g in parametric(flow, back)
     ]
     return jnp.sqrt(sum(squares))
-
-
-def _trace(
-    params: Params,
-    x: Array,
-    y: Array,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None,
-    reduction: str,
-) -> Trace:
-    kw = dict(
-        activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
-    )
-    return backprop(params, x, y, **kw)[2]

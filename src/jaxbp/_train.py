@@ -4,29 +4,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbp._activations import Activation, get_activation
 from jaxbp._backprop import backprop
+from jaxbp._config import Config, Keywords, as_config
 from jaxbp._diagnostics import backward_flow_stats
-from jaxbp._losses import OutputActivation
-from jaxbp._mlp import Params, forward_flow, loss_fn
+from jaxbp._mlp import Params, forward, loss_fn
 from jaxbp._sharding import Mesh, data_parallel
 from jaxbp._shuffle import permutation
-from jaxbp._validate import check_params, check_x, resolve
+from jaxbp._tasks import TASKS, Task
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Array = jax.Array
 Metrics = dict[str, Array]
 GRADS = ("manual", "autodiff")
-TASKS = ("classification", "regression")
 
 
 def value_and_grad_fn(
-    grad: str, diagnostics: bool = False, **kw: Any
+    config: Config, grad: str, diagnostics: bool = False
 ) -> Callable[[Params, Array, Array], tuple[Array, Params, Metrics]]:
     """`(params, x, y) -> (loss, grads, extra metrics)` by `manual_grad` (eq. 1.4) or by
     `jax.grad`; with `diagnostics`, the extra metrics describe the backward flow."""
@@ -38,13 +39,14 @@ def value_and_grad_fn(
             "jax.grad does not expose; use grad='manual'."
         )
     if grad == "autodiff":
-        value_and_grad = jax.value_and_grad(lambda params, x, y: loss_fn(params, x, y, **kw))
-        return lambda params, x, y: (*value_and_grad(params, x, y), {})
-    hidden = get_activation(kw["activation"])
+        value_and_grad = jax.value_and_grad(loss_fn)
+        return lambda params, x, y: (*value_and_grad(params, x, y, config), {})
 
     def manual(params: Params, x: Array, y: Array) -> tuple[Array, Params, Metrics]:
-        value, grads, trace = backprop(params, x, y, **kw)
-        return value, grads, backward_flow_stats(trace, grads, hidden) if diagnostics else {}
+        value, grads, trace = backprop(params, x, y, config)
+        if not diagnostics:
+            return value, grads, {}
+        return value, grads, backward_flow_stats(trace, grads, config.activation)
 
     return manual
 
@@ -64,11 +66,10 @@ def check_optimizer(optimizer: Any) -> None:
 
 
 def _make_update(
-    optimizer: optax.GradientTransformation, grad: str, diagnostics: bool, kw: dict[str, Any]
+    optimizer: optax.GradientTransformation, config: Config, grad: str, diagnostics: bool
 ) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
     check_optimizer(optimizer)
-    resolve(kw["activation"], kw["loss"], kw["output_activation"], kw["reduction"])  # fail early
-    value_and_grad = value_and_grad_fn(grad, diagnostics, **kw)
+    value_and_grad = value_and_grad_fn(config, grad, diagnostics)
 
     def update(params: Params, opt_state: Any, x: Array, y: Array) -> tuple[Params, Any, Metrics]:
         value, grads, extra = value_and_grad(params, x, y)
@@ -81,14 +82,12 @@ def _make_update(
 
 def make_train_step(
     optimizer: optax.GradientTransformation,
+    config: Config | None = None,
     *,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None = None,
-    reduction: str = "mean",
     grad: str = "manual",
     diagnostics: bool = False,
     mesh: Mesh | None = None,
+    **keywords: Unpack[Keywords],
 ) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
     """A jitted training step `step(params, opt_state, x, y) -> (params, opt_state, metrics)`.
 
@@ -101,12 +100,10 @@ def make_train_step(
       split over it, parameters and optimizer state replicated, and XLA reduces the
       gradient across devices (see `data_parallel`). `None`: one device.
 
-    `params` and `opt_state` are donated: do not reuse the arrays passed in.
+    `params` and `opt_state` are donated: do not reuse the arrays passed in. The network
+    is `config` or the keywords of `jaxbp.Config`.
     """
-    kw = dict(
-        activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
-    )
-    update = _make_update(optimizer, grad, diagnostics, kw)
+    update = _make_update(optimizer, as_config(config, keywords), grad, diagnostics)
     if mesh is None:
         return jax.jit(update, donate_argnums=(0, 1))
     shard = data_parallel(mesh)
@@ -139,15 +136,15 @@ def epoch_batches(key: Array, n: int, batch_size: int) -> Array:
 
 def _make_epoch(
     optimizer: optax.GradientTransformation,
+    config: Config,
     batch_size: int,
     grad: str,
     diagnostics: bool,
-    kw: dict[str, Any],
     constrain: Callable[[Array], Array] = lambda v: v,
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
-    update = _make_update(optimizer, grad, diagnostics, kw)
+    update = _make_update(optimizer, config, grad, diagnostics)
 
     def epoch(
         params: Params, opt_state: Any, key: Array, x: Array, y: Array
@@ -175,15 +172,13 @@ def _make_epoch(
 
 def make_train_epoch(
     optimizer: optax.GradientTransformation,
+    config: Config | None = None,
     *,
-    activation: str | Activation,
-    loss: str,
     batch_size: int,
-    output_activation: str | OutputActivation | None = None,
-    reduction: str = "mean",
     grad: str = "manual",
     diagnostics: bool = False,
     mesh: Mesh | None = None,
+    **keywords: Unpack[Keywords],
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
     """One whole epoch compiled into one program:
     `epoch(params, opt_state, key, x, y) -> (params, opt_state, metrics)`.
@@ -195,16 +190,14 @@ def make_train_epoch(
     dataset is replicated and each minibatch split over the mesh's first axis.
     `params` and `opt_state` are donated.
     """
-    kw = dict(
-        activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
-    )
+    cfg = as_config(config, keywords)
     if mesh is None:
         return jax.jit(
-            _make_epoch(optimizer, batch_size, grad, diagnostics, kw), donate_argnums=(0, 1)
+            _make_epoch(optimizer, cfg, batch_size, grad, diagnostics), donate_argnums=(0, 1)
         )
     shard = data_parallel(mesh)
     shard.check_batch(batch_size, "batch_size")
-    epoch = _make_epoch(optimizer, batch_size, grad, diagnostics, kw, shard.constrain_batch)
+    epoch = _make_epoch(optimizer, cfg, batch_size, grad, diagnostics, shard.constrain_batch)
     return jax.jit(
         epoch,
         donate_argnums=(0, 1),
@@ -215,14 +208,12 @@ def make_train_epoch(
 
 def make_train_sweep(
     optimizer: optax.GradientTransformation,
+    config: Config | None = None,
     *,
-    activation: str | Activation,
-    loss: str,
     batch_size: int,
-    output_activation: str | OutputActivation | None = None,
-    reduction: str = "mean",
     grad: str = "manual",
     shared_order: bool = False,
+    **keywords: Unpack[Keywords],
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
     """N models trained for one epoch each in one compiled program (`jax.vmap` of the
     epoch of `make_train_epoch`): `sweep(params, opt_state, keys, x, y)`.
@@ -237,10 +228,7 @@ def make_train_sweep(
     `optax.inject_hyperparams(optax.sgd)(learning_rate=lrs)`, vmapped init with one rate
     per model. Metrics gain a leading `(N,)` axis. `params` and `opt_state` are donated.
     """
-    kw = dict(
-        activation=activation, loss=loss, output_activation=output_activation, reduction=reduction
-    )
-    epoch = _make_epoch(optimizer, batch_size, grad, False, kw)
+    epoch = _make_epoch(optimizer, as_config(config, keywords), batch_size, grad, False)
     key_axis = None if shared_order else 0
     key_rank = 0 if shared_order else 1
 
@@ -272,39 +260,35 @@ def evaluate(
     params: Params,
     x: Array,
     y: Array,
+    config: Config | None = None,
     *,
-    activation: str | Activation,
-    loss: str,
-    output_activation: str | OutputActivation | None = None,
-    task: str | None = None,
+    task: str | Task | None = None,
+    **keywords: Unpack[Keywords],
 ) -> Metrics:
-    """Mean loss on `(x, y)`, and `accuracy` (classification) or `r2` (regression).
+    """Mean loss on `(x, y)` and the task's score: `{"loss", "accuracy"}` or `{"loss", "r2"}`.
 
-    `task` defaults to "classification" for the cross-entropies and "regression" for
-    "mse". Accuracy takes the argmax of the output (softmax or several units with
-    one-hot or label targets) or thresholds each unit at 1/2 (binary cross-entropy or a
-    single output unit); `r2` is
-    `1 - sum (y - y_hat)^2 / sum (y - mean y)^2` over all outputs.
+    `task` defaults to the loss's (`jaxbp.Loss.task`: "classification" for
+    cross_entropy, "binary" for binary_cross_entropy, "regression" for mse and huber);
+    pass "classification" to score a regression loss trained on one-hot targets. The
+    network runs in evaluation mode. Accuracy takes the argmax of the output (several
+    units, label or one-hot targets) or thresholds each unit at 1/2 (binary, or a single
+    output unit); `r2` is `1 - sum (y - y_hat)^2 / sum (y - mean y)^2` over all outputs.
     """
-    setup = resolve(activation, loss, output_activation, "mean")
-    task = task or ("regression" if setup.loss.name == "mse" else "classification")
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {list(TASKS)}; got {task!r}.")
-    sizes = check_params(params)
-    x = check_x(x, sizes)
+    cfg = as_config(config, keywords)
+    scorer = _task(task, cfg)
     y = jnp.asarray(y)
-    value = loss_fn(
-        params, x, y, activation=activation, loss=loss, output_activation=output_activation
-    )
-    y_hat = forward_flow(params, x, setup.hidden, setup.output)[1][-1]
-    if task == "regression":
-        y = y.reshape(y_hat.shape).astype(y_hat.dtype)
-        ss_res = jnp.sum((y - y_hat) ** 2)
-        ss_tot = jnp.sum((y - jnp.mean(y, axis=0, keepdims=True)) ** 2)
-        return {"loss": value, "r2": 1 - ss_res / ss_tot}
-    if setup.loss.name == "binary_cross_entropy" or y_hat.shape[1] == 1:
-        correct = (y_hat > 0.5) == (y.reshape(y_hat.shape) > 0.5)  # each unit a yes/no
-    else:
-        labels = y if y.ndim == 1 else jnp.argmax(y, axis=1)
-        correct = jnp.argmax(y_hat, axis=1) == labels
-    return {"loss": value, "accuracy": jnp.mean(correct)}
+    value = loss_fn(params, x, y, cfg)
+    y_hat = forward(params, x, cfg)
+    return {"loss": value, scorer.metric: scorer.score(y_hat, y)}
+
+
+def _task(task: str | Task | None, config: Config) -> Task:
+    """The loss's own task, or the one named (the loss's, when its name is given)."""
+    if task is None or isinstance(task, Task):
+        return task or config.loss.task
+    own = config.loss.task
+    if task == own.name or (task == "classification" and own.metric == "accuracy"):
+        return own  # e.g. binary cross-entropy keeps its per-unit accuracy
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)} or a jaxbp.Task; got {task!r}.")
+    return TASKS[task]

@@ -1,0 +1,189 @@
+"""The resolved configuration: the four keywords of every call, settled once.
+
+Every public function takes either `config=` (a `jaxbp.Config`) or the keywords
+`activation`, `loss`, `output_activation`, `reduction` (and `layers`), which it turns
+into a `Config` itself. A `Config` is frozen, hashable and a pytree without leaves, so a
+jitted function takes it as an ordinary argument:
+
+```python
+cfg = jaxbp.Config(activation="tanh", loss="cross_entropy")
+grad = jax.jit(jaxbp.manual_grad)(params, x, y, cfg)  # no static_argnames
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
+
+import jax
+
+from jaxbp._activations import Activation, Softmax, get_activation
+from jaxbp._layers import DENSE_RULE, Activate, Dense
+from jaxbp._losses import REDUCTIONS, Loss, OutputActivation, get_loss, get_output_activation
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["Config", "Keywords", "as_config"]
+
+
+class Keywords(TypedDict, total=False):
+    """The keywords every function accepts in place of `config` (see `jaxbp.Config`)."""
+
+    activation: str | Activation
+    loss: str | Loss | None
+    output_activation: str | Activation | Softmax | None
+    reduction: str
+    layers: Sequence[Any] | None
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One network's configuration, resolved: records, not names.
+
+    **Arguments** (names or records; each resolved and checked here, once):
+
+    - `activation`: the hidden layers' activation (`jaxbp.ACTIVATIONS` name or a
+      `jaxbp.Activation`).
+    - `loss`: a `jaxbp.LOSSES` name or a `jaxbp.Loss`; `None` for `forward` and `mlp`.
+    - `output_activation`: `None` for the loss's canonical link (identity without a
+      loss); any activation, or "softmax", where the loss accepts it.
+    - `reduction`: "mean" over samples or "sum" (the chapter's `L = sum_n l^n`).
+    - `layers`: `None` for the plain MLP of eq. 1.1 (dense layers with `activation`
+      between them, as many as `params` has entries), or a sequence of layer records
+      from the input to the logits `z_L` (e.g. `[Dense(), Activate("tanh"), Dense()]`,
+      or a user's own); `params` then holds one entry per layer with parameters.
+
+    After construction `output_activation` holds the record in use and `loss` the
+    `jaxbp.Loss` (or `None`).
+    """
+
+    activation: Any = None
+    loss: Any = None
+    output_activation: Any = None
+    reduction: str = "mean"
+    layers: Any = None
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        if self.layers is None or self.activation is not None:
+            set_("activation", get_activation(self.activation))
+        loss = None if self.loss is None else get_loss(self.loss)
+        set_("loss", loss)
+        if self.output_activation is None:
+            output = loss.link if loss is not None else get_activation("identity")
+        else:
+            output = get_output_activation(self.output_activation)
+            if loss is not None and not loss.accepts(output):
+                raise ValueError(
+                    f"loss={loss.name!r} takes only its canonical output activation "
+                    f"{loss.link.name!r} (its value and delta are computed from the logits); "
+                    f"got output_activation={output.name!r}. Pass output_activation=None, or "
+                    "use loss='mse' for other outputs."
+                )
+        set_("output_activation", output)
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(
+                f"reduction must be one of {list(REDUCTIONS)}; got {self.reduction!r}."
+            )
+        if self.layers is not None:
+            set_("layers", _check_layers(self.layers))
+
+    @property
+    def output(self) -> OutputActivation:
+        return self.output_activation
+
+    def body(self, n_params: int) -> tuple[Any, ...]:
+        """The layer records from the input to the logits, for `n_params` parameter entries."""
+        if self.layers is not None:
+            return self.layers
+        hidden = Activate(self.activation)
+        return (Dense(), hidden) * (n_params - 1) + (Dense(),)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (and resolved again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _check_layers(layers: Any) -> tuple[Any, ...]:
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or not layers:
+        raise TypeError(
+            "layers must be a non-empty sequence of layer records such as "
+            f"[jaxbp.Dense(), jaxbp.Activate('tanh'), jaxbp.Dense()]; got {layers!r}."
+        )
+    required = ("init", "check", "forward", "backward")
+    for i, layer in enumerate(layers):
+        missing = [m for m in required if not callable(getattr(layer, m, None))]
+        if missing or not hasattr(layer, "has_params"):
+            raise TypeError(
+                f"layers[{i}] must be a layer record with has_params, init, check, forward "
+                f"and backward (see jaxbp.Dense); {layer!r} lacks "
+                f"{missing or ['has_params']}."
+            )
+    return tuple(layers)
+
+
+_KEYWORDS = tuple(Keywords.__annotations__)
+
+
+def as_config(config: Config | None, keywords: dict[str, Any], *, need_loss: bool = True) -> Config:
+    """`config`, or a `Config` built from `keywords`; refuses both, neither, or a typo."""
+    unknown = sorted(set(keywords) - set(_KEYWORDS))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument {unknown[0]!r}; the configuration keywords are "
+            f"{list(_KEYWORDS)} (or pass config=jaxbp.Config(...))."
+        )
+    if config is None:
+        config = Config(**keywords)
+    elif not isinstance(config, Config):
+        raise TypeError(
+            f"config must be a jaxbp.Config, e.g. jaxbp.Config(activation='tanh', "
+            f"loss='mse'); got {type(config).__name__}."
+        )
+    elif keywords:
+        raise TypeError(
+            f"pass either config or the keywords {sorted(keywords)}, not both: "
+            f"config.replace({', '.join(f'{k}=...' for k in sorted(keywords))}) combines them."
+        )
+    if need_loss and config.loss is None:
+        raise TypeError(
+            "a loss is needed here: pass loss= one of the names in jaxbp.LOSSES or a "
+            "jaxbp.Loss (config has loss=None)."
+        )
+    return config
+
+
+def check_params(params: Any, body: tuple[Any, ...]) -> tuple[int, ...]:
+    """Check `params` against the layer records of `body`; return the widths along it
+    (input width first). Refuses anything but a list with one entry per parametric layer."""
+    if not isinstance(params, (list, tuple)):
+        raise TypeError(f"{DENSE_RULE}; got {type(params).__name__}.")
+    if len(params) == 0:
+        raise ValueError(f"{DENSE_RULE}; got an empty {type(params).__name__}.")
+    wanted = sum(layer.has_params for layer in body)
+    if len(params) != wanted:
+        raise ValueError(
+            f"params has {len(params)} entries but the layers {[l.name for l in body]} have "
+            f"{wanted} with parameters; build params with jaxbp.init_mlp for these layers."
+        )
+    widths: list[int | None] = [None]
+    entries = iter(enumerate(params))
+    for layer in body:
+        if layer.has_params:
+            i, p = next(entries)
+            widths.append(layer.check(p, widths[-1], f"params[{i}]"))
+        else:
+            widths.append(layer.check(None, widths[-1], "a parameter-free layer"))
+    widths[0] = _input_width(body, params)
+    return tuple(w for w in widths)
+
+
+def _input_width(body: tuple[Any, ...], params: Any) -> int | None:
+    for layer in body:
+        if layer.has_params:
+            return layer.n_in(params[0]) if hasattr(layer, "n_in") else None
+    return None
