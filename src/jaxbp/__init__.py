@@ -19,6 +19,7 @@ from jaxbp._losses import LOSSES, Loss, huber
 from jaxbp._mlp import forward, init_mlp, loss_fn
 from jaxbp._parity import LeafParity, ParityReport, assert_parity, check_parity
 from jaxbp._per_example import per_example_grad_norms, per_example_grads
+from jaxbp._privacy import DPSampling, dp_epoch_sampling, dp_epsilon, dp_noise_multiplier
 from jaxbp._second_order import gnvp, hvp
 from jaxbp._sharding import data_mesh
 from jaxbp._tasks import TASKS, Task
@@ -43,6 +44,7 @@ __all__ = [
     "Activation",
     "Config",
     "Context",
+    "DPSampling",
     "Dense",
     "LeafParity",
     "Loss",
@@ -56,6 +58,9 @@ __all__ = [
     "check_parity",
     "data_mesh",
     "datasets",
+    "dp_epoch_sampling",
+    "dp_epsilon",
+    "dp_noise_multiplier",
     "dp_value_and_grad",
     "epoch_batches",
     "evaluate",
