@@ -11,21 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbp import ACTIVATIONS
-from jaxbp._check import random_problem
+from jaxbp import ACTIVATIONS, random_problem
+from jaxbp import LOSS_OUTPUTS as _LOSS_OUTPUTS
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-LOSS_OUTPUTS = [
-    ("mse", "identity"),
-    ("mse", "sigmoid"),
-    ("mse", "tanh"),
-    ("mse", "softmax"),
-    ("binary_cross_entropy", "sigmoid"),
-    ("cross_entropy", "softmax"),
-]
-"""Every loss with the kinds of output it takes: its canonical link and, for mse, others."""
+LOSS_OUTPUTS = list(_LOSS_OUTPUTS)
+"""Every loss with the kinds of output it takes: the one case table of `jaxbp check`."""
 
 ACTIVATION_NAMES = list(ACTIVATIONS)
 

@@ -16,7 +16,7 @@ from jaxbp._dp import dp_value_and_grad, make_dp_train_step
 from jaxbp._init import INITS
 from jaxbp._layers import Activate, Context, Dense
 from jaxbp._losses import LOSSES, Loss, huber
-from jaxbp._mlp import forward, init_mlp, loss_fn
+from jaxbp._mlp import forward, init_layers, init_mlp, loss_fn
 from jaxbp._parity import LeafParity, ParityReport, assert_parity, check_parity
 from jaxbp._per_example import per_example_grad_norms, per_example_grads
 from jaxbp._privacy import DPSampling, dp_epoch_sampling, dp_epsilon, dp_noise_multiplier
@@ -68,6 +68,7 @@ __all__ = [
     "gnvp",
     "huber",
     "hvp",
+    "init_layers",
     "init_mlp",
     "loss_fn",
     "make_dp_train_step",

@@ -19,6 +19,7 @@ from jaxbp._tasks import CLASSIFICATION
 LOSS_OUTPUTS = (
     ("mse", "identity"),
     ("mse", "sigmoid"),
+    ("mse", "tanh"),
     ("mse", "softmax"),
     ("binary_cross_entropy", "sigmoid"),
     ("cross_entropy", "softmax"),

@@ -127,6 +127,27 @@ def init_mlp(
     ]
 
 
+def init_layers(
+    key: Array, layers: Sequence[Any], n_in: int, *, dtype: Any = jnp.float32
+) -> list[Any]:
+    """Initial parameters for a network given as layer records (`Config(layers=...)`).
+
+    `n_in` is the input width `n_0`; `key` is split once per layer. Returns one entry per
+    layer with parameters, in order: what `params` must be for those layers.
+    """
+    if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in < 1:
+        raise ValueError(f"n_in must be the input width, an integer >= 1; got {n_in!r}.")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be a floating dtype such as jnp.float32; got {dtype!r}.")
+    body = Config(layers=layers).layers
+    params, width = [], n_in
+    for layer, k in zip(body, jax.random.split(key, len(body)), strict=True):
+        p, width = layer.init(k, width, dtype)
+        if layer.has_params:
+            params.append(p)
+    return params
+
+
 def forward(
     params: Params, x: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> Array:
