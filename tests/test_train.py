@@ -46,7 +46,7 @@ def test_step_matches_a_hand_rolled_optax_step(problem, grad):
         np.testing.assert_allclose(metrics["loss"], value, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(rp)):
         assert rel_err(a, b) < 1e-5
-    assert set(metrics) >= {"loss", "grad_norm"} and metrics["grad_norm"].shape == ()
+    assert set(metrics) == {"loss"} and metrics["loss"].shape == ()  # grad_norm is opt-in
 
 
 @pytest.mark.parametrize("grad", ["manual", "autodiff"])
@@ -54,7 +54,7 @@ def test_grad_norm_is_the_norm_of_the_gradient(grad):
     """float64, a 5-layer network (10 leaves): the metric against numpy's norm of the
     flattened jax.grad gradient."""
     params, x, y = make_problem(4, [6, 9, 9, 9, 9, 4], 12, "cross_entropy")
-    step = jaxbp.make_train_step(optax.sgd(0.1), grad=grad, **KW)
+    step = jaxbp.make_train_step(optax.sgd(0.1), grad=grad, grad_norm=True, **KW)
     grads = jax.grad(jaxbp.loss_fn)(params, x, y, **KW)
     want = np.linalg.norm(np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads)]))
     _, _, metrics = step(copy(params), optax.sgd(0.1).init(params), x, y)

@@ -12,7 +12,7 @@ from jaxbp._check import LOSS_OUTPUTS, parity_grid, random_problem
 from jaxbp._config import Config
 from jaxbp._custom_vjp import mlp
 from jaxbp._diagnostics import backward_flow_stats
-from jaxbp._dp import dp_value_and_grad, make_dp_train_step
+from jaxbp._dp import dp_value_and_grad, make_dp_train_epoch, make_dp_train_step
 from jaxbp._init import INITS
 from jaxbp._layers import Activate, Context, Dense
 from jaxbp._losses import LOSSES, Loss, huber
@@ -71,6 +71,7 @@ __all__ = [
     "init_layers",
     "init_mlp",
     "loss_fn",
+    "make_dp_train_epoch",
     "make_dp_train_step",
     "make_train_epoch",
     "make_train_step",

@@ -31,7 +31,14 @@ from jaxbp._backprop import cast_like
 from jaxbp._config import Config, Keywords, as_config
 from jaxbp._mlp import Params
 from jaxbp._per_example import flows, norms, parametric
-from jaxbp._train import check_optimizer, tree_norm
+from jaxbp._train import (
+    StepOptions,
+    apply_optimizer,
+    check_opt_state,
+    check_optimizer,
+    scan_epoch,
+    tree_norm,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -103,12 +110,37 @@ def dp_value_and_grad(
     return value / batch, grads, norms_n
 
 
+def _dp_update(
+    optimizer: optax.GradientTransformation, config: Config, l2_clip: Any, noise_multiplier: Any
+) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
+    optimizer = check_optimizer(optimizer)
+    _check_dp(l2_clip, noise_multiplier)
+
+    def update(
+        params: Params, opt_state: Any, key: Array, x: Array, y: Array
+    ) -> tuple[Params, Any, Metrics]:
+        check_opt_state(optimizer, opt_state, params)
+        value, grads, norms_n = dp_value_and_grad(
+            params, key, x, y, config, l2_clip=l2_clip, noise_multiplier=noise_multiplier
+        )
+        params, opt_state = apply_optimizer(optimizer, grads, opt_state, params)
+        metrics = {
+            "loss": value,
+            "grad_norm": tree_norm(grads),
+            "clipped": jnp.mean((norms_n > l2_clip).astype(value.dtype)),
+        }
+        return params, opt_state, metrics
+
+    return update
+
+
 def make_dp_train_step(
     optimizer: optax.GradientTransformation,
     config: Config | None = None,
     *,
     l2_clip: float,
     noise_multiplier: float,
+    donate: bool = True,
     **keywords: Unpack[Keywords],
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
     """A jitted DP-SGD step `step(params, opt_state, key, x, y) -> (params, opt_state, metrics)`.
@@ -117,28 +149,35 @@ def make_dp_train_step(
     transformation, e.g. `optax.sgd(0.1)`) turns it into the update. `metrics` holds
     scalars: `loss` (mean, before the update), `grad_norm` (of the noised mean gradient)
     and `clipped` (the fraction of examples whose norm exceeded `l2_clip`). Pass a fresh
-    `key` every step. `params` and `opt_state` are donated: do not reuse the arrays passed
-    in. Privacy accounting (epsilon, delta) is not done here.
+    `key` every step. `params` and `opt_state` are donated unless `donate=False`. The
+    privacy spent is `jaxbp.dp_epsilon`'s.
     """
-    check_optimizer(optimizer)
-    _check_dp(l2_clip, noise_multiplier)
-    cfg = dp_config(config, keywords)  # fail at construction, not at first call
+    update = _dp_update(optimizer, dp_config(config, keywords), l2_clip, noise_multiplier)
+    return jax.jit(update, donate_argnums=StepOptions(donate=donate).check().donate_argnums)
 
-    def step(
-        params: Params, opt_state: Any, key: Array, x: Array, y: Array
-    ) -> tuple[Params, Any, Metrics]:
-        value, grads, norms_n = dp_value_and_grad(
-            params, key, x, y, cfg, l2_clip=l2_clip, noise_multiplier=noise_multiplier
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        metrics = {
-            "loss": value,
-            "grad_norm": tree_norm(grads),
-            "clipped": jnp.mean((norms_n > l2_clip).astype(value.dtype)),
-        }
-        return optax.apply_updates(params, updates), opt_state, metrics
 
-    return jax.jit(step, donate_argnums=(0, 1))
+def make_dp_train_epoch(
+    optimizer: optax.GradientTransformation,
+    config: Config | None = None,
+    *,
+    batch_size: int,
+    l2_clip: float,
+    noise_multiplier: float,
+    donate: bool = True,
+    **keywords: Unpack[Keywords],
+) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
+    """A whole DP-SGD epoch in one `lax.scan`: `epoch(params, opt_state, key, x, y)`.
+
+    It shuffles `x: (n, n_0)` and `y` with `key` exactly as `jaxbp.make_train_epoch` does
+    (fixed-size batches of one permutation, `ceil(n / batch_size)` steps), then runs the
+    step of `make_dp_train_step` on each, with a noise key per step drawn from `key`.
+    `metrics` stack each step's along a leading `(n_steps,)` axis. For the privacy
+    spent, `jaxbp.dp_epsilon` with `jaxbp.dp_epoch_sampling(n=..., batch_size=...,
+    epochs=...)`: note the sampling there (shuffling, not Poisson).
+    """
+    update = _dp_update(optimizer, dp_config(config, keywords), l2_clip, noise_multiplier)
+    epoch = scan_epoch(update, batch_size, keyed=True)
+    return jax.jit(epoch, donate_argnums=StepOptions(donate=donate).check().donate_argnums)
 
 
 def _check_dp(l2_clip: Any, noise_multiplier: Any) -> None:

@@ -12,7 +12,9 @@ seen from the data side:
 
 `prepare(y, batch, n_out, dtype, owner)` checks `y` against the output layer and returns
 it as a float `(batch, n_L)` array of `dtype` (labels one-hot encoded); target values are
-checked only when they are concrete, i.e. outside a trace. `score(y_hat, y)` returns the
+checked only when they are concrete, i.e. outside a trace. Inside a trace (`jax.jit`, a
+training step) an out-of-range label cannot raise: its row becomes NaN, so the loss and
+the gradient are NaN, never a silent 0. `score(y_hat, y)` returns the
 metric on raw targets. `encode(labels, n_classes)` turns integer class labels into the
 targets this task's losses take, `(y, n_outputs)`.
 """
@@ -116,7 +118,12 @@ def _class_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Ar
                     f"labels in y must lie in [0, {n_out}) for an output layer of {n_out} units; "
                     f"y[{bad[0]}] = {int(np.asarray(y)[bad[0]])}."
                 )
-        return jax.nn.one_hot(y, n_out, dtype=dtype)
+            return jax.nn.one_hot(y, n_out, dtype=dtype)
+        # Traced labels cannot be checked here. one_hot would make an out-of-range label a
+        # row of zeros: loss 0 and gradient 0, a silent no-op. A NaN row instead makes the
+        # loss and every gradient NaN, which a training loop sees (jaxbp train stops).
+        out_of_range = (y < 0) | (y >= n_out)
+        return jnp.where(out_of_range[:, None], jnp.nan, jax.nn.one_hot(y, n_out, dtype=dtype))
     if y.shape != (batch, n_out):
         fix = " Labels must have an integer dtype: y.astype(int)." if y.ndim == 1 else ""
         raise ValueError(

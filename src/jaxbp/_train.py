@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,25 +26,51 @@ Metrics = dict[str, Array]
 GRADS = ("manual", "autodiff")
 
 
+class StepOptions(NamedTuple):
+    """How a training step is built, resolved once by `make_train_step` and its kin.
+
+    - `grad`: "manual" (`manual_grad`, eq. 1.4) or "autodiff" (`jax.grad`).
+    - `diagnostics`: add the backward flow's per-layer statistics (manual only).
+    - `grad_norm`: add the gradient's global L2 norm to the metrics (it costs about 5%
+      of a small network's step, so it is off unless asked for).
+    - `donate`: donate `params` and `opt_state` to the compiled step.
+    """
+
+    grad: str = "manual"
+    diagnostics: bool = False
+    grad_norm: bool = False
+    donate: bool = True
+
+    def check(self) -> StepOptions:
+        if self.grad not in GRADS:
+            raise ValueError(f"grad must be one of {list(GRADS)}; got {self.grad!r}.")
+        if self.diagnostics and self.grad != "manual":
+            raise ValueError(
+                "diagnostics=True reads the backward flow delta_l that manual_grad keeps and "
+                "jax.grad does not expose; use grad='manual'."
+            )
+        for flag in ("diagnostics", "grad_norm", "donate"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be True or False; got {getattr(self, flag)!r}.")
+        return self
+
+    @property
+    def donate_argnums(self) -> tuple[int, ...]:
+        return (0, 1) if self.donate else ()
+
+
 def value_and_grad_fn(
-    config: Config, grad: str, diagnostics: bool = False
+    config: Config, options: StepOptions
 ) -> Callable[[Params, Array, Array], tuple[Array, Params, Metrics]]:
     """`(params, x, y) -> (loss, grads, extra metrics)` by `manual_grad` (eq. 1.4) or by
     `jax.grad`; with `diagnostics`, the extra metrics describe the backward flow."""
-    if grad not in GRADS:
-        raise ValueError(f"grad must be one of {list(GRADS)}; got {grad!r}.")
-    if diagnostics and grad != "manual":
-        raise ValueError(
-            "diagnostics=True reads the backward flow delta_l that manual_grad keeps and "
-            "jax.grad does not expose; use grad='manual'."
-        )
-    if grad == "autodiff":
+    if options.grad == "autodiff":
         value_and_grad = jax.value_and_grad(loss_fn)
         return lambda params, x, y: (*value_and_grad(params, x, y, config), {})
 
     def manual(params: Params, x: Array, y: Array) -> tuple[Array, Params, Metrics]:
         value, grads, trace = backprop(params, x, y, config)
-        if not diagnostics:
+        if not options.diagnostics:
             return value, grads, {}
         return value, grads, backward_flow_stats(trace, grads, config.activation)
 
@@ -56,26 +82,80 @@ def tree_norm(tree: Any) -> Array:
     return jnp.sqrt(sum(jnp.sum(leaf * leaf) for leaf in jax.tree.leaves(tree)))
 
 
-def check_optimizer(optimizer: Any) -> None:
-    """Refuse anything but an optax transformation, naming what was passed."""
+def check_optimizer(optimizer: Any) -> optax.GradientTransformation:
+    """An optax transformation (`optax.MultiSteps` unwrapped), or a `TypeError` naming what
+    was passed."""
+    if isinstance(optimizer, optax.MultiSteps):
+        return optimizer.gradient_transformation()
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
-            "optimizer must be an optax.GradientTransformation such as optax.adam(1e-3); "
-            f"got {type(optimizer).__name__}."
+            "optimizer must be an optax.GradientTransformation such as optax.adam(1e-3) (or "
+            f"an optax.MultiSteps); got {type(optimizer).__name__}."
         )
+    return optimizer
+
+
+def apply_optimizer(
+    optimizer: optax.GradientTransformation, grads: Params, opt_state: Any, params: Params
+) -> tuple[Params, Any]:
+    """`optimizer.update` then `optax.apply_updates`; refuses an optimizer whose update needs
+    more than `(grads, state, params)` (a line search's `value`, `grad`, `value_fn`)."""
+    try:
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+    except TypeError as err:
+        if "required keyword-only argument" not in str(err):
+            raise
+        raise TypeError(
+            "optimizer needs extra arguments in its update (optax.lbfgs and other line "
+            "searches want value, grad and value_fn), which a jaxbp step does not pass: use "
+            f"a first-order optimizer such as optax.adam, or your own loop ({err})."
+        ) from None
+    return optax.apply_updates(params, updates), opt_state
+
+
+def check_opt_state(optimizer: optax.GradientTransformation, opt_state: Any, params: Any) -> None:
+    """At trace time: `opt_state` must be what `optimizer.init(params)` builds, shape for
+    shape, and injected hyperparameters must be scalars (one per model in a sweep)."""
+    want = jax.eval_shape(optimizer.init, params)
+    got_leaves, got_tree = jax.tree.flatten(opt_state)
+    want_leaves, want_tree = jax.tree.flatten(want)
+    shapes = [jnp.shape(v) for v in got_leaves], [v.shape for v in want_leaves]
+    if got_tree != want_tree or shapes[0] != shapes[1]:
+        raise ValueError(
+            "opt_state does not fit params (another architecture or optimizer?): its leaf "
+            f"shapes are {shapes[0]}, optimizer.init(params) gives {shapes[1]}. Build it with "
+            "optimizer.init(params) (jax.vmap(optimizer.init)(params) for a sweep)."
+        )
+    injected = [
+        node
+        for node in jax.tree.leaves(opt_state, is_leaf=lambda n: hasattr(n, "hyperparams"))
+        if hasattr(node, "hyperparams")
+    ]
+    for node in injected:
+        for name, value in node.hyperparams.items():
+            if jnp.ndim(value) != 0:
+                raise ValueError(
+                    f"the injected hyperparameter {name!r} has shape {jnp.shape(value)} per "
+                    "model; it must be a scalar (in a sweep: shape (N,) across the N models). "
+                    "Build the optimizer with a scalar, e.g. optax.inject_hyperparams("
+                    "optax.sgd)(learning_rate=0.1), init it with jax.vmap(optimizer.init), "
+                    "then set state.hyperparams[name] = values of shape (N,)."
+                )
 
 
 def _make_update(
-    optimizer: optax.GradientTransformation, config: Config, grad: str, diagnostics: bool
+    optimizer: optax.GradientTransformation, config: Config, options: StepOptions
 ) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
-    check_optimizer(optimizer)
-    value_and_grad = value_and_grad_fn(config, grad, diagnostics)
+    optimizer = check_optimizer(optimizer)
+    value_and_grad = value_and_grad_fn(config, options.check())
 
     def update(params: Params, opt_state: Any, x: Array, y: Array) -> tuple[Params, Any, Metrics]:
+        check_opt_state(optimizer, opt_state, params)
         value, grads, extra = value_and_grad(params, x, y)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": value, "grad_norm": tree_norm(grads), **extra}
+        params, opt_state = apply_optimizer(optimizer, grads, opt_state, params)
+        if options.grad_norm:
+            extra = {"grad_norm": tree_norm(grads), **extra}
+        return params, opt_state, {"loss": value, **extra}
 
     return update
 
@@ -86,26 +166,32 @@ def make_train_step(
     *,
     grad: str = "manual",
     diagnostics: bool = False,
+    grad_norm: bool = False,
+    donate: bool = True,
     mesh: Mesh | None = None,
     **keywords: Unpack[Keywords],
 ) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
     """A jitted training step `step(params, opt_state, x, y) -> (params, opt_state, metrics)`.
 
+    - `optimizer`: an `optax.GradientTransformation` (or `optax.MultiSteps`).
     - `grad="manual"` takes the gradient from `manual_grad` (eq. 1.4), `grad="autodiff"`
       from `jax.grad`; nothing else differs.
-    - `metrics`: `loss` (before the update) and `grad_norm` (global L2 norm of the
-      gradient), scalars; with `diagnostics=True` (manual only) also the backward flow of
-      `backward_flow_stats`, per layer, read from the same single backward pass.
+    - `metrics`: `loss` (before the update), a scalar; with `grad_norm=True` also the
+      global L2 norm of the gradient; with `diagnostics=True` (manual only) also the
+      backward flow of `backward_flow_stats`, per layer, read from the same single
+      backward pass.
+    - `donate`: `params` and `opt_state` are donated (default): do not reuse the arrays
+      passed in. `donate=False` keeps them.
     - `mesh`: a `jax.sharding.Mesh` whose first axis carries the batch: `x` and `y` are
       split over it, parameters and optimizer state replicated, and XLA reduces the
-      gradient across devices (see `data_parallel`). `None`: one device.
+      gradient across devices (see `jaxbp.data_mesh`). `None`: one device.
 
-    `params` and `opt_state` are donated: do not reuse the arrays passed in. The network
-    is `config` or the keywords of `jaxbp.Config`.
+    The network is `config` or the keywords of `jaxbp.Config`.
     """
-    update = _make_update(optimizer, as_config(config, keywords), grad, diagnostics)
+    options = StepOptions(grad, diagnostics, grad_norm, donate)
+    update = _make_update(optimizer, as_config(config, keywords), options)
     if mesh is None:
-        return jax.jit(update, donate_argnums=(0, 1))
+        return jax.jit(update, donate_argnums=options.donate_argnums)
     shard = data_parallel(mesh)
 
     def sharded(params: Params, opt_state: Any, x: Array, y: Array) -> tuple[Params, Any, Metrics]:
@@ -114,7 +200,7 @@ def make_train_step(
 
     return jax.jit(
         sharded,
-        donate_argnums=(0, 1),
+        donate_argnums=options.donate_argnums,
         in_shardings=(shard.replicated, shard.replicated, None, None),
         out_shardings=shard.replicated,
     )
@@ -134,37 +220,52 @@ def epoch_batches(key: Array, n: int, batch_size: int) -> Array:
     return jnp.concatenate([perm, perm[: steps * batch_size - n]]).reshape(steps, batch_size)
 
 
-def _make_epoch(
-    optimizer: optax.GradientTransformation,
-    config: Config,
-    batch_size: int,
-    grad: str,
-    diagnostics: bool,
-    constrain: Callable[[Array], Array] = lambda v: v,
-) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
+def check_batch_size(batch_size: Any) -> int:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
-    update = _make_update(optimizer, config, grad, diagnostics)
+    return batch_size
+
+
+def scan_epoch(
+    update: Callable[..., tuple[Params, Any, Metrics]],
+    batch_size: int,
+    constrain: Callable[[Array], Array] = lambda v: v,
+    keyed: bool = False,
+) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
+    """One epoch of `update(params, opt_state, x_b, y_b)` steps in one `lax.scan`:
+    `epoch(params, opt_state, key, x, y)`. The epoch shuffles with `key`; with `keyed`,
+    each step also receives a key of its own, `update(params, opt_state, key_b, x_b, y_b)`,
+    from a split of `key` that leaves the shuffle's key as it is."""
+    check_batch_size(batch_size)
 
     def epoch(
         params: Params, opt_state: Any, key: Array, x: Array, y: Array
     ) -> tuple[Params, Any, Metrics]:
-        n = x.shape[0]
+        n = jnp.shape(x)[0]
+        if jnp.ndim(y) == 0 or jnp.shape(y)[0] != n:
+            raise ValueError(
+                f"x and y must hold the same number of samples; x has {n}, y has shape "
+                f"{jnp.shape(y)}."
+            )
         if n < batch_size:
             raise ValueError(
                 f"x holds {n} samples, fewer than one batch (batch_size={batch_size}); "
                 "use a smaller batch_size."
             )
 
-        def body(carry: tuple[Params, Any], batch: tuple[Array, Array]) -> tuple[Any, Metrics]:
-            x_b, y_b = batch
-            params, opt_state, metrics = update(*carry, constrain(x_b), constrain(y_b))
+        def body(carry: tuple[Params, Any], batch: tuple[Array, ...]) -> tuple[Any, Metrics]:
+            *step_key, x_b, y_b = batch
+            params, opt_state, metrics = update(*carry, *step_key, constrain(x_b), constrain(y_b))
             return (params, opt_state), metrics
 
         # One gather of the whole shuffled epoch up front: the scan then reads contiguous
         # batches, which is cheaper than a gather inside every step.
         idx = epoch_batches(key, n, batch_size)
-        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), (x[idx], y[idx]))
+        xs = (x[idx], y[idx])
+        if keyed:
+            step_keys = jax.random.split(jax.random.fold_in(key, 1), idx.shape[0])
+            xs = (step_keys, *xs)
+        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), xs)
         return params, opt_state, metrics
 
     return epoch
@@ -177,6 +278,8 @@ def make_train_epoch(
     batch_size: int,
     grad: str = "manual",
     diagnostics: bool = False,
+    grad_norm: bool = False,
+    donate: bool = True,
     mesh: Mesh | None = None,
     **keywords: Unpack[Keywords],
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
@@ -187,20 +290,20 @@ def make_train_epoch(
     `ceil(n / batch_size)` minibatches (see `epoch_batches` for the last one) and runs
     the step of `make_train_step` on each inside `jax.lax.scan`. `metrics` holds each
     step's metrics stacked along a leading `(n_steps,)` axis. With `mesh`, the whole
-    dataset is replicated and each minibatch split over the mesh's first axis.
-    `params` and `opt_state` are donated.
+    dataset is replicated and each minibatch split over the mesh's first axis. The
+    other keywords are those of `make_train_step`; `params` and `opt_state` are donated
+    unless `donate=False`.
     """
-    cfg = as_config(config, keywords)
+    cfg, options = as_config(config, keywords), StepOptions(grad, diagnostics, grad_norm, donate)
+    update = _make_update(optimizer, cfg, options)
     if mesh is None:
-        return jax.jit(
-            _make_epoch(optimizer, cfg, batch_size, grad, diagnostics), donate_argnums=(0, 1)
-        )
+        return jax.jit(scan_epoch(update, batch_size), donate_argnums=options.donate_argnums)
     shard = data_parallel(mesh)
-    shard.check_batch(batch_size, "batch_size")
-    epoch = _make_epoch(optimizer, cfg, batch_size, grad, diagnostics, shard.constrain_batch)
+    shard.check_batch(check_batch_size(batch_size), "batch_size")
+    epoch = scan_epoch(update, batch_size, shard.constrain_batch)
     return jax.jit(
         epoch,
-        donate_argnums=(0, 1),
+        donate_argnums=options.donate_argnums,
         in_shardings=(shard.replicated,) * 5,
         out_shardings=shard.replicated,
     )
@@ -213,6 +316,8 @@ def make_train_sweep(
     batch_size: int,
     grad: str = "manual",
     shared_order: bool = False,
+    grad_norm: bool = False,
+    donate: bool = True,
     **keywords: Unpack[Keywords],
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
     """N models trained for one epoch each in one compiled program (`jax.vmap` of the
@@ -226,9 +331,11 @@ def make_train_sweep(
     faster: the first layer's products of all N models then share their input and run
     as one matmul. To sweep a hyperparameter, make it part of the state, e.g.
     `optax.inject_hyperparams(optax.sgd)(learning_rate=lrs)`, vmapped init with one rate
-    per model. Metrics gain a leading `(N,)` axis. `params` and `opt_state` are donated.
+    per model. Metrics gain a leading `(N,)` axis. `grad_norm` and `donate` are those
+    of `make_train_step`.
     """
-    epoch = _make_epoch(optimizer, as_config(config, keywords), batch_size, grad, False)
+    options = StepOptions(grad, False, grad_norm, donate)
+    epoch = scan_epoch(_make_update(optimizer, as_config(config, keywords), options), batch_size)
     key_axis = None if shared_order else 0
     key_rank = 0 if shared_order else 1
 
@@ -253,7 +360,7 @@ def make_train_sweep(
             )
         return jax.vmap(epoch, in_axes=(0, 0, key_axis, None, None))(params, opt_state, keys, x, y)
 
-    return jax.jit(sweep, donate_argnums=(0, 1))
+    return jax.jit(sweep, donate_argnums=options.donate_argnums)
 
 
 def evaluate(
