@@ -13,6 +13,7 @@ from jaxbp._config import Config
 from jaxbp._custom_vjp import mlp
 from jaxbp._diagnostics import backward_flow_stats
 from jaxbp._dp import dp_value_and_grad, make_dp_train_epoch, make_dp_train_step
+from jaxbp._fused import FusedSGD, fused_sgd
 from jaxbp._init import INITS
 from jaxbp._layers import Activate, Context, Dense
 from jaxbp._losses import LOSSES, Loss, huber
@@ -46,6 +47,7 @@ __all__ = [
     "Context",
     "DPSampling",
     "Dense",
+    "FusedSGD",
     "LeafParity",
     "Loss",
     "ParityReport",
@@ -65,6 +67,7 @@ __all__ = [
     "epoch_batches",
     "evaluate",
     "forward",
+    "fused_sgd",
     "gnvp",
     "huber",
     "hvp",

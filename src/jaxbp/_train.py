@@ -13,6 +13,7 @@ import optax
 from jaxbp._backprop import backprop
 from jaxbp._config import Config, Keywords, as_config
 from jaxbp._diagnostics import backward_flow_stats
+from jaxbp._fused import FusedSGD, fused_epoch, fused_update
 from jaxbp._mlp import Params, forward, loss_fn
 from jaxbp._sharding import Mesh, data_parallel
 from jaxbp._shuffle import permutation
@@ -23,13 +24,14 @@ if TYPE_CHECKING:
 
 Array = jax.Array
 Metrics = dict[str, Array]
-GRADS = ("manual", "autodiff")
+GRADS = ("manual", "autodiff", "fused")
 
 
 class StepOptions(NamedTuple):
     """How a training step is built, resolved once by `make_train_step` and its kin.
 
-    - `grad`: "manual" (`manual_grad`, eq. 1.4) or "autodiff" (`jax.grad`).
+    - `grad`: "manual" (`manual_grad`, eq. 1.4), "autodiff" (`jax.grad`), or "fused"
+      (the whole step as one Pallas kernel, with `jaxbp.fused_sgd`).
     - `diagnostics`: add the backward flow's per-layer statistics (manual only).
     - `grad_norm`: add the gradient's global L2 norm to the metrics (it costs about 5%
       of a small network's step, so it is off unless asked for).
@@ -48,6 +50,11 @@ class StepOptions(NamedTuple):
             raise ValueError(
                 "diagnostics=True reads the backward flow delta_l that manual_grad keeps and "
                 "jax.grad does not expose; use grad='manual'."
+            )
+        if self.grad_norm and self.grad == "fused":
+            raise ValueError(
+                "grad_norm=True needs the gradient, which the fused kernel consumes on chip "
+                "and never returns; use grad='manual'."
             )
         for flag in ("diagnostics", "grad_norm", "donate"):
             if not isinstance(getattr(self, flag), bool):
@@ -87,6 +94,8 @@ def check_optimizer(optimizer: Any) -> optax.GradientTransformation:
     was passed."""
     if isinstance(optimizer, optax.MultiSteps):
         return optimizer.gradient_transformation()
+    if isinstance(optimizer, FusedSGD):
+        return optimizer.transformation()
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
             "optimizer must be an optax.GradientTransformation such as optax.adam(1e-3) (or "
@@ -143,11 +152,21 @@ def check_opt_state(optimizer: optax.GradientTransformation, opt_state: Any, par
                 )
 
 
+def _refuse_fused(options: StepOptions, what: str) -> None:
+    if options.grad == "fused":
+        raise ValueError(
+            f"grad='fused' runs one Pallas kernel on one device and does not take {what} yet; "
+            "use grad='manual' there."
+        )
+
+
 def _make_update(
     optimizer: optax.GradientTransformation, config: Config, options: StepOptions
 ) -> Callable[[Params, Any, Array, Array], tuple[Params, Any, Metrics]]:
+    if options.check().grad == "fused":
+        return fused_update(optimizer, config)
     optimizer = check_optimizer(optimizer)
-    value_and_grad = value_and_grad_fn(config, options.check())
+    value_and_grad = value_and_grad_fn(config, options)
 
     def update(params: Params, opt_state: Any, x: Array, y: Array) -> tuple[Params, Any, Metrics]:
         check_opt_state(optimizer, opt_state, params)
@@ -192,6 +211,7 @@ def make_train_step(
     update = _make_update(optimizer, as_config(config, keywords), options)
     if mesh is None:
         return jax.jit(update, donate_argnums=options.donate_argnums)
+    _refuse_fused(options, "a mesh")
     shard = data_parallel(mesh)
 
     def sharded(params: Params, opt_state: Any, x: Array, y: Array) -> tuple[Params, Any, Metrics]:
@@ -295,9 +315,13 @@ def make_train_epoch(
     unless `donate=False`.
     """
     cfg, options = as_config(config, keywords), StepOptions(grad, diagnostics, grad_norm, donate)
+    if options.check().grad == "fused" and mesh is None:
+        epoch = fused_epoch(optimizer, cfg, check_batch_size(batch_size), epoch_batches)
+        return jax.jit(epoch, donate_argnums=options.donate_argnums)
     update = _make_update(optimizer, cfg, options)
     if mesh is None:
         return jax.jit(scan_epoch(update, batch_size), donate_argnums=options.donate_argnums)
+    _refuse_fused(options, "a mesh")
     shard = data_parallel(mesh)
     shard.check_batch(check_batch_size(batch_size), "batch_size")
     epoch = scan_epoch(update, batch_size, shard.constrain_batch)
@@ -334,7 +358,8 @@ def make_train_sweep(
     per model. Metrics gain a leading `(N,)` axis. `grad_norm` and `donate` are those
     of `make_train_step`.
     """
-    options = StepOptions(grad, False, grad_norm, donate)
+    options = StepOptions(grad, False, grad_norm, donate).check()
+    _refuse_fused(options, "a sweep of models")
     epoch = scan_epoch(_make_update(optimizer, as_config(config, keywords), options), batch_size)
     key_axis = None if shared_order else 0
     key_rank = 0 if shared_order else 1

@@ -1,0 +1,399 @@
+"""A whole training step, or a whole epoch, as one Pallas kernel (`grad="fused"`).
+
+The forward flow (eq. 1.1), the loss's output delta, the backward flow (eq. 1.4), the
+weight gradients (eq. 1.3) and an optax.sgd update run in ONE `pallas_call`, so the
+weights, `z_l`, `a_l` and `delta_l` never leave the chip between the matrix products.
+The body is `jaxbp._fused_kernel.train_step`, written on the library's activation and
+loss records, so any supported activation and loss fuses without a line of its own.
+
+On a GPU the kernel is lowered by Pallas's Triton backend (`pltriton.CompilerParams`),
+as one program (grid `(1,)`, one streaming multiprocessor). Triton needs every array a
+kernel loads or stores to have a power-of-two size, and every matrix product at least
+16 on each side, so with `pad=True` (the default on a GPU) the wrapper pads every width
+and the batch to `max(16, next power of two)`; padding is masked so it never reaches a
+gradient, and sliced off afterwards. On any other backend the same kernel runs in
+Pallas's interpret mode, which is how the tests check it on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp._config import Config, Keywords, as_config, check_params
+from jaxbp._fused_kernel import Layers, Rule, epoch_kernel, launch, step_kernel
+from jaxbp._validate import check_output_units, check_x
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+Array = jax.Array
+MAX_WIDTH = 256
+"""Widest layer (input and output included) the kernel takes: 128 is the design point,
+256 the stretch; the whole network, its trace and one batch's flows live on one chip."""
+MAX_BATCH = 512
+DTYPES = ("float32", "float64")
+_MIN_BLOCK = 16  # Triton's tl.dot needs M, N, K >= 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Fused:
+    """The checked configuration of a fused kernel (see `check_fused_supported`): the
+    network's `jaxbp.Config`, its widths, the optimizer's constants and how to compile."""
+
+    config: Config
+    sizes: tuple[int, ...]
+    learning_rate: float
+    momentum: float | None
+    interpret: bool
+    pad: bool
+    precision: Any
+    num_warps: int | None
+
+    def rule(self, batch: int) -> Rule:
+        cfg = self.config
+        scale = 1 / batch if cfg.reduction == "mean" else 1
+        return Rule(
+            cfg.activation,
+            cfg.output,
+            cfg.loss,
+            scale,
+            self.learning_rate,
+            self.momentum,
+            self.precision,
+        )
+
+    def width(self, n: int) -> int:
+        """`n` padded for the GPU lowering: a power of two, at least 16 (unchanged without pad)."""
+        return max(_MIN_BLOCK, 1 << (n - 1).bit_length()) if self.pad else n
+
+
+def _real(name: str, value: Any, rule: str, fix: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"{name} must be a Python number ({rule}); got {type(value).__name__} {value!r}. {fix}"
+        )
+    return float(value)
+
+
+def check_fused_supported(
+    sizes: Sequence[int],
+    config: Config | None = None,
+    *,
+    learning_rate: float,
+    momentum: float | None = None,
+    interpret: bool | None = None,
+    pad: bool | None = None,
+    precision: Any = None,
+    num_warps: int | None = None,
+    **keywords: Unpack[Keywords],
+) -> Fused:
+    """Check that the fused kernel supports this network and optimizer; return its `Fused`.
+
+    Raises `ValueError`/`TypeError` naming the argument, the rule, the value and the fix.
+    The arguments are those of `fused_step_fn`. Compiling for a GPU, it also lowers a tiny
+    copy of the kernel through Triton, so an activation or loss whose primitives Triton
+    lacks (the exact GELU's `erfc`) is refused here rather than inside the first step.
+    """
+    cfg = as_config(config, keywords)
+    if cfg.layers is not None:
+        raise ValueError(
+            f"the fused kernel runs the plain MLP of eq. 1.1 (dense layers, one hidden "
+            f"activation), so layers must be None; got layers={[l.name for l in cfg.layers]}. "
+            f"Use grad='manual' for other layer bodies."
+        )
+    sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else [sizes]
+    if len(sizes) < 2 or any(isinstance(n, bool) or not isinstance(n, int) for n in sizes):
+        raise ValueError(
+            f"sizes must list at least two integer widths [n_0, ..., n_L]; got {sizes!r}."
+        )
+    for i, n in enumerate(sizes):
+        if not 1 <= n <= MAX_WIDTH:
+            raise ValueError(
+                f"the fused kernel holds the whole network on one chip, so every width must lie "
+                f"in [1, {MAX_WIDTH}]; sizes[{i}] is {n} in {sizes!r}. Use grad='manual' for "
+                f"wider layers."
+            )
+    schedule_fix = "The fused kernel takes a constant rate; use grad='manual' for schedules."
+    lr = _real("learning_rate", learning_rate, "a constant > 0", schedule_fix)
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"learning_rate must be finite and > 0; got {learning_rate!r}.")
+    if momentum is not None:
+        mu = _real("momentum", momentum, "in [0, 1), or None", "Pass e.g. momentum=0.9.")
+        if not 0 <= mu < 1:
+            raise ValueError(
+                f"momentum must lie in [0, 1) (optax.sgd's trace decay), or be None for plain "
+                f"SGD; got {momentum!r}."
+            )
+        momentum = mu
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
+    elif not isinstance(interpret, bool):
+        raise TypeError(f"interpret must be None, True or False; got {interpret!r}.")
+    elif not interpret and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"interpret=False compiles the kernel with Triton, which needs a GPU; the default "
+            f"backend here is {jax.default_backend()!r}. Pass interpret=None (the default) or True."
+        )
+    if num_warps is not None and (
+        isinstance(num_warps, bool)
+        or not isinstance(num_warps, int)
+        or num_warps not in (1, 2, 4, 8, 16)
+    ):
+        raise ValueError(f"num_warps must be None or one of 1, 2, 4, 8, 16; got {num_warps!r}.")
+    check_output_units(cfg.output, sizes[-1])
+    fused = Fused(
+        cfg,
+        tuple(sizes),
+        lr,
+        momentum,
+        interpret,
+        (not interpret) if pad is None else bool(pad),
+        precision,
+        num_warps,
+    )
+    if not interpret:
+        probe_gpu_lowering(fused)
+    return fused
+
+
+def probe_gpu_lowering(fused: Fused) -> None:
+    """Lower a tiny 16-16-16 copy of `config`'s kernel for CUDA through Triton, or raise
+    ValueError naming what Triton cannot lower. Runs on any machine (lowering needs no GPU)."""
+    tiny = dataclasses.replace(fused, sizes=(16, 16, 16), interpret=False, pad=True)
+    zeros = functools.partial(jnp.zeros, dtype=jnp.float32)
+    params = [{"W": zeros((16, 16)), "b": zeros(16)} for _ in range(2)]
+    trace = None if fused.momentum is None else params
+    y = zeros((16, 16))  # probability rows suit every loss
+    step = functools.partial(_step, tiny)
+    try:
+        jax.jit(step).trace(params, trace, zeros((16, 16)), y).lower(lowering_platforms=("cuda",))
+    except NotImplementedError as error:
+        cfg = fused.config
+        raise ValueError(
+            f"the fused kernel cannot be compiled for the GPU with activation="
+            f"{cfg.activation.name!r}, loss={cfg.loss.name!r}, output_activation="
+            f"{cfg.output.name!r}: Pallas's Triton lowering reports {error} Use "
+            f"grad='manual' on the GPU for this configuration (interpret mode works anywhere)."
+        ) from None
+
+
+def _check_call(fused: Fused, params: Any, trace: Any, x: Any, batch_axis: int) -> Array:
+    """Check params, trace and the batch of `x` at trace time; return `x` in the params' dtype."""
+    cfg = fused.config
+    check_params(params, cfg.body(len(params) if isinstance(params, (list, tuple)) else 0))
+    sizes = (np.shape(params[0]["W"])[0], *(np.shape(layer["W"])[1] for layer in params))
+    if sizes != fused.sizes:
+        raise ValueError(
+            f"params have layer widths {list(sizes)} but this fused kernel was built for "
+            f"sizes={list(fused.sizes)}; build it with sizes={list(sizes)}."
+        )
+    dtypes = {jnp.result_type(leaf).name for leaf in jax.tree.leaves(params)}
+    if len(dtypes) != 1 or not dtypes <= set(DTYPES):
+        raise TypeError(
+            f"the fused kernel computes in the parameters' dtype, which must be one of "
+            f"{list(DTYPES)} for every leaf; got {sorted(dtypes)}."
+        )
+    if fused.momentum is None and trace is not None:
+        raise ValueError("trace must be None with momentum=None (plain SGD keeps no trace).")
+    if fused.momentum is not None:
+        shapes = jax.tree.map(np.shape, params)
+        got = None if trace is None else jax.tree.map(np.shape, trace)
+        if got != shapes:
+            raise ValueError(
+                f"trace must be the momentum buffer shaped like params, {shapes}; got {got}. "
+                f"Start it at jax.tree.map(jnp.zeros_like, params)."
+            )
+    x = jnp.asarray(x)
+    batch = x.shape[batch_axis] if x.ndim > batch_axis else 0
+    if not 1 <= batch <= MAX_BATCH:
+        raise ValueError(
+            f"the fused kernel holds one batch's flows on chip, so the batch must lie in "
+            f"[1, {MAX_BATCH}]; x has shape {x.shape} (batch axis {batch_axis}). Use a "
+            f"smaller batch_size."
+        )
+    return x.astype(dtypes.pop()) if jnp.issubdtype(x.dtype, jnp.number) else x
+
+
+def _step(fused: Fused, params: Layers, trace: Any, x: Any, y: Any) -> tuple[Layers, Any, Array]:
+    x = check_x(_check_call(fused, params, trace, x, 0), fused.sizes[0])
+    y = fused.config.loss.targets(y, x.shape[0], fused.sizes[-1], x.dtype)
+    new_params, new_trace, values = launch(fused, step_kernel, params, trace, x, y)
+    return new_params, new_trace, values[0]
+
+
+def _epoch(fused: Fused, params: Layers, trace: Any, xs: Any, ys: Any) -> tuple[Layers, Any, Array]:
+    xs = _check_call(fused, params, trace, xs, 1)
+    if xs.ndim != 3 or xs.shape[0] < 1:
+        raise ValueError(
+            f"xs must be the epoch's batches, (steps, batch, n_0) with steps >= 1; got shape "
+            f"{xs.shape}. Stack pre-shuffled batches: x[idx] with idx of shape (steps, batch)."
+        )
+    steps, batch = xs.shape[:2]
+    check_x(xs.reshape(steps * batch, xs.shape[2]), fused.sizes[0])
+    ys = jnp.asarray(ys)
+    if ys.shape[:2] != (steps, batch):
+        raise ValueError(
+            f"ys must hold one target batch per x batch, shape ({steps}, {batch}, ...) to match "
+            f"xs {xs.shape}; got shape {ys.shape}."
+        )
+    flat = ys.reshape(steps * batch, *ys.shape[2:])
+    flat = fused.config.loss.targets(flat, steps * batch, fused.sizes[-1], xs.dtype)
+    return launch(fused, epoch_kernel, params, trace, xs, flat.reshape(steps, batch, -1))
+
+
+def fused_step_fn(
+    sizes: Sequence[int],
+    config: Config | None = None,
+    *,
+    learning_rate: float,
+    momentum: float | None = None,
+    interpret: bool | None = None,
+    pad: bool | None = None,
+    precision: Any = None,
+    num_warps: int | None = None,
+    **keywords: Unpack[Keywords],
+) -> Callable[[Layers, Any, Array, Array], tuple[Layers, Any, Array]]:
+    """One SGD training step as one Pallas kernel:
+    `step(params, trace, x, y) -> (params, trace, loss)`, jitted.
+
+    **Arguments:**
+
+    - `sizes`: the widths `[n_0, ..., n_L]`, each at most `MAX_WIDTH`.
+    - `config`, or its keywords (`activation`, `loss`, `output_activation`, `reduction`):
+      the network, as for `jaxbp.loss_fn`; `layers` must be None (the plain MLP).
+    - `learning_rate`, `momentum`: optax.sgd's, as Python floats (`momentum=None`: plain
+      SGD, `p - lr g`; else `t = g + momentum t`, `p - lr t`).
+    - `interpret`: `None` compiles with Triton on a GPU and interprets elsewhere.
+    - `pad`: pad widths and batch to powers of two >= 16, as Triton needs; default on a GPU.
+    - `precision`: for every matrix product (`"highest"`: IEEE float32 on the GPU, not TF32).
+    - `num_warps`: Triton's warps for the one program (Triton's default is 4).
+
+    **Call:** `params` as `jaxbp.init_mlp` returns (float32 or float64), `trace` the momentum
+    buffer shaped like `params` (`None` without momentum), `x: (batch, n_0)` (cast to the
+    parameters' dtype), `y` as for `jaxbp.loss_fn`, `batch <= MAX_BATCH`. `loss` is the loss
+    on the batch before the update. Nothing is donated.
+    """
+    fused = check_fused_supported(
+        sizes,
+        config,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        interpret=interpret,
+        pad=pad,
+        precision=precision,
+        num_warps=num_warps,
+        **keywords,
+    )
+    return jax.jit(functools.partial(_step, fused))
+
+
+def fused_epoch_fn(
+    sizes: Sequence[int], config: Config | None = None, **kw: Any
+) -> Callable[[Layers, Any, Array, Array], tuple[Layers, Any, Array]]:
+    """A whole epoch as one Pallas kernel: `epoch(params, trace, xs, ys) -> (params, trace,
+    losses)`, jitted.
+
+    Takes the arguments of `fused_step_fn`. `xs: (steps, batch, n_0)` are the epoch's
+    batches, already shuffled; `ys: (steps, batch, ...)` their targets. The kernel loops
+    over the steps with the weights and trace kept on chip, and equals `steps` calls of
+    the fused step; `losses: (steps,)` holds each step's loss before its update.
+    """
+    fused = check_fused_supported(sizes, config, **kw)
+    return jax.jit(functools.partial(_epoch, fused))
+
+
+class FusedSGD(NamedTuple):
+    """`optax.sgd(learning_rate, momentum)` whose constants the fused kernel can read.
+
+    Use it as the optimizer of `make_train_step(..., grad="fused")` and
+    `make_train_epoch(..., grad="fused")`; its `init` and `update` are optax.sgd's, so the
+    same optimizer state also serves `grad="manual"` and `grad="autodiff"`.
+    """
+
+    learning_rate: float
+    momentum: float | None = None
+
+    def transformation(self) -> Any:
+        import optax
+
+        return optax.sgd(self.learning_rate, momentum=self.momentum)
+
+    def init(self, params: Any) -> Any:
+        return self.transformation().init(params)
+
+    def update(self, updates: Any, state: Any, params: Any = None) -> Any:
+        return self.transformation().update(updates, state, params)
+
+
+def fused_sgd(learning_rate: float, momentum: float | None = None) -> FusedSGD:
+    """The optimizer of the fused gradient path: SGD, with `momentum` or without (`None`)."""
+    _real("learning_rate", learning_rate, "a constant > 0", "Pass e.g. learning_rate=0.01.")
+    if momentum is not None:
+        _real("momentum", momentum, "in [0, 1), or None", "Pass e.g. momentum=0.9.")
+    return FusedSGD(float(learning_rate), None if momentum is None else float(momentum))
+
+
+def _fused_for(optimizer: Any, config: Config, params: Layers) -> Fused:
+    if not isinstance(optimizer, FusedSGD):
+        raise ValueError(
+            "grad='fused' runs the SGD update inside the kernel, so its optimizer must be "
+            "jaxbp.fused_sgd(learning_rate, momentum); got "
+            f"{type(optimizer).__name__}. Use grad='manual' for other optimizers."
+        )
+    sizes = (np.shape(params[0]["W"])[0], *(np.shape(layer["W"])[1] for layer in params))
+    return check_fused_supported(
+        sizes, config, learning_rate=optimizer.learning_rate, momentum=optimizer.momentum
+    )
+
+
+def _momentum_buffer(fused: Fused, opt_state: Any) -> Any:
+    return None if fused.momentum is None else opt_state[0].trace
+
+
+def _with_buffer(fused: Fused, opt_state: Any, trace: Any) -> Any:
+    if fused.momentum is None:
+        return opt_state
+    return (opt_state[0]._replace(trace=trace), *opt_state[1:])
+
+
+def fused_update(
+    optimizer: Any, config: Config
+) -> Callable[[Layers, Any, Array, Array], tuple[Layers, Any, dict[str, Array]]]:
+    """The training update of `make_train_step(..., grad="fused")`: one kernel a step."""
+    if not isinstance(optimizer, FusedSGD):
+        _fused_for(optimizer, config, [])  # raises the message
+
+    def update(params: Layers, opt_state: Any, x: Array, y: Array) -> Any:
+        fused = _fused_for(optimizer, config, params)
+        params, trace, loss = _step(fused, params, _momentum_buffer(fused, opt_state), x, y)
+        return params, _with_buffer(fused, opt_state, trace), {"loss": loss}
+
+    return update
+
+
+def fused_epoch(
+    optimizer: Any, config: Config, batch_size: int, batches: Callable[[Array, int, int], Array]
+) -> Callable[[Layers, Any, Array, Array, Array], Any]:
+    """The epoch of `make_train_epoch(..., grad="fused")`: one kernel for all its steps,
+    over the batches `batches(key, n, batch_size)` of the other gradient paths."""
+    if not isinstance(optimizer, FusedSGD):
+        _fused_for(optimizer, config, [])
+
+    def epoch(params: Layers, opt_state: Any, key: Array, x: Array, y: Array) -> Any:
+        fused = _fused_for(optimizer, config, params)
+        idx = batches(key, jnp.shape(x)[0], batch_size)
+        trace = _momentum_buffer(fused, opt_state)
+        params, trace, losses = _epoch(
+            fused, params, trace, jnp.asarray(x)[idx], jnp.asarray(y)[idx]
+        )
+        return params, _with_buffer(fused, opt_state, trace), {"loss": losses}
+
+    return epoch

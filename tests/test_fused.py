@@ -1,0 +1,309 @@
+"""The fused Pallas training step and epoch (`jaxbp._fused`), in interpret mode on the CPU.
+
+Reference: `jaxbp.manual_grad` (eqs. 1.3-1.4) followed by `optax.sgd(lr, momentum)` in plain
+JAX, i.e. an independent path through the library's unfused code and optax's own update.
+Every comparison is per leaf, `||fused - reference|| / ||reference||`.
+"""
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxbp
+from conftest import rel_err
+from jaxbp._fused import (
+    MAX_BATCH,
+    MAX_WIDTH,
+    check_fused_supported,
+    fused_epoch_fn,
+    fused_step_fn,
+    probe_gpu_lowering,
+)
+
+LR = 0.1
+SIZES = [5, 12, 9, 3]  # hidden widths that the GPU layout pads to 16
+BATCH = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    activation: str
+    loss: str
+    output: str
+    momentum: float | None = 0.9
+    reduction: str = "mean"
+    pad: bool = False
+    sizes: tuple[int, ...] = tuple(SIZES)
+
+    @property
+    def id(self):
+        mom = "sgd" if self.momentum is None else f"mom{self.momentum}"
+        depth = f"depth{len(self.sizes) - 1}"
+        pad = "-pad" if self.pad else ""
+        return f"{self.activation}-{self.loss}-{self.output}-{mom}-{self.reduction}-{depth}{pad}"
+
+    def config(self):
+        return jaxbp.Config(
+            activation=self.activation,
+            loss=self.loss,
+            output_activation=self.output,
+            reduction=self.reduction,
+        )
+
+
+# Every activation once and every loss with every output it takes (jaxbp.LOSS_OUTPUTS),
+# with momentum on and off, both reductions, depths 1-3, and the GPU padding (every width
+# and the batch padded to 16 and masked) exercised in interpret mode.
+_PAIRS = list(jaxbp.LOSS_OUTPUTS)
+CASES = [
+    Case(
+        activation,
+        *_PAIRS[i % len(_PAIRS)],
+        momentum=None if i % 3 == 2 else 0.9,
+        reduction="sum" if i % 4 == 3 else "mean",
+        pad=i % 2 == 0,
+        sizes=(tuple(SIZES), (5, 3), (5, 12, 3))[i % 3],
+    )
+    for i, activation in enumerate(jaxbp.ACTIVATIONS)
+]
+assert {c.activation for c in CASES} == set(jaxbp.ACTIVATIONS)
+assert {(c.loss, c.output) for c in CASES} == set(_PAIRS)
+
+
+def reference_run(config, params, xs, ys, momentum):
+    """`len(xs)` steps of manual_grad + optax.sgd, jitted as one scan: (params, trace, losses)."""
+    opt = optax.sgd(LR, momentum)
+
+    def body(carry, batch):
+        p, state = carry
+        value = jaxbp.loss_fn(p, *batch, config)
+        updates, state = opt.update(jaxbp.manual_grad(p, *batch, config), state, p)
+        return (optax.apply_updates(p, updates), state), value
+
+    (params, state), losses = jax.jit(lambda p, s: jax.lax.scan(body, (p, s), (xs, ys)))(
+        params, opt.init(params)
+    )
+    return params, (None if momentum is None else state[0].trace), losses
+
+
+def fused_run(case_or_config, sizes, params, xs, ys, momentum, **kw):
+    """The same steps through the fused step kernel, one call per step."""
+    step = fused_step_fn(sizes, case_or_config, learning_rate=LR, momentum=momentum, **kw)
+    trace = None if momentum is None else jax.tree.map(jnp.zeros_like, params)
+    losses = []
+    for x, y in zip(xs, ys):
+        params, trace, value = step(params, trace, x, y)
+        losses.append(value)
+    return params, trace, jnp.stack(losses)
+
+
+def problem(case, dtype, steps, seed=0):
+    """Random params and `steps` batches for `case` (targets suited to its loss)."""
+    params, _, _ = jaxbp.random_problem(seed, list(case.sizes), BATCH, case.loss, dtype)
+    batches = [
+        jaxbp.random_problem(seed + 1 + s, list(case.sizes), BATCH, case.loss, dtype)[1:]
+        for s in range(steps)
+    ]
+    xs, ys = (jnp.stack(v) for v in zip(*batches))
+    return params, xs, ys
+
+
+def worst(fused, reference):
+    """The largest per-leaf relative error over (params, trace) and the losses."""
+    pairs = zip(jax.tree.leaves(fused), jax.tree.leaves(reference), strict=True)
+    return max(rel_err(a, b) for a, b in pairs)
+
+
+@pytest.mark.parametrize(
+    ("case", "dtype", "rtol"),
+    [
+        pytest.param(case, dtype, rtol, id=f"{case.id}-{jnp.dtype(dtype).name}")
+        for case in CASES
+        for dtype, rtol in ((jnp.float32, 1e-5), (jnp.float64, 1e-12))
+    ],
+)
+def test_two_steps_match_manual_path(case, dtype, rtol):
+    """Two steps (so the momentum trace is used, not only filled): params, trace, losses."""
+    params, xs, ys = problem(case, dtype, steps=2)
+    got = fused_run(case.config(), case.sizes, params, xs, ys, case.momentum, pad=case.pad)
+    want = reference_run(case.config(), params, xs, ys, case.momentum)
+    assert jax.tree.map(lambda p: p.dtype, got[0]) == jax.tree.map(lambda p: p.dtype, params)
+    assert worst(got, want) < rtol
+
+
+LOSS_PAIRS = [(name, loss.link.name) for name, loss in jaxbp.LOSSES.items()]  # canonical links
+
+
+@pytest.mark.parametrize(
+    ("loss", "output"), LOSS_PAIRS, ids=[f"{loss}-{out}" for loss, out in LOSS_PAIRS]
+)
+def test_fifty_float32_steps_stay_within_rounding(loss, output):
+    """50 float32 steps of momentum SGD through the padded epoch kernel (the GPU's layout)
+    against the manual path. Padding changes the order of the batch sums, and the rounding
+    compounds over the steps: measured worst 3.3e-6 (mse; 0 unpadded), bound 3e-5."""
+    case = Case("tanh", loss, output)
+    params, xs, ys = problem(case, jnp.float32, steps=50, seed=7)
+    epoch = fused_epoch_fn(SIZES, case.config(), learning_rate=LR, momentum=0.9, pad=True)
+    got = epoch(params, jax.tree.map(jnp.zeros_like, params), xs, ys)
+    want = reference_run(case.config(), params, xs, ys, 0.9)
+    assert worst(got, want) < 3e-5
+
+
+@pytest.mark.parametrize(
+    ("momentum", "pad"), [(None, False), (0.5, True)], ids=["sgd-unpadded", "mom0.5-padded"]
+)
+def test_epoch_kernel_equals_iterated_step_kernel(momentum, pad):
+    case = Case("sigmoid", "cross_entropy", "softmax", momentum=momentum, pad=pad)
+    params, xs, ys = problem(case, jnp.float64, steps=5, seed=3)
+    kw = dict(learning_rate=LR, momentum=momentum, pad=pad)
+    trace = None if momentum is None else jax.tree.map(jnp.zeros_like, params)
+    got = fused_epoch_fn(SIZES, case.config(), **kw)(params, trace, xs, ys)
+    want = fused_run(case.config(), SIZES, params, xs, ys, momentum, pad=pad)
+    assert worst(got, want) < 1e-14
+    assert got[2].shape == (5,)
+
+
+def test_label_and_probability_targets_agree():
+    """cross_entropy takes integer labels or probability rows; the kernel sees the same rows."""
+    case = Case("tanh", "cross_entropy", "softmax")
+    params, xs, ys = problem(case, jnp.float64, steps=1)
+    rows = jax.nn.one_hot(ys, SIZES[-1], dtype=jnp.float64)
+    a = fused_run(case.config(), SIZES, params, xs, ys, 0.9)
+    b = fused_run(case.config(), SIZES, params, xs, rows, 0.9)
+    assert worst(a, b) == 0
+
+
+def test_keywords_and_config_build_the_same_step():
+    params, xs, ys = problem(Case("tanh", "mse", "identity"), jnp.float64, steps=1)
+    by_kw = fused_step_fn(SIZES, activation="tanh", loss="mse", learning_rate=LR)
+    by_cfg = fused_step_fn(SIZES, jaxbp.Config(activation="tanh", loss="mse"), learning_rate=LR)
+    assert worst(by_kw(params, None, xs[0], ys[0]), by_cfg(params, None, xs[0], ys[0])) == 0
+
+
+def test_triton_lowering_of_the_small_configuration():
+    """The GPU path lowers (JAX -> Triton IR) for the benchmark's small network on any
+    machine; Triton's own compile to PTX needs the GPU and is checked by
+    experiments/gpu_fused.py."""
+    fused = check_fused_supported(
+        [64, 128, 128, 10], activation="tanh", loss="cross_entropy", learning_rate=LR, momentum=0.9
+    )
+    probe_gpu_lowering(dataclasses.replace(fused, sizes=(64, 128, 128, 10)))
+    gelu = check_fused_supported([4, 3], activation="gelu", loss="mse", learning_rate=LR)
+    with pytest.raises(ValueError, match=r"activation='gelu'.*erfc.*grad='manual'"):
+        probe_gpu_lowering(gelu)
+
+
+KW = dict(activation="tanh", loss="cross_entropy", learning_rate=LR)
+REFUSALS = [
+    ("width", dict(sizes=[5, MAX_WIDTH + 1, 3]), ValueError, r"sizes\[1\] is 257.*grad='manual'"),
+    ("sizes", dict(sizes=[5]), ValueError, "at least two integer widths"),
+    ("activation", dict(activation="swish"), ValueError, "activation must be one of"),
+    ("loss", dict(loss="hinge"), ValueError, "loss must be one of"),
+    ("output", dict(output_activation="tanh"), ValueError, "canonical output activation"),
+    ("softmax-1-unit", dict(sizes=[5, 1]), ValueError, "at least 2 output"),
+    ("layers", dict(layers=[jaxbp.Dense(3)]), ValueError, "layers must be None"),
+    ("schedule", dict(learning_rate=optax.constant_schedule(0.1)), TypeError, "constant rate"),
+    ("lr-negative", dict(learning_rate=-0.1), ValueError, "learning_rate must be finite and > 0"),
+    ("momentum-1", dict(momentum=1.0), ValueError, r"momentum must lie in \[0, 1\)"),
+    ("momentum-array", dict(momentum=jnp.asarray(0.9)), TypeError, "momentum must be a Python"),
+    ("num_warps", dict(num_warps=3), ValueError, "num_warps must be None or one of"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "match"), [r[1:] for r in REFUSALS], ids=[r[0] for r in REFUSALS]
+)
+def test_refuses_what_it_does_not_support(changes, error, match):
+    kw = {"sizes": SIZES, **KW, **changes}
+    with pytest.raises(error, match=match):
+        fused_step_fn(kw.pop("sizes"), **kw)
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="interpret=False is fine on a GPU")
+def test_refuses_compiled_mode_without_a_gpu():
+    with pytest.raises(ValueError, match="interpret=False compiles the kernel with Triton, which"):
+        fused_step_fn(SIZES, **KW, interpret=False)
+
+
+def test_refuses_bad_calls_at_trace_time():
+    case = Case("tanh", "cross_entropy", "softmax")
+    params, xs, ys = problem(case, jnp.float32, steps=1)
+    step = fused_step_fn(SIZES, case.config(), learning_rate=LR, momentum=0.9)
+    trace = jax.tree.map(jnp.zeros_like, params)
+    with pytest.raises(ValueError, match=r"built for sizes=\[5, 12, 9, 3\]"):
+        step(params[1:], trace[1:], xs[0], ys[0])
+    with pytest.raises(ValueError, match="trace must be the momentum buffer"):
+        step(params, None, xs[0], ys[0])
+    with pytest.raises(ValueError, match=rf"batch must lie in \[1, {MAX_BATCH}\]"):
+        step(params, trace, jnp.zeros((MAX_BATCH + 1, 5)), jnp.zeros(MAX_BATCH + 1, int))
+    with pytest.raises(TypeError, match=r"must be one of .*float32.*float64"):
+        step(jax.tree.map(lambda p: p.astype(jnp.bfloat16), params), trace, xs[0], ys[0])
+    with pytest.raises(ValueError, match="x has 4 features"):
+        step(params, trace, xs[0][:, :4], ys[0])
+    plain = fused_step_fn(SIZES, case.config(), learning_rate=LR)
+    with pytest.raises(ValueError, match="trace must be None with momentum=None"):
+        plain(params, trace, xs[0], ys[0])
+    epoch = fused_epoch_fn(SIZES, case.config(), learning_rate=LR)
+    with pytest.raises(ValueError, match=r"xs must be the epoch's batches, \(steps, batch, n_0\)"):
+        epoch(params, None, xs[0], ys[0])
+    with pytest.raises(ValueError, match="ys must hold one target batch per x batch"):
+        epoch(params, None, xs, ys[:, :4])
+
+
+# --- the gradient path: make_train_step / make_train_epoch(grad="fused") -------------------
+
+
+@pytest.mark.parametrize("momentum", [None, 0.9], ids=["sgd", "momentum"])
+def test_fused_path_matches_manual_step_and_epoch(momentum):
+    """Two steps and one epoch through the public switch, float64: the fused path's
+    parameters and optimizer state equal the manual path's (both optax.sgd)."""
+    params, x, y = jaxbp.random_problem(3, [5, 16, 16, 3], 24, "cross_entropy", jnp.float64)
+    opt = jaxbp.fused_sgd(0.1, momentum)
+    kw = dict(activation="tanh", loss="cross_entropy")
+    out = {}
+    for grad in ("manual", "fused"):
+        step = jaxbp.make_train_step(opt, grad=grad, **kw)
+        p, s = jax.tree.map(jnp.array, params), opt.init(params)
+        for i in range(2):
+            p, s, m = step(p, s, x[8 * i : 8 * (i + 1)], y[8 * i : 8 * (i + 1)])
+        epoch = jaxbp.make_train_epoch(opt, grad=grad, batch_size=8, **kw)
+        p, s, m_epoch = epoch(p, s, jax.random.key(5), x, y)
+        out[grad] = (p, s, m["loss"], m_epoch["loss"])
+    for a, b in zip(jax.tree.leaves(out["fused"]), jax.tree.leaves(out["manual"]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert out["fused"][3].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    ("build", "fragment"),
+    [
+        (lambda kw: jaxbp.make_train_step(optax.sgd(0.1), grad="fused", **kw), "jaxbp.fused_sgd"),
+        (
+            lambda kw: jaxbp.make_train_step(
+                jaxbp.fused_sgd(0.1), grad="fused", grad_norm=True, **kw
+            ),
+            "grad_norm=True needs the gradient",
+        ),
+        (
+            lambda kw: jaxbp.make_train_sweep(
+                jaxbp.fused_sgd(0.1), grad="fused", batch_size=4, **kw
+            ),
+            "a sweep of models",
+        ),
+        (
+            lambda kw: jaxbp.make_train_step(
+                jaxbp.fused_sgd(0.1), grad="fused", mesh=jaxbp.data_mesh(1), **kw
+            ),
+            "a mesh",
+        ),
+    ],
+    ids=["optax-sgd", "grad-norm", "sweep", "mesh"],
+)
+def test_fused_path_refusals(build, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        build(dict(activation="tanh", loss="cross_entropy"))
