@@ -58,7 +58,7 @@ import numpy as np
 import optax
 
 from jaxbp import init_mlp
-from jaxbp._bench import CONFIGS, Config, batches, median_seconds, optimizer, round_robin
+from jaxbp.app.bench import CONFIGS, Config, batches, median_seconds, optimizer, round_robin
 
 LR, MOMENTUM = 1e-2, 0.9  # what jaxbp._bench.optimizer() is, for the frameworks without optax
 N_BATCHES = 8
@@ -371,8 +371,8 @@ def make_jaxbp(grad: str) -> Maker:
     """jaxbp's own jitted step (`make_train_step`, as `jaxbp._bench.step_call` runs it)."""
 
     def make(config: Config) -> Step:
-        from jaxbp._bench import KW
         from jaxbp._train import make_train_step
+        from jaxbp.app.bench import KW
 
         params, data = _init(config)
         tx = optimizer()
@@ -393,8 +393,8 @@ def make_jaxbp(grad: str) -> Maker:
 def make_jaxbp_scan(config: Config) -> Step:
     """jaxbp manual, a whole epoch over the 8 batches in one `lax.scan` program: one call
     runs 8 steps (`STEPS_PER_CALL`), so its time is divided by 8."""
-    from jaxbp._bench import KW
     from jaxbp._train import make_train_epoch
+    from jaxbp.app.bench import KW
 
     params, data = _init(config)
     tx = optimizer()

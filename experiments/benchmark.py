@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxbp
-from jaxbp import _bench
+from jaxbp.app import bench as _bench
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))

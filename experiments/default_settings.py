@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression, RidgeCV
 
 from jaxbp import datasets
-from jaxbp._cli import main as jaxbp_main
+from jaxbp.app.cli import main as jaxbp_main
 
 RESULTS = Path(__file__).parent / "results"
 TARGETS = {"digits": 0.97, "breast_cancer": 0.95, "diabetes": 0.40}

@@ -27,7 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxbp  # noqa: E402
-from jaxbp._plots import pyplot  # noqa: E402
+from jaxbp.app.plots import pyplot  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PROBES = (-10.0, -5.0, 0.0, 5.0, 10.0)

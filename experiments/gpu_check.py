@@ -17,9 +17,9 @@ from pathlib import Path
 
 import jax
 
-from jaxbp import _bench
 from jaxbp._check import parity_grid
-from jaxbp._cli import main as jaxbp_main
+from jaxbp.app import bench as _bench
+from jaxbp.app.cli import main as jaxbp_main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchmark import extras

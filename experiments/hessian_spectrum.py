@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 import jaxbp
-from jaxbp._plots import pyplot
+from jaxbp.app.plots import pyplot
 
 KW = dict(activation="tanh", loss="cross_entropy")
 

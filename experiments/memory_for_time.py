@@ -52,7 +52,7 @@ import numpy as np
 
 import jaxbp
 from jaxbp._activations import SOFTMAX
-from jaxbp._plots import pyplot
+from jaxbp.app.plots import pyplot
 
 RESULTS = Path(__file__).parent / "results"
 ACTIVATION = "tanh"

@@ -28,7 +28,7 @@ import optax
 
 import jaxbp
 from jaxbp import datasets
-from jaxbp._plots import pyplot
+from jaxbp.app.plots import pyplot
 
 RESULTS = Path(__file__).parent / "results"
 

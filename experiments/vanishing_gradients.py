@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 import jaxbp
-from jaxbp._plots import pyplot
+from jaxbp.app.plots import pyplot
 
 RESULTS = Path(__file__).parent / "results"
 NORMALISED = {"sigmoid": "glorot_uniform", "tanh": "glorot_uniform", "relu": "he_normal"}

@@ -37,7 +37,7 @@ import optax
 import jaxbp
 from jaxbp import datasets
 from jaxbp._activations import SOFTMAX
-from jaxbp._plots import pyplot
+from jaxbp.app.plots import pyplot
 
 RESULTS = Path(__file__).parent / "results"
 LOSS_PAIRS = {

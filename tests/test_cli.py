@@ -7,15 +7,14 @@ import sys
 import jax.numpy as jnp
 
 import jaxbp
-from jaxbp._cli import main
+from jaxbp.app.cli import main
 
 
 def test_check_json_passes(capsys):
     assert main(["check", "--depths", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["passed"] is True
-    n_pairs = 5
-    assert len(out["configurations"]) == 2 * len(jaxbp.ACTIVATIONS) * n_pairs
+    assert len(out["configurations"]) == 2 * len(jaxbp.ACTIVATIONS) * len(jaxbp.LOSS_OUTPUTS)
     f32 = [r["max_rel_err"] for r in out["configurations"] if r["dtype"] == "float32"]
     f64 = [r["max_rel_err"] for r in out["configurations"] if r["dtype"] == "float64"]
     assert max(f32) <= 1e-5 and max(f64) <= 1e-12
@@ -31,7 +30,7 @@ def test_check_fails_on_a_wrong_derivative(monkeypatch, capsys):
 
 def test_console_script_table():
     result = subprocess.run(
-        [sys.executable, "-m", "jaxbp._cli", "check", "--depths", "1", "--dtypes", "float32"],
+        [sys.executable, "-m", "jaxbp.app.cli", "check", "--depths", "1", "--dtypes", "float32"],
         capture_output=True,
         text=True,
         check=False,

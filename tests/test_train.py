@@ -159,7 +159,7 @@ def test_evaluate_against_numpy(problem):
 @pytest.mark.parametrize(
     ("kwargs", "exc", "fragment"),
     [
-        (dict(grad="numeric"), ValueError, "grad must be one of ['manual', 'autodiff']"),
+        (dict(grad="numeric"), ValueError, "grad must be one of ['manual', 'autodiff', 'fused']"),
         (dict(activation="swish"), ValueError, "activation must be one of"),
         (dict(loss="cross_entropy", output_activation="identity"), ValueError, "canonical output"),
     ],

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxbp._cli import main
+from jaxbp.app.cli import main
 
 SMALL = ["--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
 
@@ -24,6 +24,7 @@ def test_outputs(tmp_path, capsys):
     assert code == 0, err
     assert "accuracy" in out and "parity passed" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".jaxbp.lock",
         "checkpoint.jaxbp",
         "curves.png",
         "metrics.jsonl",
@@ -126,9 +127,12 @@ BAD = [
     (["--activation", "swish"], "argument --activation: invalid choice"),
     (["--hidden", "0,5"], "argument --hidden: expected comma-separated positive widths"),
     (["--hidden", "abc"], "argument --hidden: expected comma-separated positive widths"),
-    (["--lr", "-1"], "argument --lr: expected a positive number, got '-1'"),
+    (
+        ["--lr", "-1"],
+        "argument --lr: expected a positive number from 1.2e-38 to 3.4e+38 (float32), got '-1'",
+    ),
     (["--lr", "nan"], "argument --lr: expected a positive number"),
-    (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+    (["--epochs", "0"], "argument --epochs: expected a positive integer up to 1,000,000, got '0'"),
     (["--batch-size", "-3"], "argument --batch-size: expected a positive integer, got '-3'"),
     (["--grad", "numeric"], "argument --grad: invalid choice"),
     (["--data", "/nonexistent/d.csv", "--target", "y"], "/nonexistent/d.csv: no such data file"),
@@ -174,3 +178,26 @@ def test_devices(capsys):
     code, _, err = run(capsys, *SMALL, "--devices", "4")
     assert code == 2 and "only 1 cpu device(s) available" in err
     assert "XLA_FLAGS=--xla_force_host_platform_device_count=4" in err
+
+
+def test_well_trained_run_passes_parity_and_a_wrong_gradient_still_fails(capsys, monkeypatch):
+    """Issue 13 class 6: after 300 epochs of moons the gradient is tiny and its float64
+    relative error (~4e-12) passes only on the scale of the whole gradient (atol = rtol
+    ||g||); a wrong derivative is still caught. Run in jax's default 32-bit mode, as a
+    user runs it."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxbp
+
+    jax.config.update("jax_enable_x64", False)
+    try:
+        code, out, err = run(capsys, "--dataset", "moons", "--epochs", "300", "--quiet")
+        assert code == 0, err
+        assert out.splitlines()[-1].endswith("parity passed")
+        bad = jaxbp.Activation("tanh", jnp.tanh, lambda z, a: 1 - 0.9 * a * a)  # wrong
+        monkeypatch.setitem(jaxbp.ACTIVATIONS, "tanh", bad)
+        code, out, _ = run(capsys, *SMALL, "--epochs", "1")
+        assert code == 1 and out.splitlines()[-1].endswith("parity FAILED")
+    finally:
+        jax.config.update("jax_enable_x64", True)

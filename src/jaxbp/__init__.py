@@ -9,24 +9,31 @@ from jaxbp import datasets
 from jaxbp._activations import ACTIVATIONS, SOFTMAX, Activation, Softmax
 from jaxbp._backprop import Trace, backprop, manual_grad
 from jaxbp._check import LOSS_OUTPUTS, parity_grid, random_problem
+from jaxbp._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jaxbp._config import Config
 from jaxbp._custom_vjp import mlp
 from jaxbp._diagnostics import backward_flow_stats
 from jaxbp._dp import dp_value_and_grad, make_dp_train_epoch, make_dp_train_step
+from jaxbp._dropout import Dropout
 from jaxbp._fused import FusedSGD, fused_sgd
 from jaxbp._init import INITS
 from jaxbp._layers import Activate, Context, Dense
 from jaxbp._losses import LOSSES, Loss, huber
-from jaxbp._mlp import forward, init_layers, init_mlp, loss_fn
+from jaxbp._mlp import forward, init_layers, init_mlp, init_stats, loss_fn
+from jaxbp._norm import BatchNorm, LayerNorm
 from jaxbp._parity import LeafParity, ParityReport, assert_parity, check_parity
 from jaxbp._per_example import per_example_grad_norms, per_example_grads
 from jaxbp._privacy import DPSampling, dp_epoch_sampling, dp_epsilon, dp_noise_multiplier
+from jaxbp._runs import Run, RunError, load_run
 from jaxbp._second_order import gnvp, hvp
 from jaxbp._sharding import data_mesh
 from jaxbp._tasks import TASKS, Task
 from jaxbp._train import (
+    TrainState,
     epoch_batches,
     evaluate,
+    evaluate_sweep,
+    init_train_state,
     make_train_epoch,
     make_train_step,
     make_train_sweep,
@@ -43,17 +50,24 @@ __all__ = [
     "TASKS",
     "Activate",
     "Activation",
+    "BatchNorm",
+    "CheckpointError",
     "Config",
     "Context",
     "DPSampling",
     "Dense",
+    "Dropout",
     "FusedSGD",
+    "LayerNorm",
     "LeafParity",
     "Loss",
     "ParityReport",
+    "Run",
+    "RunError",
     "Softmax",
     "Task",
     "Trace",
+    "TrainState",
     "assert_parity",
     "backprop",
     "backward_flow_stats",
@@ -66,6 +80,7 @@ __all__ = [
     "dp_value_and_grad",
     "epoch_batches",
     "evaluate",
+    "evaluate_sweep",
     "forward",
     "fused_sgd",
     "gnvp",
@@ -73,6 +88,10 @@ __all__ = [
     "hvp",
     "init_layers",
     "init_mlp",
+    "init_stats",
+    "init_train_state",
+    "load_checkpoint",
+    "load_run",
     "loss_fn",
     "make_dp_train_epoch",
     "make_dp_train_step",
@@ -85,4 +104,5 @@ __all__ = [
     "per_example_grad_norms",
     "per_example_grads",
     "random_problem",
+    "save_checkpoint",
 ]

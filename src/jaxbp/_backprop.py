@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from jaxbp._config import Config, Keywords, as_config
 from jaxbp._layers import Activate
-from jaxbp._mlp import Flow, Params, batch_scale, forward_flow, prepare
+from jaxbp._mlp import Flow, Params, batch_scale, context, forward_flow, prepare
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -70,11 +70,11 @@ def backward_flow(flow: Flow, delta_L: Array) -> Backward:
     return Backward(grads, tuple(at), g)
 
 
-def trace_of(flow: Flow, back: Backward, x: Array) -> Trace:
+def trace_of(flow: Flow, back: Backward) -> Trace:
     """The chapter's `(z, a, delta)`: the activations' inputs and outputs, the logits."""
     acts = [i for i, layer in enumerate(flow.layers) if isinstance(layer, Activate)]
     z = [flow.caches[i][0] for i in acts] + [flow.z]
-    a = [x] + [flow.caches[i][1] for i in acts] + [flow.a]
+    a = [flow.x] + [flow.caches[i][1] for i in acts] + [flow.a]
     # delta_l = dL/dz_l: the cotangent leaving activation l's backward, i.e. arriving at
     # the layer before it; delta_L arrives at the last layer's output.
     delta = [back.g[i - 1] if i > 0 else back.dx for i in acts] + [back.g[-1]]
@@ -90,24 +90,42 @@ def source(config: Config, flow: Flow, y: Any, n_out: int) -> tuple[Array, Array
     return value, scale * config.loss.delta(flow.z, flow.a, y, config.output)
 
 
+def gradient_flows(
+    config: Config, params: Params, x: Array, y: Array, key: Array | None = None
+) -> tuple[Array, Flow, Backward]:
+    """One back-propagation in training mode: the loss, the forward flow, the backward flow."""
+    body, x, n_out = prepare(config, params, x)
+    flow = forward_flow(config, body, params, x, context(body, True, key))
+    value, delta_L = source(config, flow, y, n_out)
+    return value, flow, backward_flow(flow, delta_L)
+
+
 def backprop(
-    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
+    params: Params,
+    x: Array,
+    y: Array,
+    config: Config | None = None,
+    *,
+    key: Array | None = None,
+    **keywords: Unpack[Keywords],
 ) -> tuple[Array, Params, Trace]:
     """The loss, its gradient by eqs. 1.3-1.4, and both flows: `(value, grads, trace)`.
 
-    Takes the arguments of `jaxbp.loss_fn`. `grads` has exactly the structure and
-    dtypes of `params`; `trace` is a `jaxbp.Trace`.
+    Takes the arguments of `jaxbp.loss_fn` (`key` for dropout masks). `grads` has exactly
+    the structure and dtypes of `params`; `trace` is a `jaxbp.Trace`.
     """
-    cfg = as_config(config, keywords)
-    body, x, n_out = prepare(cfg, params, x)
-    flow = forward_flow(cfg, body, params, x)
-    value, delta_L = source(cfg, flow, y, n_out)
-    back = backward_flow(flow, delta_L)
-    return value, cast_like(back.grads, params), trace_of(flow, back, x)
+    value, flow, back = gradient_flows(as_config(config, keywords), params, x, y, key)
+    return value, cast_like(back.grads, params), trace_of(flow, back)
 
 
 def manual_grad(
-    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
+    params: Params,
+    x: Array,
+    y: Array,
+    config: Config | None = None,
+    *,
+    key: Array | None = None,
+    **keywords: Unpack[Keywords],
 ) -> Params:
     """The gradient of `jaxbp.loss_fn` with respect to `params`, by eqs. 1.3 and 1.4.
 
@@ -115,11 +133,8 @@ def manual_grad(
     dtypes. Pure, and works under `jax.jit` (pass a `jaxbp.Config`, or the string
     keywords as static), `jax.vmap` and `jax.jvp`.
     """
-    cfg = as_config(config, keywords)
-    body, x, n_out = prepare(cfg, params, x)
-    flow = forward_flow(cfg, body, params, x)
-    _, delta_L = source(cfg, flow, y, n_out)
-    return cast_like(backward_flow(flow, delta_L).grads, params)
+    _, _, back = gradient_flows(as_config(config, keywords), params, x, y, key)
+    return cast_like(back.grads, params)
 
 
 def cast_like(tree: Any, params: Params) -> Params:

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import jax
 
 from jaxbp._activations import Activation, Softmax, get_activation
+from jaxbp._dropout import Dropout
 from jaxbp._layers import DENSE_RULE, Activate, Dense
 from jaxbp._losses import REDUCTIONS, Loss, OutputActivation, get_loss, get_output_activation
+from jaxbp._norm import BatchNorm, LayerNorm
 
 if TYPE_CHECKING:
     pass
@@ -37,6 +39,8 @@ class Keywords(TypedDict, total=False):
     output_activation: str | Activation | Softmax | None
     reduction: str
     layers: Sequence[Any] | None
+    norm: str | None
+    dropout: float
 
 
 @jax.tree_util.register_static
@@ -52,8 +56,12 @@ class Config:
     - `output_activation`: `None` for the loss's canonical link (identity without a
       loss); any activation, or "softmax", where the loss accepts it.
     - `reduction`: "mean" over samples or "sum" (the chapter's `L = sum_n l^n`).
-    - `layers`: `None` for the plain MLP of eq. 1.1 (dense layers with `activation`
-      between them, as many as `params` has entries), or a sequence of layer records
+    - `norm`: `None`, "layer" or "batch": a `jaxbp.LayerNorm` or `jaxbp.BatchNorm` after
+      each hidden dense layer, before its activation (`jaxbp.init_mlp(..., norm=...)`
+      makes its parameters).
+    - `dropout`: a rate in [0, 1): a `jaxbp.Dropout` after each hidden activation.
+    - `layers`: `None` for the MLP of eq. 1.1 built from the above (dense layers with
+      `activation` between them, as many as `params` has), or a sequence of layer records
       from the input to the logits `z_L` (e.g. `[Dense(), Activate("tanh"), Dense()]`,
       or a user's own); `params` then holds one entry per layer with parameters.
 
@@ -66,6 +74,8 @@ class Config:
     output_activation: Any = None
     reduction: str = "mean"
     layers: Any = None
+    norm: str | None = None
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -89,7 +99,14 @@ class Config:
             raise ValueError(
                 f"reduction must be one of {list(REDUCTIONS)}; got {self.reduction!r}."
             )
+        set_("norm", check_norm(self.norm))
+        set_("dropout", check_dropout(self.dropout))
         if self.layers is not None:
+            if self.norm is not None or self.dropout:
+                raise ValueError(
+                    "norm and dropout build the layers of the plain MLP; with layers= put "
+                    "jaxbp.LayerNorm, jaxbp.BatchNorm or jaxbp.Dropout records in the list."
+                )
             set_("layers", _check_layers(self.layers))
 
     @property
@@ -100,12 +117,36 @@ class Config:
         """The layer records from the input to the logits, for `n_params` parameter entries."""
         if self.layers is not None:
             return self.layers
-        hidden = Activate(self.activation)
-        return (Dense(), hidden) * (n_params - 1) + (Dense(),)
+        block: tuple[Any, ...] = (Dense(),)
+        block += (NORMS[self.norm],) if self.norm else ()
+        block += (Activate(self.activation),)
+        block += (Dropout(self.dropout),) if self.dropout else ()
+        n_dense = (n_params + 1) // 2 if self.norm else n_params
+        return block * max(n_dense - 1, 0) + (Dense(),)
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some fields changed (and resolved again)."""
         return dataclasses.replace(self, **changes)
+
+
+NORMS: dict[str | None, Any] = {None: None, "layer": LayerNorm(), "batch": BatchNorm()}
+"""The normalisations `norm=` names."""
+
+
+def check_norm(norm: Any) -> str | None:
+    norm = None if norm == "none" else norm
+    if norm not in NORMS:
+        raise ValueError(
+            f"norm must be None, 'layer' or 'batch' (a normalisation after each hidden dense "
+            f"layer); got {norm!r}."
+        )
+    return norm
+
+
+def check_dropout(rate: Any) -> float:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+        raise ValueError(f"dropout must be a rate in [0, 1) (0: none), e.g. 0.1; got {rate!r}.")
+    return float(rate)
 
 
 def _check_layers(layers: Any) -> tuple[Any, ...]:

@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxbp._backprop import backward_flow, cast_like
 from jaxbp._config import Config, Keywords, as_config
-from jaxbp._mlp import Flow, Params, forward_flow, per_layer, prepare
+from jaxbp._layers import Context
+from jaxbp._mlp import Flow, Params, context, forward_flow, per_layer, prepare
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -44,6 +46,7 @@ def mlp(
     config: Config | None = None,
     *,
     backward: str = "manual",
+    key: Array | None = None,
     **keywords: Unpack[Keywords],
 ) -> Array:
     """The logits `z_L` of eq. 1.1, `(batch, n_L)`: no output activation.
@@ -54,6 +57,7 @@ def mlp(
       the dtype of the first parameter).
     - `config`, or its keywords: `activation` (the hidden layers'), or `layers`; a loss
       and output activation are accepted and unused.
+    - `key`: the dropout masks' key, for a network with dropout (training mode).
     - `backward`: `"manual"` (reverse mode by eqs. 1.3-1.4, for `params` and `x`; no
       forward mode, though forward over reverse works) or `"autodiff"` (plain JAX, every
       transformation).
@@ -65,39 +69,51 @@ def mlp(
     body, x, _ = prepare(cfg, params, x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(jnp.result_type(jax.tree.leaves(params)[0]))
-    if backward == "manual":
-        return _manual_mlp((cfg, body), params, x)
+    ctx = context(body, True, key)
     if backward == "autodiff":
-        return forward_flow(cfg, body, params, x).z
-    raise ValueError(
-        f"backward must be one of {list(BACKWARDS)}: 'manual' for the handwritten "
-        f"reverse mode (eq. 1.4), 'autodiff' for plain JAX; got {backward!r}."
-    )
+        return forward_flow(cfg, body, params, x, ctx).z
+    if backward != "manual":
+        raise ValueError(
+            f"backward must be one of {list(BACKWARDS)}: 'manual' for the handwritten "
+            f"reverse mode (eq. 1.4), 'autodiff' for plain JAX; got {backward!r}."
+        )
+    typed = key is not None and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    impl = str(jax.random.key_impl(key)) if typed else None
+    bits = jax.random.key_data(key) if typed else key  # a uint32 array (or None) for custom_vjp
+    return _manual_mlp((cfg, body, impl), params, x, bits)
+
+
+Net = tuple[Config, tuple[Any, ...], str | None]
+"""The static part of `_manual_mlp`: configuration, layers, and the key's PRNG impl."""
+
+
+def _context(net: Net, bits: Array | None) -> Context:
+    key = bits if net[2] is None else jax.random.wrap_key_data(bits, impl=net[2])
+    return Context(True, key)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _manual_mlp(net: tuple[Config, tuple[Any, ...]], params: Params, x: Array) -> Array:
-    return forward_flow(*net, params, x).z
+def _manual_mlp(net: Net, params: Params, x: Array, bits: Array | None) -> Array:
+    return forward_flow(net[0], net[1], params, x, _context(net, bits)).z
 
 
-Residuals = tuple[Params, tuple[Any, ...], Array]
+Residuals = tuple[Params, tuple[Any, ...], Array, Any]
 
 
 def _manual_mlp_fwd(
-    net: tuple[Config, tuple[Any, ...]], params: Params, x: Array
+    net: Net, params: Params, x: Array, bits: Array | None
 ) -> tuple[Array, Residuals]:
-    flow = forward_flow(*net, params, x)
-    return flow.z, (params, flow.caches, x)  # residuals: every layer's cache
+    flow = forward_flow(net[0], net[1], params, x, _context(net, bits))
+    return flow.z, (params, flow.caches, x, bits)  # residuals: every layer's cache
 
 
-def _manual_mlp_bwd(
-    net: tuple[Config, tuple[Any, ...]], residuals: Residuals, delta_out: Array
-) -> tuple[Params, Array]:
+def _manual_mlp_bwd(net: Net, residuals: Residuals, delta_out: Array) -> tuple[Params, Array, Any]:
     body = net[1]
-    params, caches, x = residuals
-    flow = Flow(body, per_layer(body, params), caches, delta_out, delta_out)
+    params, caches, x, bits = residuals
+    flow = Flow(body, per_layer(body, params), caches, delta_out, delta_out, x)
     back = backward_flow(flow, delta_out)  # eqs. 1.3-1.4; back.dx = delta_1 @ W_1^T
-    return cast_like(back.grads, params), back.dx.astype(x.dtype)
+    no_key = None if bits is None else np.zeros(np.shape(bits), jax.dtypes.float0)
+    return cast_like(back.grads, params), back.dx.astype(x.dtype), no_key
 
 
 _manual_mlp.defvjp(_manual_mlp_fwd, _manual_mlp_bwd)

@@ -74,7 +74,8 @@ def dp_value_and_grad(
     **Arguments:** those of `jaxbp.loss_fn` (the reduction is fixed by the recipe, and a
     `config`'s is ignored), and
 
-    - `key`: a `jax.random` key for the noise, split once per leaf.
+    - `key`: a `jax.random` key for the noise, split once per leaf (and, folded with 1,
+      for a dropout network's masks).
     - `l2_clip`: `C > 0`, the bound on each example's gradient norm `||grad l^n||`.
     - `noise_multiplier`: `sigma >= 0`; the noise on the summed gradient has standard
       deviation `sigma * C` per coordinate. `0` gives the clipped mean without noise.
@@ -86,12 +87,14 @@ def dp_value_and_grad(
 
     - `value`: the mean loss over the batch, before clipping (not private: for monitoring).
     - `grads`: `(sum_n clip(grad l^n) + noise) / batch`, of `params`' structure and dtypes.
-    - `norms`: `(batch,)`, each `||grad l^n||` before clipping (the norms of
-      `per_example_grad_norms(..., reduction="sum")`).
+    - `norms`: `(batch,)`, each `||grad l^n||` before clipping: the norms of
+      `per_example_grad_norms(..., reduction="sum")`, on the scale of `l2_clip` (under
+      `per_example_grad_norms`' default `reduction="mean"` they are divided by the batch).
     """
     _check_dp(l2_clip, noise_multiplier)
     cfg = dp_config(config, keywords)
-    value, flow, back = flows(cfg, params, x, y, "DP-SGD")  # value: the summed loss
+    # value: the summed loss; a dropout network's masks come from a key of their own
+    value, flow, back = flows(cfg, params, x, y, "DP-SGD", jax.random.fold_in(key, 1))
     norms_n = norms(flow, back)
     scale = (l2_clip / jnp.maximum(norms_n, l2_clip))[:, None]  # min(1, C / ||g_n||), (batch, 1)
     clipped = [  # eq. 1.3 with each example's rows of delta_l scaled
@@ -176,7 +179,7 @@ def make_dp_train_epoch(
     epochs=...)`: note the sampling there (shuffling, not Poisson).
     """
     update = _dp_update(optimizer, dp_config(config, keywords), l2_clip, noise_multiplier)
-    epoch = scan_epoch(update, batch_size, keyed=True)
+    epoch = scan_epoch(update, batch_size, keyed=lambda params: True)
     return jax.jit(epoch, donate_argnums=StepOptions(donate=donate).check().donate_argnums)
 
 

@@ -103,7 +103,7 @@ def check_fused_supported(
     lacks (the exact GELU's `erfc`) is refused here rather than inside the first step.
     """
     cfg = as_config(config, keywords)
-    if cfg.layers is not None:
+    if cfg.layers is not None or cfg.norm is not None or cfg.dropout:
         raise ValueError(
             f"the fused kernel runs the plain MLP of eq. 1.1 (dense layers, one hidden "
             f"activation), so layers must be None; got layers={[l.name for l in cfg.layers]}. "
@@ -371,7 +371,8 @@ def fused_update(
     if not isinstance(optimizer, FusedSGD):
         _fused_for(optimizer, config, [])  # raises the message
 
-    def update(params: Layers, opt_state: Any, x: Array, y: Array) -> Any:
+    def update(params: Layers, opt_state: Any, key: Any, x: Array, y: Array) -> Any:
+        del key  # no random layers: check_fused_supported refuses them
         fused = _fused_for(optimizer, config, params)
         params, trace, loss = _step(fused, params, _momentum_buffer(fused, opt_state), x, y)
         return params, _with_buffer(fused, opt_state, trace), {"loss": loss}

@@ -15,6 +15,9 @@ A layer record has
 - `backward(params, cache, g) -> (g_in, grads)`: from `g = dL/d out: (n, o)`, the input
   cotangent `dL/da: (n, i)` and the parameter gradient (a dict shaped like `params`, or
   `None`). No autodiff.
+- optionally `random = True` (it draws from `ctx.key` in training, like dropout) and
+  `has_state = True` with `init_state(params)` and `next_state(state, cache)` (state
+  that training updates, like batch normalisation's running averages);
 - `per_example: bool`: whether its parameter gradient is a sum over the batch of terms
   that each depend on one example only (true for dense layers and activations; false
   for batch normalisation, where every example's output depends on the whole batch);
@@ -46,14 +49,16 @@ __all__ = ["Activate", "Context", "Dense"]
 
 
 class Context(NamedTuple):
-    """What a forward pass may depend on besides its input: the mode and a PRNG key.
+    """What a layer's forward pass may depend on besides its input.
 
-    `train=False` is evaluation mode (dropout off, batch statistics from running
-    averages); `key` is consumed by random layers such as dropout (split per layer).
+    `train=False` is evaluation mode (dropout off, batch normalisation with its running
+    averages); `key` is this layer's PRNG key (random layers such as dropout); `stats` is
+    this layer's state (a batch-norm layer's running averages), or `None`.
     """
 
     train: bool = True
     key: Array | None = None
+    stats: Any = None
 
 
 def check_floating(params: Any, where: str) -> None:

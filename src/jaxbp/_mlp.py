@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxbp._config import Config, Keywords, as_config, check_params
+from jaxbp._config import NORMS, Config, Keywords, as_config, check_norm, check_params
 from jaxbp._init import check_init
 from jaxbp._layers import Context, Dense
 from jaxbp._validate import check_output_units, check_x
@@ -38,7 +38,7 @@ class Flow(NamedTuple):
 
     `layers`: the body's records; `params`: per layer its parameters (or `None`);
     `caches`: per layer what its backward needs; `z`: the logits `z_L: (batch, n_L)`;
-    `a`: the output `y_hat = phi_out(z_L)`.
+    `a`: the output `y_hat = phi_out(z_L)`; `x`: the input `(batch, n_0)`.
     """
 
     layers: tuple[Any, ...]
@@ -46,12 +46,16 @@ class Flow(NamedTuple):
     caches: tuple[Any, ...]
     z: Array
     a: Array
+    x: Array | None = None
 
 
-def per_layer(body: Sequence[Any], params: Sequence[Any]) -> tuple[Any, ...]:
-    """`params` spread over `body`: each parametric layer's entry, `None` for the others."""
-    entries = iter(params)
-    return tuple(next(entries) if layer.has_params else None for layer in body)
+def per_layer(
+    body: Sequence[Any], entries: Sequence[Any], owns: Any = lambda layer: layer.has_params
+) -> tuple[Any, ...]:
+    """`entries` spread over `body`: the next entry for each layer that `owns` one (by
+    default: has parameters), `None` for the others."""
+    it = iter(entries)
+    return tuple(next(it) if owns(layer) else None for layer in body)
 
 
 def prepare(config: Config, params: Any, x: Any) -> tuple[tuple[Any, ...], Array, int]:
@@ -68,24 +72,90 @@ def forward_flow(
 ) -> Flow:
     """The forward flow of eq. 1.1 through `body`, every layer's cache kept for eq. 1.4.
 
-    `x: (batch, n_0)`; arguments are assumed checked (`prepare`).
+    `x: (batch, n_0)`; arguments are assumed checked (`prepare`). `ctx` holds the mode,
+    the call's key (split once per layer) and the list of layer states (one per layer
+    with state), which are handed to each layer as its own.
     """
     caches, a = [], x
-    keys = _layer_keys(ctx, len(body))
-    for layer, p, key in zip(body, per_layer(body, params), keys, strict=True):
-        a, cache = layer.forward(p, a, ctx._replace(key=key))
+    keys = [None] * len(body) if ctx.key is None else list(jax.random.split(ctx.key, len(body)))
+    stats = per_layer(body, ctx.stats, has_state) if ctx.stats is not None else [None] * len(body)
+    for layer, p, key, state in zip(body, per_layer(body, params), keys, stats, strict=True):
+        a, cache = layer.forward(p, a, Context(ctx.train, key, state))
         caches.append(cache)
-    return Flow(body, per_layer(body, params), tuple(caches), a, config.output.fn(a))
+    return Flow(body, per_layer(body, params), tuple(caches), a, config.output.fn(a), x)
 
 
-def _layer_keys(ctx: Context, n: int) -> list[Array | None]:
-    if ctx.key is None:
-        return [None] * n
-    return list(jax.random.split(ctx.key, n))
+def has_state(layer: Any) -> bool:
+    return getattr(layer, "has_state", False)
+
+
+def is_random(layer: Any) -> bool:
+    return getattr(layer, "random", False)
+
+
+def init_stats(params: Any, config: Config | None = None, **keywords: Any) -> list[Any]:
+    """The initial state of a network's stateful layers (batch normalisation's running
+    averages, `{"mean": (j,), "var": (j,)}` each), one entry per such layer, in order.
+    An empty list for a network without state."""
+    cfg = as_config(config, keywords, need_loss=False)
+    body = cfg.body(len(params) if isinstance(params, (list, tuple)) else 0)
+    check_params(params, body)
+    return [
+        layer.init_state(p)
+        for layer, p in zip(body, per_layer(body, params), strict=True)
+        if has_state(layer)
+    ]
+
+
+def next_stats(flow: Flow, stats: Any) -> list[Any]:
+    """The layer states after the training forward pass `flow` (batch norm's running
+    averages moved toward this batch's statistics)."""
+    entries = per_layer(flow.layers, stats, has_state)
+    return [
+        layer.next_state(state, cache)
+        for layer, state, cache in zip(flow.layers, entries, flow.caches, strict=True)
+        if has_state(layer)
+    ]
+
+
+def context(body: tuple[Any, ...], train: bool, key: Any = None, stats: Any = None) -> Context:
+    """The call's `Context`, checked: a random layer in training needs a key, and an
+    evaluation of a stateful network its states."""
+    if key is not None and not (
+        isinstance(key, jax.Array)
+        and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32)
+    ):
+        raise TypeError(f"key must be a jax.random key such as jax.random.key(0); got {key!r}.")
+    if train and key is None and any(is_random(layer) for layer in body):
+        names = sorted({layer.name for layer in body if is_random(layer)})
+        raise ValueError(
+            f"this network's {names} layers draw random masks in training: pass key= "
+            "(e.g. key=jax.random.key(0)); the same key gives the same masks."
+        )
+    if not train and stats is None and any(has_state(layer) for layer in body):
+        raise ValueError(
+            "this network has batch normalisation, which evaluates with its running "
+            "averages: pass stats= (jaxbp.init_stats(params, config) at the start, then "
+            "what the training steps return)."
+        )
+    if stats is not None:
+        wanted = sum(has_state(layer) for layer in body)
+        if not isinstance(stats, (list, tuple)) or len(stats) != wanted:
+            raise ValueError(
+                f"stats must be a list with one entry per stateful layer ({wanted} here), as "
+                f"jaxbp.init_stats returns; got {type(stats).__name__} of length "
+                f"{len(stats) if isinstance(stats, (list, tuple)) else '-'}."
+            )
+    return Context(train, key, stats)
 
 
 def init_mlp(
-    key: Array, sizes: Sequence[int], *, init: str = "glorot_normal", dtype: Any = jnp.float32
+    key: Array,
+    sizes: Sequence[int],
+    *,
+    init: str = "glorot_normal",
+    dtype: Any = jnp.float32,
+    norm: str | None = None,
 ) -> Params:
     """Initial parameters for an MLP with layer widths `sizes = [n_0, ..., n_L]`.
 
@@ -100,8 +170,11 @@ def init_mlp(
       `U[-1/sqrt(n_in), 1/sqrt(n_in)]`, the classic pre-2010 scheme. Normals are not
       truncated. Biases start at zero.
     - `dtype`: a floating dtype.
+    - `norm`: `None`, "layer" or "batch": a normalisation after each hidden dense layer
+      (as `jaxbp.Config(norm=...)` builds the network), with gain 1 and bias 0.
 
-    **Returns:** a list of `L` dicts `{"W": (n_{l-1}, n_l), "b": (n_l,)}`.
+    **Returns:** a list of `L` dicts `{"W": (n_{l-1}, n_l), "b": (n_l,)}`; with `norm`,
+    a `{"gain": (n_l,), "bias": (n_l,)}` after each hidden one.
     """
     check_init(init)
     if sizes is None or isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
@@ -120,11 +193,14 @@ def init_mlp(
             raise ValueError(f"sizes must be integers >= 1; sizes[{i}] is {n!r} in {sizes!r}.")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype such as jnp.float32; got {dtype!r}.")
+    norm_layer = NORMS[check_norm(norm)]
     keys = jax.random.split(key, len(sizes) - 1)
-    return [
-        Dense(n_out, init).init(k, n_in, dtype)[0]
-        for k, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True)
-    ]
+    params = []
+    for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
+        params.append(Dense(n_out, init).init(k, n_in, dtype)[0])
+        if norm_layer is not None and i < len(sizes) - 2:
+            params.append(norm_layer.init(k, n_out, dtype)[0])
+    return params
 
 
 def init_layers(
@@ -149,21 +225,33 @@ def init_layers(
 
 
 def forward(
-    params: Params, x: Array, config: Config | None = None, **keywords: Unpack[Keywords]
+    params: Params,
+    x: Array,
+    config: Config | None = None,
+    *,
+    stats: Any = None,
+    **keywords: Unpack[Keywords],
 ) -> Array:
     """The network's output `y_hat = f(x)` of eq. 1.1, `(batch, n_L)`, in evaluation mode.
 
     `x: (batch, n_0)`. Takes a `config` or the keywords of `jaxbp.Config`: `activation`
     on the hidden layers, `output_activation` on the last (default: the loss's canonical
     link, identity without a loss); `loss` and `reduction` are accepted and unused.
+    Dropout is off; batch normalisation uses the running averages `stats`.
     """
     cfg = as_config(config, keywords, need_loss=False)
     body, x, _ = prepare(cfg, params, x)
-    return forward_flow(cfg, body, params, x, Context(train=False)).a
+    return forward_flow(cfg, body, params, x, context(body, False, stats=stats)).a
 
 
 def loss_fn(
-    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
+    params: Params,
+    x: Array,
+    y: Array,
+    config: Config | None = None,
+    *,
+    key: Array | None = None,
+    **keywords: Unpack[Keywords],
 ) -> Array:
     """The loss `L(theta)` of eq. 1.2 over a batch, a scalar.
 
@@ -175,10 +263,12 @@ def loss_fn(
     - `config`, or its keywords: `activation` (hidden layers), `loss` (a name or a
       `jaxbp.Loss`), `output_activation` (`None` for the loss's canonical link),
       `reduction` ("mean" over samples or "sum", the chapter's `L = sum_n l^n`).
+    - `key`: the dropout masks' PRNG key, for a network with dropout (training mode;
+      batch normalisation uses the batch's statistics).
     """
     cfg = as_config(config, keywords)
     body, x, n_out = prepare(cfg, params, x)
-    flow = forward_flow(cfg, body, params, x)
+    flow = forward_flow(cfg, body, params, x, context(body, True, key))
     y = cfg.loss.targets(y, x.shape[0], n_out, flow.z.dtype)
     return reduce(cfg, cfg.loss.value(flow.z, flow.a, y))
 

@@ -28,7 +28,7 @@ import numpy as np
 from jaxbp._backprop import manual_grad
 from jaxbp._config import Config, Keywords, as_config
 from jaxbp._layers import Activate
-from jaxbp._mlp import Params, forward_flow, loss_fn, prepare
+from jaxbp._mlp import Params, context, forward_flow, is_random, loss_fn, prepare
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -149,7 +149,7 @@ def check_parity(
     config: Config | None = None,
     *,
     rtol: float | None = None,
-    atol: float = 0.0,
+    atol: float | str = 0.0,
     finite_differences: bool = False,
     key: Array | None = None,
     **keywords: Unpack[Keywords],
@@ -160,18 +160,22 @@ def check_parity(
 
     - `rtol`, `atol`: each leaf passes when `||manual - autodiff|| <= atol + rtol
       ||autodiff||` (the rule of `numpy.allclose`, on the leaf's norm). `rtol` defaults
-      by the parameters' dtype (`DEFAULT_RTOL`: 1e-12 float64, 1e-5 float32), `atol` to 0.
-      An `atol` judges error on the scale of the whole gradient rather than the leaf's:
-      a leaf whose gradient nearly cancels (a well-trained network's output bias) has a
-      large relative error in both paths alike, yet an error far below the gradient's
-      scale; a wrong derivative is off by that scale and still fails.
+      by the parameters' dtype (`DEFAULT_RTOL`: 1e-12 float64, 1e-5 float32), `atol` to 0
+      (purely relative, per leaf). `atol="auto"` is `rtol` times the norm of the whole
+      gradient: error judged on the scale of the gradient. Use it where a leaf's
+      gradient cancels to (nearly) nothing, so that both paths' rounding is all there is
+      of it: the bias before a batch normalisation (exactly 0), a well-trained network's
+      output bias. A wrong derivative is off on the scale of the gradient and still
+      fails.
     - `finite_differences`: also check each leaf's directional derivative along one
       random unit direction against central differences in float64 (needs
-      `jax_enable_x64`); the error is `|fd - <g, v>| / ||g||`, bounded by `FD_RTOL`. A
+      `jax_enable_x64`); the error is `|fd - <g, v>| / ||g||` (with `||g||` at least
+      `atol / rtol`, the gradient scale), bounded by `FD_RTOL`. A
       leaf whose step carries a pre-activation across a kink of its activation is
       reported as "skipped (kink)" instead (see the module docstring), and
       `report.kinks` counts those pre-activations per layer.
-    - `key`: for the random directions (default `jax.random.key(0)`).
+    - `key`: for the random directions (default `jax.random.key(0)`); a network with
+      dropout draws both gradients' masks from it too (folded with 1), the same masks.
 
     Relative errors measure disagreement, and both paths round. In float32 a leaf whose
     gradient is a sum of nearly cancelling terms (the output bias of a well-trained
@@ -186,16 +190,28 @@ def check_parity(
             "finite_differences=True evaluates the loss in float64, which needs x64: call "
             "jax.config.update('jax_enable_x64', True) first."
         )
-    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
-        raise ValueError(f"atol must be a number >= 0 (0: purely relative); got {atol!r}.")
+    if atol != "auto" and (
+        isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0
+    ):
+        raise ValueError(
+            f"atol must be a number >= 0 (0: purely relative) or 'auto' (rtol times the "
+            f"gradient's norm); got {atol!r}."
+        )
     # Full-precision matmuls: on GPUs and TPUs float32 products may otherwise run in
     # tf32/bf16 passes, whose error (~1e-3) would drown the comparison. No effect on CPU.
+    key = jax.random.key(0) if key is None else key
+    body = cfg.body(len(params) if isinstance(params, (list, tuple)) else 0)
+    masks = jax.random.fold_in(key, 1) if any(is_random(layer) for layer in body) else None
     with jax.default_matmul_precision("highest"):
-        manual = manual_grad(params, x, y, cfg)
-        auto = jax.grad(loss_fn)(params, x, y, cfg)
+        manual = manual_grad(params, x, y, cfg, key=masks)
+        auto = jax.grad(loss_fn)(params, x, y, cfg, key=masks)
     dtype = str(jnp.result_type(*jax.tree.leaves(params)))
     if rtol is None:
         rtol = DEFAULT_RTOL.get(dtype, 1e-5)
+
+    if atol == "auto":
+        atol = rtol * float(np.sqrt(sum(np.sum(np.square(a)) for a in jax.tree.leaves(auto))))
+    floor = atol / rtol if rtol > 0 else 0.0  # the gradient scale below which error is absolute
 
     paths = [
         f"params{jax.tree_util.keystr(p)}" for p, _ in jax.tree_util.tree_leaves_with_path(params)
@@ -204,8 +220,9 @@ def check_parity(
     fd_kinks = [0] * len(paths)
     kinks = None
     if finite_differences:
-        errs, crossings = _finite_difference_errors(params, x, y, manual, key, cfg)
-        fd_errs = list(errs)
+        gaps, crossings = _finite_difference_errors(params, x, y, manual, key, masks, cfg)
+        norms = [float(np.linalg.norm(np.asarray(g, np.float64))) for g in jax.tree.leaves(manual)]
+        fd_errs = [gap / (max(norm, floor) or 1.0) for gap, norm in zip(gaps, norms, strict=True)]
         fd_kinks = [sum(int(np.sum(c)) for c in leaf) for leaf in crossings]
         kinks = tuple(int(np.sum(np.any(layer, axis=0))) for layer in zip(*crossings, strict=True))
 
@@ -259,10 +276,16 @@ def _rel(m: np.ndarray, a: np.ndarray) -> float:
 
 
 def _finite_difference_errors(
-    params: Params, x: Array, y: Array, grads: Params, key: Array | None, config: Config
+    params: Params,
+    x: Array,
+    y: Array,
+    grads: Params,
+    key: Array,
+    masks: Array | None,
+    config: Config,
 ) -> tuple[list[float], list[list[np.ndarray]]]:
-    """Per leaf, `|fd - <g, v>| / ||g||` for one random unit direction `v` on that leaf,
-    and per leaf and layer a `(batch, n_l)` mask of the kink crossings of its step."""
+    """Per leaf, `|fd - <g, v>|` for one random unit direction `v` on that leaf, and per
+    leaf and layer a `(batch, n_l)` mask of the kink crossings of its step."""
     as64 = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
     flat, treedef = jax.tree.flatten(jax.tree.map(as64, params))
     x, y = as64(x), jnp.asarray(y)
@@ -277,7 +300,7 @@ def _finite_difference_errors(
 
     def pre_activations(p: Params) -> list[tuple[Array, Any]]:
         """`(z_l, its activation)` for every activation of the body, then `(z_L, output)`."""
-        flow = forward_flow(config, body, p, x)
+        flow = forward_flow(config, body, p, x, context(body, True, masks))
         hidden = [
             (cache[0], layer.activation)
             for layer, cache in zip(body, flow.caches, strict=True)
@@ -296,15 +319,15 @@ def _finite_difference_errors(
             np.asarray(act.crossings(z0, z1)) for (z0, act), (z1, _) in zip(lo, hi, strict=True)
         ]
 
-    keys = jax.random.split(jax.random.key(0) if key is None else key, len(flat))
-    errs, masks = [], []
+    keys = jax.random.split(key, len(flat))
+    errs, kink_masks = [], []
     for i, (k, g) in enumerate(zip(keys, jax.tree.leaves(grads), strict=True)):
         v = jax.random.normal(k, flat[i].shape, jnp.float64)
         v = v / jnp.linalg.norm(v)
-        ends = [float(loss_fn(moved(i, v, step), x, y, config)) for step in (FD_EPS, -FD_EPS)]
+        ends = [
+            float(loss_fn(moved(i, v, step), x, y, config, key=masks)) for step in (FD_EPS, -FD_EPS)
+        ]
         fd = (ends[0] - ends[1]) / (2 * FD_EPS)
-        g = np.asarray(g, np.float64)
-        norm = float(np.linalg.norm(g))
-        errs.append(abs(fd - float(np.vdot(g, v))) / (norm if norm > 0 else 1.0))
-        masks.append(crossings(i, v))
-    return errs, masks
+        errs.append(abs(fd - float(np.vdot(np.asarray(g, np.float64), v))))
+        kink_masks.append(crossings(i, v))
+    return errs, kink_masks

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from jaxbp._backprop import Backward, backward_flow, source
+from jaxbp._backprop import Backward, gradient_flows
 from jaxbp._config import Config, Keywords, as_config
-from jaxbp._mlp import Flow, Params, forward_flow, prepare
+from jaxbp._mlp import Flow, Params
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -37,11 +37,18 @@ Array = jax.Array
 
 
 def per_example_grads(
-    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
+    params: Params,
+    x: Array,
+    y: Array,
+    config: Config | None = None,
+    *,
+    key: Array | None = None,
+    **keywords: Unpack[Keywords],
 ) -> Params:
     """Each example's term of the gradient of eq. 1.3, by the recursion of eq. 1.4.
 
-    Takes the arguments of `jaxbp.loss_fn`. Returns a pytree shaped like `params` whose
+    Takes the arguments of `jaxbp.loss_fn` (a dropout network's `key` gives every example
+    the masks it has in `manual_grad`). Returns a pytree shaped like `params` whose
     leaves gain a leading batch axis: for a dense layer
     `{"W": (batch, n_{l-1}, n_l), "b": (batch, n_l)}`, leaf `[n]` being
     `a_{l-1}^(n) (delta_l^(n))^T` (and `delta_l^(n)` for the bias), in the dtypes of
@@ -50,31 +57,41 @@ def per_example_grads(
     Memory grows with `batch` times the parameter count: for norms or clipping use
     `per_example_grad_norms`.
     """
-    _, flow, back = flows(as_config(config, keywords), params, x, y, "per_example_grads")
+    _, flow, back = flows(as_config(config, keywords), params, x, y, "per_example_grads", key)
     terms = [layer.per_example_grads(p, cache, g) for layer, p, cache, g in parametric(flow, back)]
     return jax.tree.map(lambda t, p: t.astype(jnp.result_type(p)), terms, list(params))
 
 
 def per_example_grad_norms(
-    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
+    params: Params,
+    x: Array,
+    y: Array,
+    config: Config | None = None,
+    *,
+    key: Array | None = None,
+    **keywords: Unpack[Keywords],
 ) -> Array:
     """The L2 norm of each example's whole gradient, `(batch,)`, without building it.
 
-    Same arguments and scaling as `per_example_grads`; entry `n` equals the global norm of
-    its leaves `[n]`, computed from one backward pass as
+    Same arguments and scaling as `per_example_grads`: under the default
+    `reduction="mean"` entry `n` is `||grad l^n|| / batch`, and with `reduction="sum"` it
+    is `||grad l^n||`, the norm DP-SGD clips against `l2_clip` (`dp_value_and_grad`
+    returns exactly these). Entry `n` equals the global norm of its leaves `[n]`,
+    computed from one backward pass as
     `sqrt(sum_l (||a_{l-1}^(n)||^2 + 1) ||delta_l^(n)||^2)` (eq. 1.3, term by term).
     """
-    _, flow, back = flows(as_config(config, keywords), params, x, y, "per_example_grad_norms")
+    cfg = as_config(config, keywords)
+    _, flow, back = flows(cfg, params, x, y, "per_example_grad_norms", key)
     return norms(flow, back)
 
 
 def flows(
-    config: Config, params: Params, x: Array, y: Array, what: str
+    config: Config, params: Params, x: Array, y: Array, what: str, key: Array | None = None
 ) -> tuple[Array, Flow, Backward]:
     """The loss and both flows of one back-propagation, refusing layers whose gradient
     has no per-example terms."""
-    body, x, n_out = prepare(config, params, x)
-    coupled = [layer.name for layer in body if not layer.per_example]
+    body = config.body(len(params) if isinstance(params, (list, tuple)) else 0)
+    coupled = [layer.name for layer in body if not getattr(layer, "per_example", False)]
     if coupled:
         raise ValueError(
             f"{what} is undefined for a network with {coupled[0]!r} layers: there an "
@@ -82,9 +99,7 @@ def flows(
             "per-example terms (Opacus refuses batch norm for the same reason). Use layer "
             "normalisation, or no normalisation."
         )
-    flow = forward_flow(config, body, params, x)
-    value, delta_L = source(config, flow, y, n_out)
-    return value, flow, backward_flow(flow, delta_L)
+    return gradient_flows(config, params, x, y, key)
 
 
 def parametric(flow: Flow, back: Backward) -> list[tuple[Any, Any, Any, Array]]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxbp._backprop import backward_flow, cast_like, manual_grad
 from jaxbp._config import Config, Keywords, as_config
-from jaxbp._mlp import Flow, Params, batch_scale, forward_flow, per_layer, prepare
+from jaxbp._mlp import Flow, Params, batch_scale, context, forward_flow, per_layer, prepare
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -47,18 +47,21 @@ def hvp(
     y: Array,
     v: Params,
     config: Config | None = None,
+    *,
+    key: Array | None = None,
     **keywords: Unpack[Keywords],
 ) -> Params:
     """The Hessian-vector product `H v`, `H = d^2 L/dtheta^2` of `jaxbp.loss_fn`.
 
-    Takes the arguments of `jaxbp.loss_fn` and `v`, a pytree shaped like `params` (cast to
-    its dtypes). Computed as `jax.jvp` of `manual_grad` along `v` (forward over the
-    handwritten reverse mode); returns a pytree shaped like `params`. At a relu kink the
-    activation's derivative is piecewise constant, so its own derivative counts as 0.
+    Takes the arguments of `jaxbp.loss_fn` (`key` for dropout masks) and `v`, a pytree
+    shaped like `params` (cast to its dtypes). Computed as `jax.jvp` of `manual_grad`
+    along `v` (forward over the handwritten reverse mode); returns a pytree shaped like
+    `params`. At a relu kink the activation's derivative is piecewise constant, so its own
+    derivative counts as 0.
     """
     cfg = as_config(config, keywords)
     v = _check_direction(v, params)
-    return jax.jvp(lambda p: manual_grad(p, x, y, cfg), (params,), (v,))[1]
+    return jax.jvp(lambda p: manual_grad(p, x, y, cfg, key=key), (params,), (v,))[1]
 
 
 def gnvp(
@@ -67,6 +70,8 @@ def gnvp(
     y: Array,
     v: Params,
     config: Config | None = None,
+    *,
+    key: Array | None = None,
     **keywords: Unpack[Keywords],
 ) -> Params:
     """The Gauss-Newton-vector product `G v = J^T H_out J v` (see the module docstring).
@@ -88,12 +93,14 @@ def gnvp(
     body, x, n_out = prepare(cfg, params, x)
     v = _check_direction(v, params)
 
+    ctx = context(body, True, key)
+
     def outputs(p: Params) -> tuple[tuple[Any, ...], Array, Array]:
-        flow = forward_flow(cfg, body, p, x)
+        flow = forward_flow(cfg, body, p, x, ctx)
         return flow.caches, flow.z, flow.a
 
     (caches, z, a), (_, dz, da) = jax.jvp(outputs, (params,), (v,))
-    flow = Flow(body, per_layer(body, params), caches, z, a)
+    flow = Flow(body, per_layer(body, params), caches, z, a, x)
     y = loss.targets(y, x.shape[0], n_out, flow.z.dtype)
     at_output = loss.any_output  # split at y_hat; a link-bound loss at z_L
     jv = da if at_output else dz  # J v: (batch, n_L)

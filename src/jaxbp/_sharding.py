@@ -13,7 +13,7 @@ The same code runs unchanged on CPU, GPU and TPU, on one host or many.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -45,6 +45,10 @@ class DataParallel(NamedTuple):
 
     def constrain_batch(self, v: Array) -> Array:
         return jax.lax.with_sharding_constraint(v, self.batch)
+
+    def replicate(self, tree: Any) -> Any:
+        """`tree` constrained to be replicated on every device."""
+        return jax.tree.map(lambda v: jax.lax.with_sharding_constraint(v, self.replicated), tree)
 
 
 def data_parallel(mesh: Mesh) -> DataParallel:

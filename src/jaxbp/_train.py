@@ -10,11 +10,22 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbp._backprop import backprop
+from jaxbp._backprop import cast_like, gradient_flows, source, trace_of
 from jaxbp._config import Config, Keywords, as_config
 from jaxbp._diagnostics import backward_flow_stats
 from jaxbp._fused import FusedSGD, fused_epoch, fused_update
-from jaxbp._mlp import Params, forward, loss_fn
+from jaxbp._mlp import (
+    Flow,
+    Params,
+    context,
+    forward_flow,
+    has_state,
+    init_stats,
+    is_random,
+    next_stats,
+    per_layer,
+    prepare,
+)
 from jaxbp._sharding import Mesh, data_parallel
 from jaxbp._shuffle import permutation
 from jaxbp._tasks import TASKS, Task
@@ -66,20 +77,58 @@ class StepOptions(NamedTuple):
         return (0, 1) if self.donate else ()
 
 
-def value_and_grad_fn(
-    config: Config, options: StepOptions
-) -> Callable[[Params, Array, Array], tuple[Array, Params, Metrics]]:
-    """`(params, x, y) -> (loss, grads, extra metrics)` by `manual_grad` (eq. 1.4) or by
-    `jax.grad`; with `diagnostics`, the extra metrics describe the backward flow."""
-    if options.grad == "autodiff":
-        value_and_grad = jax.value_and_grad(loss_fn)
-        return lambda params, x, y: (*value_and_grad(params, x, y, config), {})
+class TrainState(NamedTuple):
+    """The training state of a network with state of its own (batch normalisation):
+    the optimizer's state and the layers' states (`jaxbp.init_stats`), in the step's
+    `opt_state` slot. `jaxbp.init_train_state` builds it."""
 
-    def manual(params: Params, x: Array, y: Array) -> tuple[Array, Params, Metrics]:
-        value, grads, trace = backprop(params, x, y, config)
+    opt_state: Any
+    stats: list[Any]
+
+
+def init_train_state(
+    optimizer: Any, params: Params, config: Config | None = None, **keywords: Any
+) -> Any:
+    """What a training step takes as `opt_state`: `optimizer.init(params)`, or for a
+    network with batch normalisation a `TrainState` that adds the running averages."""
+    stats = init_stats(params, config, **keywords)
+    opt_state = check_optimizer(optimizer).init(params)
+    return TrainState(opt_state, stats) if stats else opt_state
+
+
+Gradient = Callable[[Params, Array, Array, Any, Any], tuple[Array, Params, Metrics, Any]]
+
+
+def value_and_grad_fn(config: Config, options: StepOptions) -> Gradient:
+    """`(params, x, y, key, stats) -> (loss, grads, extra metrics, new stats)` by
+    `manual_grad` (eq. 1.4) or by `jax.grad`; with `diagnostics`, the extra metrics
+    describe the backward flow. `key` draws dropout masks; `stats` (or `None`) are the
+    layers' states, moved by this batch."""
+    if options.grad == "autodiff":
+
+        def loss_and_flow(params: Params, x: Array, y: Array, key: Any) -> tuple[Array, Flow]:
+            body, x, n_out = prepare(config, params, x)
+            flow = forward_flow(config, body, params, x, context(body, True, key))
+            return source(config, flow, y, n_out)[0], flow._replace(layers=(), params=())
+
+        value_and_grad = jax.value_and_grad(loss_and_flow, has_aux=True)
+
+        def autodiff(params: Params, x: Array, y: Array, key: Any, stats: Any) -> Any:
+            (value, flow), grads = value_and_grad(params, x, y, key)
+            body = config.body(len(params))
+            flow = flow._replace(layers=body, params=per_layer(body, params))
+            return value, grads, {}, None if stats is None else next_stats(flow, stats)
+
+        return autodiff
+
+    def manual(params: Params, x: Array, y: Array, key: Any, stats: Any) -> Any:
+        value, flow, back = gradient_flows(config, params, x, y, key)
+        grads = cast_like(back.grads, params)
+        new_stats = None if stats is None else next_stats(flow, stats)
         if not options.diagnostics:
-            return value, grads, {}
-        return value, grads, backward_flow_stats(trace, grads, config.activation)
+            return value, grads, {}, new_stats
+        diagnostics = backward_flow_stats(trace_of(flow, back), grads, config.activation)
+        return value, grads, diagnostics, new_stats
 
     return manual
 
@@ -152,6 +201,11 @@ def check_opt_state(optimizer: optax.GradientTransformation, opt_state: Any, par
                 )
 
 
+def _random_body(config: Config) -> Callable[[Params], bool]:
+    """Whether the network of `params` draws random masks (so each step needs a key)."""
+    return lambda params: any(is_random(layer) for layer in config.body(len(params)))
+
+
 def _refuse_fused(options: StepOptions, what: str) -> None:
     if options.grad == "fused":
         raise ValueError(
@@ -168,15 +222,34 @@ def _make_update(
     optimizer = check_optimizer(optimizer)
     value_and_grad = value_and_grad_fn(config, options)
 
-    def update(params: Params, opt_state: Any, x: Array, y: Array) -> tuple[Params, Any, Metrics]:
+    def update(
+        params: Params, state: Any, key: Array | None, x: Array, y: Array
+    ) -> tuple[Params, Any, Metrics]:
+        opt_state, stats = split_state(config, params, state)
         check_opt_state(optimizer, opt_state, params)
-        value, grads, extra = value_and_grad(params, x, y)
+        value, grads, extra, stats = value_and_grad(params, x, y, key, stats)
         params, opt_state = apply_optimizer(optimizer, grads, opt_state, params)
         if options.grad_norm:
             extra = {"grad_norm": tree_norm(grads), **extra}
-        return params, opt_state, {"loss": value, **extra}
+        state = opt_state if stats is None else TrainState(opt_state, stats)
+        return params, state, {"loss": value, **extra}
 
     return update
+
+
+def split_state(config: Config, params: Params, state: Any) -> tuple[Any, Any]:
+    """`(opt_state, stats)` from a step's state slot: `stats` is `None` for a network
+    without state of its own, whose slot holds the optimizer's state alone."""
+    body = config.body(len(params) if isinstance(params, (list, tuple)) else 0)
+    stateful = any(has_state(layer) for layer in body)
+    if stateful != isinstance(state, TrainState):
+        want = "a jaxbp.TrainState" if stateful else "the optimizer's state alone"
+        raise ValueError(
+            f"opt_state must be {want} for this network (it has "
+            f"{'batch normalisation' if stateful else 'no layer with state'}); build it "
+            "with jaxbp.init_train_state(optimizer, params, config)."
+        )
+    return (state.opt_state, state.stats) if stateful else (state, None)
 
 
 def make_train_step(
@@ -210,20 +283,25 @@ def make_train_step(
     options = StepOptions(grad, diagnostics, grad_norm, donate)
     update = _make_update(optimizer, as_config(config, keywords), options)
     if mesh is None:
-        return jax.jit(update, donate_argnums=options.donate_argnums)
+
+        def step(
+            params: Params, opt_state: Any, x: Array, y: Array, key: Array | None = None
+        ) -> tuple[Params, Any, Metrics]:
+            return update(params, opt_state, key, x, y)
+
+        return jax.jit(step, donate_argnums=options.donate_argnums)
     _refuse_fused(options, "a mesh")
     shard = data_parallel(mesh)
 
-    def sharded(params: Params, opt_state: Any, x: Array, y: Array) -> tuple[Params, Any, Metrics]:
+    def sharded(
+        params: Params, opt_state: Any, x: Array, y: Array, key: Array | None = None
+    ) -> tuple[Params, Any, Metrics]:
         shard.check_batch(x.shape[0], "the batch")  # at trace time, before XLA's own check
-        return update(params, opt_state, shard.constrain_batch(x), shard.constrain_batch(y))
+        params, opt_state = shard.replicate((params, opt_state))
+        return update(params, opt_state, key, shard.constrain_batch(x), shard.constrain_batch(y))
 
-    return jax.jit(
-        sharded,
-        donate_argnums=options.donate_argnums,
-        in_shardings=(shard.replicated, shard.replicated, None, None),
-        out_shardings=shard.replicated,
-    )
+    # No in_shardings: they would forbid the keyword `key`; the constraints above say it.
+    return jax.jit(sharded, donate_argnums=options.donate_argnums, out_shardings=shard.replicated)
 
 
 def epoch_batches(key: Array, n: int, batch_size: int) -> Array:
@@ -250,12 +328,12 @@ def scan_epoch(
     update: Callable[..., tuple[Params, Any, Metrics]],
     batch_size: int,
     constrain: Callable[[Array], Array] = lambda v: v,
-    keyed: bool = False,
+    keyed: Callable[[Params], bool] = lambda params: False,
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
-    """One epoch of `update(params, opt_state, x_b, y_b)` steps in one `lax.scan`:
-    `epoch(params, opt_state, key, x, y)`. The epoch shuffles with `key`; with `keyed`,
-    each step also receives a key of its own, `update(params, opt_state, key_b, x_b, y_b)`,
-    from a split of `key` that leaves the shuffle's key as it is."""
+    """One epoch of `update(params, opt_state, key_b, x_b, y_b)` steps in one `lax.scan`:
+    `epoch(params, opt_state, key, x, y)`. The epoch shuffles with `key`; where
+    `keyed(params)`, each step receives a key of its own (dropout masks, DP noise) from a
+    split of `key` that leaves the shuffle's key as it is, else `key_b = None`."""
     check_batch_size(batch_size)
 
     def epoch(
@@ -275,14 +353,15 @@ def scan_epoch(
 
         def body(carry: tuple[Params, Any], batch: tuple[Array, ...]) -> tuple[Any, Metrics]:
             *step_key, x_b, y_b = batch
-            params, opt_state, metrics = update(*carry, *step_key, constrain(x_b), constrain(y_b))
+            key_b = step_key[0] if step_key else None
+            params, opt_state, metrics = update(*carry, key_b, constrain(x_b), constrain(y_b))
             return (params, opt_state), metrics
 
         # One gather of the whole shuffled epoch up front: the scan then reads contiguous
         # batches, which is cheaper than a gather inside every step.
         idx = epoch_batches(key, n, batch_size)
         xs = (x[idx], y[idx])
-        if keyed:
+        if keyed(params):
             step_keys = jax.random.split(jax.random.fold_in(key, 1), idx.shape[0])
             xs = (step_keys, *xs)
         (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), xs)
@@ -320,11 +399,12 @@ def make_train_epoch(
         return jax.jit(epoch, donate_argnums=options.donate_argnums)
     update = _make_update(optimizer, cfg, options)
     if mesh is None:
-        return jax.jit(scan_epoch(update, batch_size), donate_argnums=options.donate_argnums)
+        epoch = scan_epoch(update, batch_size, keyed=_random_body(cfg))
+        return jax.jit(epoch, donate_argnums=options.donate_argnums)
     _refuse_fused(options, "a mesh")
     shard = data_parallel(mesh)
     shard.check_batch(check_batch_size(batch_size), "batch_size")
-    epoch = scan_epoch(update, batch_size, shard.constrain_batch)
+    epoch = scan_epoch(update, batch_size, shard.constrain_batch, _random_body(cfg))
     return jax.jit(
         epoch,
         donate_argnums=options.donate_argnums,
@@ -360,7 +440,8 @@ def make_train_sweep(
     """
     options = StepOptions(grad, False, grad_norm, donate).check()
     _refuse_fused(options, "a sweep of models")
-    epoch = scan_epoch(_make_update(optimizer, as_config(config, keywords), options), batch_size)
+    cfg = as_config(config, keywords)
+    epoch = scan_epoch(_make_update(optimizer, cfg, options), batch_size, keyed=_random_body(cfg))
     key_axis = None if shared_order else 0
     key_rank = 0 if shared_order else 1
 
@@ -395,6 +476,7 @@ def evaluate(
     config: Config | None = None,
     *,
     task: str | Task | None = None,
+    stats: Any = None,
     **keywords: Unpack[Keywords],
 ) -> Metrics:
     """Mean loss on `(x, y)` and the task's score: `{"loss", "accuracy"}` or `{"loss", "r2"}`.
@@ -402,16 +484,43 @@ def evaluate(
     `task` defaults to the loss's (`jaxbp.Loss.task`: "classification" for
     cross_entropy, "binary" for binary_cross_entropy, "regression" for mse and huber);
     pass "classification" to score a regression loss trained on one-hot targets. The
-    network runs in evaluation mode. Accuracy takes the argmax of the output (several
-    units, label or one-hot targets) or thresholds each unit at 1/2 (binary, or a single
-    output unit); `r2` is `1 - sum (y - y_hat)^2 / sum (y - mean y)^2` over all outputs.
+    network runs in evaluation mode: dropout off, batch normalisation with its running
+    averages `stats`. Accuracy takes the argmax of the output (several units, label or
+    one-hot targets) or thresholds each unit at 1/2 (binary, or a single output unit);
+    `r2` is `1 - sum (y - y_hat)^2 / sum (y - mean y)^2` over all outputs.
     """
     cfg = as_config(config, keywords)
     scorer = _task(task, cfg)
+    body, x, n_out = prepare(cfg, params, x)
+    flow = forward_flow(cfg, body, params, x, context(body, False, stats=stats))
     y = jnp.asarray(y)
-    value = loss_fn(params, x, y, cfg)
-    y_hat = forward(params, x, cfg)
-    return {"loss": value, scorer.metric: scorer.score(y_hat, y)}
+    value = source(cfg, flow, y, n_out)[0]
+    return {"loss": value, scorer.metric: scorer.score(flow.a, y)}
+
+
+def evaluate_sweep(
+    params: Params,
+    x: Array,
+    y: Array,
+    config: Config | None = None,
+    *,
+    task: str | Task | None = None,
+    stats: Any = None,
+    **keywords: Unpack[Keywords],
+) -> Metrics:
+    """`evaluate` for N models stacked along a leading axis (as `make_train_sweep` trains
+    them): every metric gains a leading `(N,)` axis. `x` and `y` are shared; `stats`, if
+    any, are stacked like `params`."""
+    cfg = as_config(config, keywords)
+    models = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
+    if len(models) != 1 or None in models:
+        raise ValueError(
+            "params must stack N models along a leading axis of every leaf (as "
+            "make_train_sweep returns them); got leaves of shapes "
+            f"{[jnp.shape(leaf) for leaf in jax.tree.leaves(params)]}."
+        )
+    one = lambda p, s: evaluate(p, x, y, cfg, task=task, stats=s)  # noqa: E731
+    return jax.vmap(one, in_axes=(0, None if stats is None else 0))(params, stats)
 
 
 def _task(task: str | Task | None, config: Config) -> Task:

@@ -9,14 +9,15 @@ dataset knows its task and loss (`INFO[name]`), so `jaxbp train` picks them.
 - "diabetes": 442 patients, 10 features, disease progression (regression; scikit-learn).
 - "xor", "moons", "spirals": 2-d, 2 classes, generated with `jax.random`.
 
-`load_file(path, target=...)` reads a user's own `.npz` (arrays `x` and `y`) or `.csv`
-(a header row; `target` names the label column), with every problem reported by file,
-line and column.
+`load_file(path, target=...)` reads a user's own `.npz` (arrays `x` and `y`), `.csv`
+(a header row; `target` names the label column) or IDX images (MNIST's format, gzipped or
+not, with the labels file beside them or named by `labels`), with every problem reported
+by file, line and column. `for_loss(data, info, loss)` turns class labels into the targets
+a loss takes.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -25,16 +26,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["INFO", "Dataset", "DatasetInfo", "load", "load_file"]
+from jaxbp._data_files import read_table
+
+__all__ = ["INFO", "Dataset", "DatasetInfo", "for_loss", "load", "load_file"]
 
 MAX_CLASSES = 20
-"""A user's target with integer values and at most this many distinct ones is a class label."""
+"""A user's target with integer values and at most this many distinct ones is a class label
+(IDX labels are classes however many there are)."""
+
+MAX_SEED = 2**32 - 1
+"""Seeds are integers from 0 to this; `jax.random.key` folds larger ones together."""
 
 
 class Dataset(NamedTuple):
     """Train and test splits: `x_*` is `(n, n_0)` float32; `y_*` is `(n,)`: int32 class
     labels for cross_entropy, float32 0/1 for binary_cross_entropy, float32 values for
-    regression."""
+    regression (after `for_loss`, whatever the loss takes)."""
 
     x_train: jax.Array
     y_train: jax.Array
@@ -49,6 +56,11 @@ class DatasetInfo(NamedTuple):
     loss: str
     n_outputs: int
 
+    @property
+    def n_classes(self) -> int:
+        """Classes of a classification target (two for one sigmoid unit); 0 for regression."""
+        return 0 if self.task == "regression" else max(2, self.n_outputs)
+
 
 INFO: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("classification", "cross_entropy", 10),
@@ -60,6 +72,23 @@ INFO: dict[str, DatasetInfo] = {
 }
 
 
+def check_seed(seed: object, name: str = "seed") -> int:
+    """`seed` as an int, or a `TypeError`/`ValueError` naming `name` and the range."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer from 0 to {MAX_SEED}; got {seed!r}.")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to {MAX_SEED}; got {seed}.")
+    return int(seed)
+
+
+def _check_fraction(test_fraction: object) -> float:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.floating)):
+        raise TypeError(f"test_fraction must be a number in (0, 1); got {test_fraction!r}.")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1; got {test_fraction!r}.")
+    return float(test_fraction)
+
+
 def load(name: str, *, seed: int = 0, test_fraction: float = 0.2, n_samples: int = 1000) -> Dataset:
     """Load a built-in dataset, split at random (`seed`) and standardised.
 
@@ -67,64 +96,120 @@ def load(name: str, *, seed: int = 0, test_fraction: float = 0.2, n_samples: int
     """
     if name not in INFO:
         raise ValueError(f"dataset must be one of {sorted(INFO)}; got {name!r}.")
+    seed, test_fraction = check_seed(seed), _check_fraction(test_fraction)
     if name in _GENERATORS:
-        x, y = _GENERATORS[name](jax.random.key(seed), n_samples)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
+            raise TypeError(f"n_samples must be an integer of at least 2; got {n_samples!r}.")
+        if n_samples < 2:
+            raise ValueError(
+                f"n_samples must be at least 2 (one train, one test); got {n_samples}."
+            )
+        x, y = _GENERATORS[name](jax.random.key(seed), int(n_samples))
         x, y = np.asarray(x), np.asarray(y)
     else:
         x, y = _sklearn(name)
-    return _split(x, y, INFO[name], seed=seed, test_fraction=test_fraction)
+    return _split(x, y, INFO[name], seed=seed, test_fraction=test_fraction, source=name)
 
 
 def load_file(
     path: str | Path,
     *,
     target: str | None = None,
+    labels: str | Path | None = None,
     seed: int = 0,
     test_fraction: float = 0.2,
     task: str | None = None,
 ) -> tuple[Dataset, DatasetInfo]:
-    """Load a user's `.npz` (arrays `x` and `y`) or `.csv` (header row, `target` column).
+    """Load a user's `.npz` (arrays `x` and `y`), `.csv` (header row, `target` column) or
+    IDX images file (`labels`: its labels file, by default the one beside it by MNIST's
+    naming, `train-images-idx3-ubyte[.gz]` -> `train-labels-idx1-ubyte[.gz]`).
 
     The task is classification when every target is an integer and there are at most
     `MAX_CLASSES` distinct values (two classes: binary cross-entropy, one output; more:
-    cross-entropy on labels remapped to 0..K-1), else regression; `task` overrides.
+    cross-entropy on labels remapped to 0..K-1), else regression; IDX labels are always
+    classes; `task` overrides. Images are flattened to `(n, rows * cols)`.
     """
+    seed, test_fraction = check_seed(seed), _check_fraction(test_fraction)
+    if task not in (None, "classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression'; got {task!r}.")
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such data file.")
-    if path.suffix == ".npz":
-        x, y = _read_npz(path)
-    elif path.suffix == ".csv":
-        x, y = _read_csv(path, target)
-    else:
-        raise ValueError(
-            f"{path}: data files must be .npz (arrays x, y) or .csv; got {path.suffix!r}."
-        )
-    y, info = _infer_task(path, y, task)
-    return _split(x, y, info, seed=seed, test_fraction=test_fraction), info
+    x, y, hint = read_table(path, target=target, labels=labels)
+    y, info = _infer_task(path, y, task or hint)
+    return _split(x, y, info, seed=seed, test_fraction=test_fraction, source=str(path)), info
+
+
+def for_loss(data: Dataset, info: DatasetInfo, loss: str) -> tuple[Dataset, int]:
+    """`data` with its targets recast for `loss`, and the number of output units.
+
+    Class labels become what the loss's task takes (`LOSSES[loss].task.encode`): one-hot
+    rows for a regression loss, int32 labels for cross-entropy, float32 0/1 for binary
+    cross-entropy. A regression target needs a regression loss.
+    """
+    from jaxbp._losses import LOSSES
+
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {list(LOSSES)}; got {loss!r}.")
+    kind = LOSSES[loss].task
+    if info.task == "regression":
+        if kind.name != "regression":
+            fits = [name for name, l in LOSSES.items() if l.task.name == "regression"]
+            raise ValueError(
+                f"a {kind.name} loss ({loss!r}) does not fit a regression target; "
+                f"use one of {fits}."
+            )
+        return data, 1
+    encoded = [kind.encode(np.asarray(y).astype(np.int32), info.n_classes) for y in data[1::2]]
+    (y_train, n_out), (y_test, _) = encoded
+    return data._replace(y_train=jnp.asarray(y_train), y_test=jnp.asarray(y_test)), n_out
+
+
+def _standardise(v: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """`(v - mean) / std` per column with the training rows' statistics (std 0 -> 1).
+
+    A column whose magnitude is past 2^500 is first divided by a power of two (exactly),
+    so values near 1e308 do not overflow to inf and NaN; other columns are untouched.
+    """
+    peak = np.max(np.abs(v[train]), axis=0).astype(np.float64)
+    if np.any(peak > 2.0**500):
+        v = v / np.where(peak > 2.0**500, np.exp2(np.floor(np.log2(np.maximum(peak, 1.0)))), 1.0)
+    mean, std = v[train].mean(axis=0), v[train].std(axis=0)
+    std = np.where(std > 0, std, 1.0)  # constant features (digits' corner pixels) stay 0
+    return (v - mean) / std
 
 
 def _split(
-    x: np.ndarray, y: np.ndarray, info: DatasetInfo, *, seed: int, test_fraction: float
+    x: np.ndarray,
+    y: np.ndarray,
+    info: DatasetInfo,
+    *,
+    seed: int,
+    test_fraction: float,
+    source: str,
 ) -> Dataset:
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must lie strictly between 0 and 1; got {test_fraction!r}.")
     n = x.shape[0]
-    n_test = min(max(1, round(n * test_fraction)), n - 1)
     if n < 2:
-        raise ValueError(f"a dataset needs at least 2 samples to split; got {n}.")
+        raise ValueError(f"{source}: a dataset needs at least 2 samples to split; got {n}.")
+    n_test = min(max(1, round(n * test_fraction)), n - 1)
     order = np.random.default_rng(seed).permutation(n)
     train, test = order[n_test:], order[:n_test]
-    mean, std = x[train].mean(axis=0), x[train].std(axis=0)
-    std = np.where(std > 0, std, 1.0)  # constant features (digits' corner pixels) stay 0
-    x = (x - mean) / std
+    x = _standardise(x, train)
     if info.task == "regression":
-        y = (y - y[train].mean()) / (y[train].std() or 1.0)
+        y = _standardise(y, train)
         y_dtype = np.float32
     else:
         y_dtype = np.int32 if info.loss == "cross_entropy" else np.float32
-    as_x, as_y = (lambda v: jnp.asarray(v, jnp.float32)), (lambda v: jnp.asarray(v, y_dtype))
-    return Dataset(as_x(x[train]), as_y(y[train]), as_x(x[test]), as_y(y[test]))
+    with np.errstate(over="ignore"):
+        x32 = x.astype(np.float32)
+    bad = np.argwhere(~np.isfinite(x32))
+    if bad.size:
+        row, col = bad[0]
+        raise ValueError(
+            f"{source}: feature column {col} of sample {row} (0-based) lies "
+            f"{x[row, col]:.3g} training standard deviations from the training mean, beyond "
+            "float32; rescale or drop that column."
+        )
+    as_y = lambda v: jnp.asarray(v, y_dtype)  # noqa: E731
+    return Dataset(jnp.asarray(x32[train]), as_y(y[train]), jnp.asarray(x32[test]), as_y(y[test]))
 
 
 def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -174,67 +259,6 @@ def _spirals(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
 _GENERATORS = {"xor": _xor, "moons": _moons, "spirals": _spirals}
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:  # a truncated or foreign file fails in many ways (BadZipFile, EOFError, ValueError)
-        with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
-            files = sorted(data.files)
-            x, y = (data["x"], data["y"]) if {"x", "y"} <= set(files) else (None, None)
-    except Exception as err:
-        raise ValueError(
-            f"{path}: not a readable .npz file ({type(err).__name__}: {err})."
-        ) from None
-    if x is None:
-        raise ValueError(f"{path}: an .npz data file needs arrays 'x' and 'y'; found {files}.")
-    if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-        raise ValueError(
-            f"{path}: x must be (n, features) and y (n,); got x {x.shape} and y {y.shape}."
-        )
-    for name, arr in (("x", x), ("y", y)):
-        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-            raise ValueError(f"{path}: {name} must be real numbers; got dtype {arr.dtype}.")
-        bad = np.argwhere(~np.isfinite(arr))
-        if bad.size:
-            where = ", ".join(map(str, bad[0]))
-            raise ValueError(
-                f"{path}: {name}[{where}] is {arr[tuple(bad[0])]}, not a finite number."
-            )
-    return x.astype(np.float64), y.astype(np.float64)
-
-
-def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or not any(cell.strip() for cell in rows[0]):
-        raise ValueError(f"{path}: empty CSV file; it needs a header row and data rows.")
-    header = [cell.strip() for cell in rows[0]]
-    if target is None:
-        raise ValueError(
-            f"{path}: name the target column of a CSV file (--target); columns are {header}."
-        )
-    if target not in header:
-        raise ValueError(f"{path}: no target column {target!r}; columns are {header}.")
-    values = np.empty((len(rows) - 1, len(header)))
-    for i, row in enumerate(rows[1:]):
-        line = i + 2  # the header is line 1
-        if len(row) != len(header):
-            raise ValueError(
-                f"{path}: line {line} has {len(row)} cells; the header has {len(header)}."
-            )
-        for j, cell in enumerate(row):
-            try:
-                values[i, j] = float(cell)
-            except ValueError:
-                raise ValueError(
-                    f"{path}: line {line}, column {header[j]!r}: {cell!r} is not a number."
-                ) from None
-            if not math.isfinite(values[i, j]):
-                raise ValueError(
-                    f"{path}: line {line}, column {header[j]!r}: {cell!r} is not a finite number."
-                )
-    t = header.index(target)
-    return np.delete(values, t, axis=1), values[:, t]
-
-
 def _infer_task(path: Path, y: np.ndarray, task: str | None) -> tuple[np.ndarray, DatasetInfo]:
     classes = np.unique(y)
     if task is None:
@@ -242,8 +266,6 @@ def _infer_task(path: Path, y: np.ndarray, task: str | None) -> tuple[np.ndarray
         task = "classification" if integral and classes.size <= MAX_CLASSES else "regression"
     if task == "regression":
         return y, DatasetInfo("regression", "mse", 1)
-    if task != "classification":
-        raise ValueError(f"task must be 'classification' or 'regression'; got {task!r}.")
     if classes.size < 2:
         raise ValueError(
             f"{path}: the target has one class ({classes[0]:g}) only; "

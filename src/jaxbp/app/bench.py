@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbp._mlp import init_mlp
-from jaxbp._train import make_train_epoch, make_train_step
+from jaxbp import init_mlp, make_train_epoch, make_train_step, make_train_sweep
 
 
 class Config(NamedTuple):
@@ -167,8 +166,6 @@ def sweep_call(
 ) -> Callable[[int], None]:
     """`call(i)`: `models` models each train one epoch of `steps` steps, in one program;
     each shuffles with its own key, or all with one (`shared_order`)."""
-    from jaxbp._train import make_train_sweep
-
     opt = optimizer()
     sweep = make_train_sweep(opt, batch_size=config.batch, shared_order=shared_order, **KW)
     inits = [init_mlp(jax.random.key(s), config.sizes) for s in range(models)]

@@ -1,9 +1,19 @@
-"""Figures, drawn with matplotlib (the optional `plot` extra), imported only here."""
+"""Figures, drawn with matplotlib (the optional `plot` extra), imported only here.
+
+`pyplot()` gives matplotlib on the headless Agg backend (experiments use it too);
+`training_curves` and `backward_flow` draw `jaxbp train`'s figures from its per-epoch
+metrics, each written whole or not at all (`save`).
+"""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
+
+from jaxbp._runs import write_atomic
+
+__all__ = ["backward_flow", "pyplot", "save", "training_curves"]
 
 
 def pyplot() -> Any:
@@ -20,6 +30,16 @@ def pyplot() -> Any:
     return plt
 
 
+def save(fig: Any, path: str | Path) -> None:
+    """Write `fig` as a PNG at `path` (120 dpi) atomically, and close it."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=120)
+    finally:
+        pyplot().close(fig)
+    write_atomic(Path(path), buf.getvalue())
+
+
 def training_curves(history: list[dict[str, Any]], path: str | Path, title: str) -> None:
     """Loss (train and test) and accuracy or R^2 (test) per epoch, side by side."""
     plt = pyplot()
@@ -34,8 +54,7 @@ def training_curves(history: list[dict[str, Any]], path: str | Path, title: str)
     ax_score.set(xlabel="epoch", ylabel=score.removeprefix("test_"), title=f"test {score[5:]}")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 def backward_flow(history: list[dict[str, Any]], path: str | Path, title: str) -> None:
@@ -55,5 +74,4 @@ def backward_flow(history: list[dict[str, Any]], path: str | Path, title: str) -
     ax_sat.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)

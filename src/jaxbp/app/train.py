@@ -4,104 +4,116 @@ Prints a progress line per epoch, checks `manual_grad` against `jax.grad` before
 after training, and with `--out DIR` writes `metrics.jsonl`, `summary.json`,
 `checkpoint.jaxbp` and `curves.png` (and `diagnostics.png` with `--diagnostics`).
 `--resume` continues from that checkpoint and gives the same parameters and metrics as
-an uninterrupted run.
+an uninterrupted run. Each epoch's line is logged whole and the checkpoint written only
+for finite parameters; a failing write stops the run and keeps the last checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import jaxbp
 from jaxbp._checkpoint import save_checkpoint
-from jaxbp._job_setup import CHECKPOINT, Job, JobError, prepare
-from jaxbp._parity import ParityReport, check_parity
-from jaxbp._train import evaluate, make_train_epoch
+from jaxbp._runs import CHECKPOINT, SUMMARY, write_atomic
+from jaxbp.app.job import Job, prepare
+from jaxbp.app.settings import JobError, Settings
 
 __all__ = ["JobError", "run"]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(settings: Settings) -> int:
     """The `jaxbp train` job; returns the exit status (0 ok, 1 diverged or parity failed)."""
-    job = prepare(args)
-    cfg = job.cfg
+    job = prepare(settings)
+    try:
+        return _run(job)
+    finally:
+        if job.folder is not None:
+            job.folder.close()
+
+
+def _run(job: Job) -> int:
+    s, cfg = job.settings, job.config
     arch = "-".join(map(str, job.sizes))
     _say(
-        args,
-        f"jaxbp train: {job.source}, {arch} {cfg['activation']}, {cfg['loss']}, "
+        s,
+        f"jaxbp train: {s.source}, {arch} {cfg['activation']}, {cfg['loss']}, "
         f"{cfg['optimizer']} lr {cfg['lr']:g}, batch {cfg['batch_size']}, "
         f"{cfg['grad']} gradients",
     )
-    batch = (job.data.x_train[: cfg["batch_size"]], job.data.y_train[: cfg["batch_size"]])
-    before = _parity(args, "before", job.params, batch, job.kw)
-    trained = _train(args, job)
+    batch = (job.data.x_train[: s.batch_size], job.data.y_train[: s.batch_size])
+    before = _parity(s, "before", job.params, batch, job.kw)
+    trained = _train(job)
     if trained is None:
         return 1
     params, history = trained
-    after = _parity(args, "after", params, batch, job.kw)
+    after = _parity(s, "after", params, batch, job.kw)
     passed = before.passed and after.passed
     last = history[-1]
     seconds = sum(h["seconds"] for h in history)
-    score = "accuracy" if job.task == "classification" else "r2"
+    score = job.metric
     print(f"{'':<10}{'train':>10}{'test':>10}")
     for metric in ("loss", score):
         print(f"{metric:<10}{last[f'train_{metric}']:>10.4f}{last[f'test_{metric}']:>10.4f}")
     print(
-        f"{job.epochs} epochs in {seconds:.1f} s of training; "
+        f"{s.epochs} epochs in {seconds:.1f} s of training; "
         f"parity {'passed' if passed else 'FAILED'}"
     )
     if job.out is not None:
         summary = {
-            "dataset": job.source,
+            "dataset": s.source,
             "grad": cfg["grad"],
-            "epochs": job.epochs,
+            "epochs": s.epochs,
             "seconds": seconds,
             "train_loss": last["train_loss"],
             "test_loss": last["test_loss"],
             f"test_{score}": last[f"test_{score}"],
             "parity_max_rel_err": max(before.max_rel_err, after.max_rel_err),
             "parity_dtype": "float64",
-            "devices": args.devices,
+            "devices": s.devices,
             "config": cfg,
         }
-        (job.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        _figures(
-            job.out, history, f"{job.source}: {arch} {cfg['activation']}, {cfg['grad']} gradients"
-        )
+        write_atomic(job.out / SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
+        _figures(job, history, f"{s.source}: {arch} {cfg['activation']}, {cfg['grad']} gradients")
     return 0 if passed else 1
 
 
-def _train(args: argparse.Namespace, job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
-    """The epochs, each one compiled program; `None` if the loss stopped being finite."""
-    cfg, (x_train, y_train, x_test, y_test) = job.cfg, job.data
-    train_epoch = make_train_epoch(
+def _finite(tree: Any) -> bool:
+    return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
+
+
+def _train(job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
+    """The epochs, each one compiled program; `None` if the loss or the parameters stopped
+    being finite (the last good checkpoint is kept)."""
+    s, (x_train, y_train, x_test, y_test) = job.settings, job.data
+    train_epoch = jaxbp.make_train_epoch(
         job.optimizer,
-        batch_size=cfg["batch_size"],
-        grad=cfg["grad"],
-        diagnostics=args.diagnostics,
+        batch_size=s.batch_size,
+        grad=s.grad,
+        diagnostics=s.diagnostics,
         mesh=job.mesh,
         **job.kw,
     )
-    steps = -(-x_train.shape[0] // cfg["batch_size"])
+    steps = -(-x_train.shape[0] // s.batch_size)
     start = time.perf_counter()  # compile once, outside the timed epochs
     train_epoch = train_epoch.lower(job.params, job.opt_state, job.key, x_train, y_train).compile()
-    where = "" if job.mesh is None else f", batch split over {args.devices} devices"
+    where = "" if job.mesh is None else f", batch split over {s.devices} devices"
     _say(
-        args,
+        s,
         f"compiled one epoch ({steps} steps in one program{where}) in "
         f"{time.perf_counter() - start:.1f} s",
     )
-    scores = jax.jit(lambda p, x, y: evaluate(p, x, y, task=job.task, **job.kw))
-    progress = _Progress(job.epochs, args.quiet)
+    scores = jax.jit(lambda p, x, y: jaxbp.evaluate(p, x, y, task=job.task, **job.kw))
+    progress = _Progress(s.epochs, s.quiet)
     params, opt_state, history = job.params, job.opt_state, list(job.history)
-    for epoch in range(len(history) + 1, job.epochs + 1):
+    for epoch in range(len(history) + 1, s.epochs + 1):
         start = time.perf_counter()
         params, opt_state, metrics = train_epoch(
             params, opt_state, jax.random.fold_in(job.key, epoch), x_train, y_train
@@ -110,22 +122,16 @@ def _train(args: argparse.Namespace, job: Job) -> tuple[Any, list[dict[str, Any]
         seconds = time.perf_counter() - start
         if not np.all(np.isfinite(losses)):
             step = int(np.argmin(np.isfinite(losses)))
-            kept = (
-                f"the last good checkpoint (epoch {epoch - 1}) is kept in {job.out}"
-                if job.out and epoch > 1
-                else "no checkpoint was written"
-            )
-            print(
-                f"jaxbp train: the loss became {losses[step]} at epoch {epoch}, step "
-                f"{step + 1} of {steps}; stopped ({kept}). Try a smaller --lr.",
-                file=sys.stderr,
+            _stop(
+                job,
+                epoch,
+                f"the loss became {losses[step]} at epoch {epoch}, step {step + 1} of {steps}",
             )
             return None
-        row = {
-            "epoch": epoch,
-            "seconds": seconds,
-            "samples_per_s": steps * cfg["batch_size"] / seconds,
-        }
+        if not _finite(params):
+            _stop(job, epoch, f"the parameters became non-finite in the last step of epoch {epoch}")
+            return None
+        row = {"epoch": epoch, "seconds": seconds, "samples_per_s": steps * s.batch_size / seconds}
         for split, (x, y) in (("train", (x_train, y_train)), ("test", (x_test, y_test))):
             row |= {f"{split}_{k}": float(v) for k, v in scores(params, x, y).items()}
         # Per-step metrics averaged over the epoch; diagnostics are per layer.
@@ -134,14 +140,41 @@ def _train(args: argparse.Namespace, job: Job) -> tuple[Any, list[dict[str, Any]
         }
         history.append(row)
         progress.epoch(epoch, row)
-        if args.diagnostics and not args.quiet:
+        if s.diagnostics and not s.quiet:
             print(_diagnostics_line(row), file=sys.stderr)
-        if job.out is not None:
-            with (job.out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            state = {"params": params, "opt_state": opt_state, "key": job.key}
-            save_checkpoint(job.out / CHECKPOINT, state, {"epoch": epoch, "config": cfg})
+        if job.folder is not None:
+            _save(job, epoch, row, {"params": params, "opt_state": opt_state, "key": job.key})
     return params, history
+
+
+def _save(job: Job, epoch: int, row: dict[str, Any], state: dict[str, Any]) -> None:
+    """Log the epoch, then checkpoint it; a failing write is reported (`OSError` with the
+    file named) with the checkpoint that is kept."""
+    assert job.folder is not None
+    try:
+        job.folder.append(row)
+        save_checkpoint(job.out / CHECKPOINT, state, {"epoch": epoch, "config": job.config})
+    except OSError as err:
+        kept = (
+            f"the checkpoint of epoch {epoch - 1} is kept"
+            if epoch > 1
+            else "no checkpoint was written"
+        )
+        raise OSError(
+            err.errno,
+            f"{err.strerror or err} while saving epoch {epoch} ({kept}; free space and "
+            "continue with --resume)",
+            str(job.out),
+        ) from None
+
+
+def _stop(job: Job, epoch: int, what: str) -> None:
+    kept = (
+        f"the last good checkpoint (epoch {epoch - 1}) is kept in {job.out}"
+        if job.out and epoch > 1
+        else "no checkpoint was written"
+    )
+    print(f"jaxbp train: {what}; stopped ({kept}). Try a smaller --lr.", file=sys.stderr)
 
 
 class _Progress:
@@ -170,30 +203,37 @@ class _Progress:
         print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
 
 
-def _say(args: argparse.Namespace, text: str) -> None:
-    if not args.quiet:
+def _say(settings: Settings, text: str) -> None:
+    if not settings.quiet:
         print(text, flush=True)
 
 
-def _parity(
-    args: argparse.Namespace, when: str, params: Any, batch: tuple, kw: dict
-) -> ParityReport:
+def _parity(settings: Settings, when: str, params: Any, batch: tuple, kw: dict) -> Any:
     """`manual_grad` vs `jax.grad` on one batch, in float64 (the verdict) and float32.
 
     The verdict is taken in float64: in float32 a well-trained network's gradient can be a
     sum of nearly cancelling terms (output units with y_hat close to y), whose relative
     rounding error grows past 1e-5 in both paths alike, which says nothing about the math.
+    For the same reason a leaf that fails `rtol` on its own norm is judged again on the
+    scale of the whole gradient, `atol = rtol ||g||` (`jaxbp.check_parity`'s rule,
+    `||manual - autodiff|| <= atol + rtol ||autodiff||`): a wrong derivative is off by
+    that scale and still fails.
     """
-    report32 = check_parity(params, *batch, **kw)
+    report32 = jaxbp.check_parity(params, *batch, **kw)
     with jax.enable_x64(True):
         as64 = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
         x, y = batch
         y = y if jnp.issubdtype(y.dtype, jnp.integer) else as64(y)
-        report = check_parity(jax.tree.map(as64, params), as64(x), y, **kw)
+        params64 = jax.tree.map(as64, params)
+        report = jaxbp.check_parity(params64, as64(x), y, **kw)
+        if not report.passed:
+            scale = math.sqrt(sum(leaf.ref_norm**2 for leaf in report.leaves))
+            report = jaxbp.check_parity(params64, as64(x), y, atol=report.rtol * scale, **kw)
+    atol = f", atol {report.atol:.1e} = rtol x ||grad||" if report.atol else ""
     _say(
-        args,
+        settings,
         f"parity {when} training (manual_grad vs jax.grad on a batch): worst rel err "
-        f"{report.max_rel_err:.1e} in float64 (rtol {report.rtol:.0e}), "
+        f"{report.max_rel_err:.1e} in float64 (rtol {report.rtol:.0e}{atol}), "
         f"{report32.max_rel_err:.1e} in float32",
     )
     return report
@@ -208,12 +248,13 @@ def _diagnostics_line(row: dict[str, Any]) -> str:
     )
 
 
-def _figures(out: Path, history: list[dict[str, Any]], title: str) -> None:
+def _figures(job: Job, history: list[dict[str, Any]], title: str) -> None:
     try:
-        from jaxbp._plots import backward_flow, training_curves
+        from jaxbp.app.plots import backward_flow, training_curves
     except ImportError as err:
         print(f"jaxbp train: figures skipped: {err}", file=sys.stderr)
         return
-    training_curves(history, out / "curves.png", title)
+    assert job.out is not None
+    training_curves(history, job.out / "curves.png", title)
     if "delta_norm" in history[0]:
-        backward_flow(history, out / "diagnostics.png", title)
+        backward_flow(history, job.out / "diagnostics.png", title)

@@ -1,0 +1,297 @@
+"""A `jaxbp train --out` folder: its files, how a run holds it, and `load_run`.
+
+Files: `metrics.jsonl` (one JSON line per epoch, each appended whole with one write and
+fsynced), `checkpoint.jaxbp` (atomic, checksummed), `summary.json`, `curves.png`,
+`diagnostics.png`, and `.jaxbp.lock`, which the writing run holds (`flock`) so that a second
+run into the same folder is refused at once. Whatever a crash leaves (a torn last metrics
+line, a temporary checkpoint file) is repaired or ignored, never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from jaxbp._checkpoint import CheckpointError, load_checkpoint, read_arrays, temporary_files
+from jaxbp._mlp import init_mlp
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: runs are then not locked
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["Run", "RunError", "RunFolder", "load_run"]
+
+CHECKPOINT, METRICS, SUMMARY, LOCK = (
+    "checkpoint.jaxbp",
+    "metrics.jsonl",
+    "summary.json",
+    ".jaxbp.lock",
+)
+FIGURES = ("curves.png", "diagnostics.png")
+RUN_FILES = (METRICS, CHECKPOINT, SUMMARY, *FIGURES)
+
+OPTIMIZERS = {
+    "sgd": lambda lr: optax.sgd(lr),
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "adam": lambda lr: optax.adam(lr),
+}
+"""The optimizers a run may name, built from its learning rate."""
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as asked: held by another run, damaged, refused."""
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The epochs logged in `path` and whether a torn last line (a crash mid-write) was
+    dropped. A damaged line before the last, or epochs out of order, raise `RunError`."""
+    if not path.exists():
+        return [], False
+    blob = path.read_bytes()
+    lines = blob.split(b"\n")
+    torn = lines.pop() != b""  # the text after the last newline: empty unless torn
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line.decode())
+        except (UnicodeDecodeError, ValueError):
+            row = None
+        if not isinstance(row, dict) or row.get("epoch") != i:
+            raise RunError(
+                f"{path}: line {i} is not the record of epoch {i}; the metrics log is damaged "
+                "or was written by two runs at once; refusing to use it."
+            )
+        rows.append(row)
+    return rows, torn
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` whole or not at all (temporary file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def describe(folder: Path) -> str | None:
+    """What run `folder` holds ("a finished run of 4 epochs", ...), or `None` if none."""
+    metrics = folder / METRICS
+    if (folder / SUMMARY).exists():
+        try:
+            epochs = json.loads((folder / SUMMARY).read_text())["epochs"]
+            return f"a finished run of {epochs} epochs"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a finished run"
+    if (folder / CHECKPOINT).exists():
+        return "an unfinished run with a checkpoint"
+    if metrics.exists() and metrics.stat().st_size > 0:
+        return "a run's metrics.jsonl"
+    return None
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """An `--out` folder held by this process (an exclusive `flock` on its lock file) for
+    one run; `close()` lets it go. The lock dies with the process, whatever kills it."""
+
+    path: Path
+    _lock_fd: int | None = None
+
+    @classmethod
+    def hold(cls, path: Path) -> RunFolder:
+        """Create `path` if needed and lock it, or raise `RunError` naming `--out`."""
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out {path}: is a file, not a folder; name a folder.")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunError(
+                f"--out {path}: cannot create or write there ({err.strerror})."
+            ) from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise RunError(
+                    f"--out {path}: another jaxbp train (process {holder}) is writing to this "
+                    "folder; wait for it to finish or choose another --out."
+                ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        for name in RUN_FILES:  # temporaries left by a run killed mid-write
+            for tmp in temporary_files(path / name):
+                tmp.unlink(missing_ok=True)
+        return cls(path, fd)
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def start_new(self) -> None:
+        """Remove a previous run's files (after `--overwrite`) and start an empty log."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        write_atomic(self.path / METRICS, b"")
+
+    def keep_epochs(self, history: list[dict[str, Any]], torn: bool) -> None:
+        """Cut the log back to `history` (a resumed run's epochs), atomically."""
+        metrics = self.path / METRICS
+        if torn or len(read_metrics(metrics)[0]) != len(history):
+            write_atomic(metrics, "".join(json.dumps(h) + "\n" for h in history).encode())
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one epoch's line whole: one write, then fsync; on a failed or short
+        write the log is cut back to where it was and the `OSError` raised."""
+        data = (json.dumps(row) + "\n").encode()
+        fd = os.open(self.path / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(
+                        errno.EFBIG,
+                        f"only {written} of {len(data)} bytes written (disk full or a file-size "
+                        "limit?)",
+                    )
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):  # best effort: --resume drops a torn line
+                    os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A `jaxbp train --out` folder, loaded: the trained state and what was logged.
+
+    - `params`: the parameters at the checkpoint, `[{"W": (n_in, n_out), "b": (n_out,)}, ...]`.
+    - `opt_state`: the optax state (`None` if the optimizer is unknown to this version).
+    - `config`: the run's settings (dataset or data file, hidden, activation, loss, ...).
+    - `epoch`: the epochs the checkpoint has seen; `metrics`: one dict per logged epoch.
+    - `summary`: `summary.json` of the last finished run (`None` if it never finished).
+    """
+
+    path: Path
+    params: Any
+    opt_state: Any
+    config: dict[str, Any]
+    epoch: int
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+
+    def dataset(self) -> tuple[Any, Any]:
+        """`(Dataset, DatasetInfo)` as the run trained on it: the same split, standardised,
+        targets recast for the run's loss (`jaxbp.datasets.for_loss`)."""
+        from jaxbp import datasets
+
+        cfg = self.config
+        common = dict(seed=cfg["seed"], test_fraction=cfg.get("test_fraction", 0.2))
+        if cfg.get("data") is not None:
+            data, info = datasets.load_file(
+                cfg["data"], target=cfg.get("target"), labels=cfg.get("labels"), **common
+            )
+        else:
+            data, info = datasets.load(cfg["dataset"], **common), datasets.INFO[cfg["dataset"]]
+        return datasets.for_loss(data, info, cfg["loss"])[0], info
+
+
+def check_meta(path: Path, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """`(epoch, config)` of a run checkpoint's meta, or `CheckpointError`."""
+    epoch, config = meta.get("epoch"), meta.get("config")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise CheckpointError(
+            f"{path}: its epoch is {epoch!r}, not a positive integer; refusing to load it."
+        )
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path}: its config is {type(config).__name__}, not an object; refusing to load it."
+        )
+    return epoch, config
+
+
+def check_finite(path: Path, params: Any) -> None:
+    """Refuse parameters holding NaN or inf (`CheckpointError`)."""
+    for i, leaf in enumerate(jax.tree.leaves(params)):
+        if not np.all(np.isfinite(np.asarray(leaf))):
+            raise CheckpointError(
+                f"{path}: parameter array {i} holds NaN or inf; refusing to load it."
+            )
+
+
+def _sizes(path: Path, config: dict[str, Any], stored: list[np.ndarray]) -> list[int]:
+    """Layer sizes from the stored weights: the state flattens as key, opt_state, params,
+    and params last as `W_1, b_1, ..., W_L, b_L`."""
+    hidden = config.get("hidden")
+    if not isinstance(hidden, list) or 2 * (len(hidden) + 1) > len(stored):
+        raise CheckpointError(f"{path}: its config's hidden is {hidden!r}; refusing to load it.")
+    weights = stored[len(stored) - 2 * (len(hidden) + 1) :: 2]
+    if any(w.ndim != 2 for w in weights):
+        raise CheckpointError(f"{path}: its weights are not matrices; refusing to load it.")
+    return [weights[0].shape[0], *(w.shape[1] for w in weights)]
+
+
+def load_run(out_dir: str | Path) -> Run:
+    """Load what `jaxbp train --out out_dir` wrote: parameters, optimizer state, settings,
+    per-epoch metrics and summary. Raises `RunError`/`CheckpointError` (both `ValueError`)
+    naming the file that is missing or damaged.
+
+    `run.params` scores what `summary.json` says on `run.dataset()` (with `jaxbp.evaluate`)
+    when the run finished; a torn last metrics line (a crash mid-write) is left out.
+    """
+    path = Path(out_dir)
+    ckpt = path / CHECKPOINT
+    if not ckpt.is_file():
+        raise RunError(f"out_dir {path}: no {CHECKPOINT} there; is it a jaxbp train --out folder?")
+    meta, stored = read_arrays(ckpt)
+    epoch, config = check_meta(ckpt, meta)
+    sizes = _sizes(ckpt, config, stored)
+    params = init_mlp(jax.random.key(0), sizes)
+    key = jax.random.key(0)
+    make = OPTIMIZERS.get(config.get("optimizer"))  # type: ignore[arg-type]
+    if make is not None and isinstance(config.get("lr"), (int, float)):
+        like = {"params": params, "opt_state": make(config["lr"]).init(params), "key": key}
+        state = load_checkpoint(ckpt, like)[0]
+        params, opt_state = state["params"], state["opt_state"]
+    else:  # an optimizer this version cannot rebuild: the parameters alone
+        like = jax.tree.leaves(params)
+        tail = stored[len(stored) - len(like) :]
+        if [(a.shape, a.dtype) for a in tail] != [(np.shape(r), r.dtype) for r in like]:
+            raise CheckpointError(
+                f"{ckpt}: its parameters do not fit {sizes}; refusing to load it."
+            )
+        params = jax.tree.unflatten(
+            jax.tree.structure(params), [jax.numpy.asarray(a) for a in tail]
+        )
+        opt_state = None
+    check_finite(ckpt, params)
+    metrics, _ = read_metrics(path / METRICS)
+    summary = None
+    if (path / SUMMARY).is_file():
+        try:
+            summary = json.loads((path / SUMMARY).read_text())
+        except (OSError, ValueError) as err:
+            raise RunError(f"{path / SUMMARY}: not readable JSON ({err}).") from None
+    return Run(path, params, opt_state, config, epoch, metrics[:epoch], summary)

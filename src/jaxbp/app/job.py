@@ -1,0 +1,216 @@
+"""Everything `jaxbp train` settles before it trains: data, model, optimizer, mesh, the
+run folder (held, and checked before anything in it changes), and a resumed run's state.
+A user's mistake raises `JobError`; a damaged checkpoint `CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from pathlib import Path
+from typing import Any
+
+import jax
+import optax
+
+import jaxbp
+from jaxbp import datasets
+from jaxbp._checkpoint import load_checkpoint, read_meta
+from jaxbp._runs import (
+    CHECKPOINT,
+    METRICS,
+    OPTIMIZERS,
+    RunFolder,
+    check_finite,
+    check_meta,
+    describe,
+    read_metrics,
+)
+from jaxbp.app.settings import RESUMABLE_CHANGES, JobError, Settings
+
+__all__ = ["MAX_ACTIVATIONS", "MAX_PARAMS", "Job", "JobError", "prepare"]
+
+MAX_PARAMS = 2**28
+"""Most parameters `jaxbp train` builds (1 GiB in float32, before the optimizer's state)."""
+
+MAX_ACTIVATIONS = 2**30
+"""Most hidden and output values one batch may hold (batch size x the sum of the widths)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A prepared run: its settings, the data, and the state training starts from.
+
+    `task` is the data's ("classification" or "regression") and `metric` its score
+    ("accuracy" or "r2"); `history` holds a resumed run's logged epochs; `folder` is the
+    held `--out` folder (`None` without `--out`).
+    """
+
+    settings: Settings
+    config: dict[str, Any]
+    task: str
+    metric: str
+    data: datasets.Dataset
+    sizes: tuple[int, ...]
+    key: jax.Array
+    optimizer: optax.GradientTransformation
+    params: Any
+    opt_state: Any
+    history: tuple[dict[str, Any], ...]
+    mesh: Any
+    folder: RunFolder | None
+
+    @property
+    def kw(self) -> dict[str, str]:
+        """The model keywords of `jaxbp.make_train_epoch`, `jaxbp.evaluate`, ..."""
+        return {"activation": self.config["activation"], "loss": self.config["loss"]}
+
+    @property
+    def out(self) -> Path | None:
+        return None if self.folder is None else self.folder.path
+
+
+def prepare(settings: Settings) -> Job:
+    """Load the data, build (or resume) the model and optimizer, and hold `--out`.
+
+    Nothing in `--out` changes unless every check has passed; the caller closes
+    `job.folder`.
+    """
+    data, info = _load(settings)
+    loss = settings.loss or info.loss
+    try:
+        data, n_out = datasets.for_loss(data, info, loss)
+    except ValueError as err:
+        raise JobError(f"--loss {loss}: {err}") from None
+    mesh = _mesh(settings.devices, settings.batch_size)
+    n_train = data.x_train.shape[0]
+    if n_train < settings.batch_size:
+        raise JobError(
+            f"{settings.source}: {n_train} training rows (after a {settings.test_fraction:.0%} "
+            f"test split), fewer than one batch (--batch-size {settings.batch_size})."
+        )
+    sizes = (data.x_train.shape[1], *settings.hidden, n_out)
+    _check_size(settings, sizes)
+    config = settings.config(loss)
+    key = jax.random.key(settings.seed)
+    params = jaxbp.init_mlp(jax.random.fold_in(key, 0), list(sizes), init=settings.init)
+    optimizer = OPTIMIZERS[settings.optimizer](settings.lr)
+    opt_state = optimizer.init(params)
+    folder, history = None, ()
+    if settings.out is not None:
+        folder = RunFolder.hold(settings.out)
+        try:
+            if settings.resume:
+                like = {"params": params, "opt_state": opt_state, "key": key}
+                params, opt_state, history = _resume(folder, settings, config, like)
+            else:
+                what = describe(folder.path)
+                if what is not None and not settings.overwrite:
+                    raise JobError(
+                        f"--out {folder.path} already holds {what}; continue it with --resume, "
+                        "or pass --overwrite to replace it."
+                    )
+                folder.start_new()
+        except BaseException:
+            folder.close()
+            raise
+    regression = info.task == "regression"
+    return Job(
+        settings=settings,
+        config=config,
+        task=info.task,
+        metric="r2" if regression else "accuracy",
+        data=data,
+        sizes=sizes,
+        key=key,
+        optimizer=optimizer,
+        params=params,
+        opt_state=opt_state,
+        history=tuple(history),
+        mesh=mesh,
+        folder=folder,
+    )
+
+
+def _load(settings: Settings) -> tuple[datasets.Dataset, datasets.DatasetInfo]:
+    try:
+        if settings.data is not None:
+            return datasets.load_file(
+                settings.data, target=settings.target, labels=settings.labels, seed=settings.seed
+            )
+        return datasets.load(settings.dataset, seed=settings.seed), datasets.INFO[settings.dataset]
+    except (ValueError, ImportError) as err:  # a missing or malformed file, or no scikit-learn
+        raise JobError(str(err)) from None
+
+
+def _check_size(settings: Settings, sizes: tuple[int, ...]) -> None:
+    """Refuse a network too big to allocate, before anything is allocated."""
+    n_params = sum((a + 1) * b for a, b in itertools.pairwise(sizes))
+    arch = "-".join(map(str, sizes))
+    if n_params > MAX_PARAMS:
+        raise JobError(
+            f"--hidden {','.join(map(str, settings.hidden))}: a {arch} network has "
+            f"{n_params:,} parameters, over jaxbp train's limit of {MAX_PARAMS:,}; use "
+            "narrower or fewer layers."
+        )
+    values = settings.batch_size * sum(sizes[1:])
+    if values > MAX_ACTIVATIONS:
+        raise JobError(
+            f"--batch-size {settings.batch_size} with a {arch} network holds {values:,} "
+            f"values per batch, over the limit of {MAX_ACTIVATIONS:,}; use a smaller batch."
+        )
+
+
+def _mesh(devices: int | None, batch_size: int) -> Any:
+    if devices is None:
+        return None
+    available = jax.devices()
+    if devices > len(available):
+        hint = (
+            f"; on a CPU-only machine, XLA_FLAGS=--xla_force_host_platform_device_count={devices} "
+            "gives virtual devices (sharing the cores)"
+            if available[0].platform == "cpu"
+            else ""
+        )
+        raise JobError(
+            f"--devices {devices}: only {len(available)} {available[0].platform} device(s) "
+            f"available{hint}."
+        )
+    mesh = jaxbp.data_mesh(devices)
+    if batch_size % devices:
+        raise JobError(f"--batch-size {batch_size} must be a multiple of --devices {devices}.")
+    return mesh
+
+
+def _resume(
+    folder: RunFolder, settings: Settings, config: dict[str, Any], like: dict[str, Any]
+) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """The state and logged epochs of the run in `folder`, checked whole; the log is cut
+    back to the checkpoint's epoch (a crash can leave one epoch logged past it)."""
+    path = folder.path / CHECKPOINT
+    if not path.exists():
+        raise JobError(f"--resume: no checkpoint in {folder.path} (expected {path}).")
+    epoch, saved = check_meta(path, read_meta(path))
+    differs = [k for k, v in config.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    if differs:
+        detail = ", ".join(
+            f"{k}: {saved.get(k)!r} in the checkpoint, {config[k]!r} now" for k in differs
+        )
+        raise JobError(f"--resume: the settings differ from the checkpoint's ({detail}).")
+    if settings.epochs < epoch:
+        raise JobError(
+            f"--resume: the checkpoint in {folder.path} has trained {epoch} epochs, more than "
+            f"--epochs {settings.epochs}; ask for at least {epoch}."
+        )
+    state, _ = load_checkpoint(path, like)
+    check_finite(path, state["params"])
+    metrics = folder.path / METRICS
+    history, torn = read_metrics(metrics)
+    if not epoch <= len(history) <= epoch + 1:
+        raise JobError(
+            f"--resume: {metrics} logs {len(history)} epochs, the checkpoint {epoch}; they do "
+            "not belong to one run (a crash leaves at most one epoch logged past the "
+            "checkpoint). Refusing to change either."
+        )
+    folder.keep_epochs(history[:epoch], torn)
+    return state["params"], state["opt_state"], history[:epoch]

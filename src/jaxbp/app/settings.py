@@ -1,0 +1,145 @@
+"""`jaxbp train`'s settings: resolved once from the command line into a frozen value.
+
+`Settings.from_args` is the only place that reads the argparse namespace; the job code
+sees `Settings` and nothing else. Per-dataset defaults live in `DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jaxbp
+
+__all__ = ["DEFAULTS", "RESUMABLE_CHANGES", "JobError", "Settings"]
+
+DEFAULTS: dict[str | None, dict[str, Any]] = {
+    "digits": dict(hidden=(512,), activation="relu", epochs=60),
+    "breast_cancer": dict(hidden=(64,), activation="tanh", epochs=20),
+    "diabetes": dict(hidden=(512,), activation="tanh", epochs=20),
+    "xor": dict(hidden=(32, 32), activation="tanh", epochs=100),
+    "moons": dict(hidden=(32, 32), activation="tanh", epochs=100),
+    "spirals": dict(hidden=(128, 128), activation="tanh", epochs=300, lr=3e-3),
+    None: dict(hidden=(128, 64), activation="tanh", epochs=30),  # a user's own data
+}
+"""Per-dataset settings that `jaxbp train` uses unless a flag says otherwise; every
+dataset also defaults to adam, lr 1e-3, batch size 32."""
+
+RESUMABLE_CHANGES = ("lr", "grad")
+"""Settings that `--resume` may change (besides `--epochs`); any other must match."""
+
+
+class JobError(Exception):
+    """A user's mistake in a job's input: reported as one line on stderr, exit status 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything `jaxbp train` was asked to do, defaults resolved; `loss=None` means the
+    data's own loss (known once the data is read)."""
+
+    dataset: str | None
+    data: Path | None
+    target: str | None
+    labels: Path | None
+    hidden: tuple[int, ...]
+    activation: str
+    init: str
+    loss: str | None
+    optimizer: str
+    lr: float
+    batch_size: int
+    epochs: int
+    seed: int
+    grad: str
+    out: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+    diagnostics: bool = False
+    devices: int | None = None
+    test_fraction: float = 0.2
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> Settings:
+        """Resolve the parsed command line (never modified) into `Settings`, refusing
+        combinations of flags that make no sense with a `JobError`."""
+        dataset = "digits" if ns.data is None and ns.dataset is None else ns.dataset
+        defaults = {"lr": 1e-3, "batch_size": 32, **DEFAULTS[dataset]}
+        pick = lambda name: defaults[name] if getattr(ns, name) is None else getattr(ns, name)  # noqa: E731
+        activation = pick("activation")
+        settings = cls(
+            dataset=dataset,
+            data=ns.data,
+            target=ns.target,
+            labels=ns.labels,
+            hidden=tuple(pick("hidden")),
+            activation=activation,
+            init=ns.init or jaxbp.ACTIVATIONS[activation].init,
+            loss=ns.loss,
+            optimizer=ns.optimizer,
+            lr=pick("lr"),
+            batch_size=pick("batch_size"),
+            epochs=pick("epochs"),
+            seed=ns.seed,
+            grad=ns.grad,
+            out=ns.out,
+            resume=ns.resume,
+            overwrite=ns.overwrite,
+            quiet=ns.quiet,
+            diagnostics=ns.diagnostics,
+            devices=ns.devices,
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse flags that do not go together."""
+        suffix = None if self.data is None else self.data.suffix.lower()
+        if self.target is not None and suffix != ".csv":
+            raise JobError(
+                "--target names the label column of a --data FILE.csv; it applies to nothing else."
+            )
+        if self.labels is not None and suffix in (None, ".csv", ".npz"):
+            raise JobError(
+                "--labels names the labels file of --data IDX images (MNIST's format); "
+                "it applies to nothing else."
+            )
+        if self.resume and self.overwrite:
+            raise JobError(
+                "--resume continues the run in --out, --overwrite replaces it: pick one."
+            )
+        if self.out is None and (self.resume or self.overwrite):
+            flag = "--resume" if self.resume else "--overwrite"
+            raise JobError(f"{flag} needs --out DIR, the folder of the run.")
+        if self.diagnostics and self.grad != "manual":
+            raise JobError(
+                "--diagnostics reads the backward flow delta_l, which manual_grad keeps and "
+                "jax.grad does not expose: use --grad manual."
+            )
+
+    @property
+    def source(self) -> str:
+        """The data, as the progress line and the summary name it."""
+        return str(self.data) if self.data is not None else str(self.dataset)
+
+    def config(self, loss: str) -> dict[str, Any]:
+        """The settings a checkpoint stores and `--resume` compares (JSON)."""
+        return {
+            "dataset": self.dataset,
+            "data": None if self.data is None else str(self.data),
+            "target": self.target,
+            "labels": None if self.labels is None else str(self.labels),
+            "hidden": list(self.hidden),
+            "activation": self.activation,
+            "init": self.init,
+            "loss": loss,
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "grad": self.grad,
+            "test_fraction": self.test_fraction,
+        }

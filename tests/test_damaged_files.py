@@ -1,0 +1,148 @@
+"""Issue 13, class 3 (and the metrics log of class 4): checkpoints whose checksum is right
+but whose content is not, and damaged metrics logs. `jaxbp train --resume` refuses each
+with one `CheckpointError`-style line and exit status 2, and changes nothing on disk."""
+
+import hashlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from jaxbp._checkpoint import MAGIC, read_arrays
+from jaxbp.app.cli import main
+
+XOR = ["train", "--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch run, copied by each case."""
+    out = tmp_path_factory.mktemp("run")
+    assert main([*XOR, "--epochs", "2", "--out", str(out)]) == 0
+    return out
+
+
+def archive(meta, leaves, meta_bytes=None, **extra):
+    """An .npz payload as a buggy writer might produce it."""
+    buf = io.BytesIO()
+    arrays = {f"leaf_{i}": leaf for i, leaf in enumerate(leaves)} | extra
+    if meta is not None or meta_bytes is not None:
+        raw = meta_bytes if meta_bytes is not None else json.dumps(meta).encode()
+        arrays["meta"] = np.frombuffer(raw, np.uint8) if isinstance(raw, bytes) else raw
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def sealed(payload):
+    """A checkpoint file around `payload` with the right checksum."""
+    return MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def npy_bytes():
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(3))
+    return buf.getvalue()
+
+
+def with_meta(meta, **change):
+    return {k: v for k, v in (meta | change).items() if v is not ...}
+
+
+def nan_params(leaves):
+    leaves = list(leaves)
+    leaves[-4] = np.full_like(leaves[-4], np.nan)  # W_1: params come last, W before b
+    return leaves
+
+
+CHECKPOINTS = {
+    "payload-not-archive": (lambda m, l: b"hello", "payload is unreadable"),
+    "payload-npy": (lambda m, l: npy_bytes(), "payload is unreadable"),
+    "no-meta": (lambda m, l: archive(None, l), "meta entry is missing"),
+    "meta-not-json": (lambda m, l: archive(None, l, b"{oops"), "its meta is not JSON"),
+    "meta-not-utf8": (lambda m, l: archive(None, l, b"\xff\xfe"), "its meta is not JSON"),
+    "meta-list": (lambda m, l: archive([1, 2], l), "its meta is a JSON list, not an object"),
+    "meta-floats": (lambda m, l: archive(None, l, np.zeros(3)), "missing or not JSON bytes"),
+    "no-config": (lambda m, l: archive(with_meta(m, config=...), l), "its config is NoneType"),
+    "config-list": (lambda m, l: archive(with_meta(m, config=[]), l), "its config is list"),
+    "no-epoch": (lambda m, l: archive(with_meta(m, epoch=...), l), "its epoch is None"),
+    "epoch-string": (lambda m, l: archive(with_meta(m, epoch="2"), l), "its epoch is '2'"),
+    "epoch-bool": (lambda m, l: archive(with_meta(m, epoch=True), l), "its epoch is True"),
+    "epoch-zero": (lambda m, l: archive(with_meta(m, epoch=0), l), "its epoch is 0, not a"),
+    "epoch-negative": (lambda m, l: archive(with_meta(m, epoch=-1), l), "its epoch is -1"),
+    "epoch-float": (lambda m, l: archive(with_meta(m, epoch=2.0), l), "its epoch is 2.0"),
+    "epoch-past-log": (
+        lambda m, l: archive(with_meta(m, epoch=3), l),
+        "logs 2 epochs, the checkpoint 3",
+    ),
+    "leaf-missing": (
+        lambda m, l: archive(m, [], **{f"leaf_{i}": a for i, a in enumerate(l) if i != 1}),
+        "not leaf_0 to leaf_",
+    ),
+    "leaf-extra": (lambda m, l: archive(m, [*l, np.zeros(2)]), "arrays but the template"),
+    "leaf-object": (
+        lambda m, l: archive(m, [np.array([{"x": 1}], dtype=object), *l[1:]]),
+        "payload is unreadable",
+    ),
+    "leaf-strings": (
+        lambda m, l: archive(m, [np.array(["a"]), *l[1:]]),
+        "has dtype <U1, not numbers",
+    ),
+    "leaf-shape": (lambda m, l: archive(m, [*l[:-1], l[-1][:0]]), "but the template expects"),
+    "params-nan": (lambda m, l: archive(m, nan_params(l)), "holds NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECKPOINTS))
+def test_damaged_checkpoint_is_refused(finished, tmp_path, capsys, case):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    meta, leaves = read_arrays(out / "checkpoint.jaxbp")
+    make, fragment = CHECKPOINTS[case]
+    (out / "checkpoint.jaxbp").write_bytes(sealed(make(meta, leaves)))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code = main([*XOR, "--epochs", "4", "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert fragment in err and ("refusing" in err.lower() or "do not belong to one run" in err)
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "nothing may change"
+
+
+def lines(rows):
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+METRICS = {
+    "middle-line-garbage": (
+        lambda r: b"{oops\n" + lines(r[1:]),
+        "line 1 is not the record of epoch 1",
+    ),
+    "interleaved-runs": (
+        lambda r: lines([r[0], r[0], r[1]]),
+        "line 2 is not the record of epoch 2",
+    ),
+    "not-utf8": (lambda r: b"\xff\xfe\n" + lines(r[1:]), "line 1 is not the record"),
+    "not-an-object": (lambda r: b"[1]\n" + lines(r[1:]), "line 1 is not the record"),
+    "far-past-checkpoint": (
+        lambda r: lines([*r, r[1] | {"epoch": 3}, r[1] | {"epoch": 4}]),
+        "logs 4 epochs, the checkpoint 2",
+    ),
+    "short-of-checkpoint": (lambda r: lines(r[:1]), "logs 1 epochs, the checkpoint 2"),
+}
+
+
+@pytest.mark.parametrize("case", list(METRICS))
+def test_damaged_metrics_log_is_refused(finished, tmp_path, capsys, case):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    make, fragment = METRICS[case]
+    (out / "metrics.jsonl").write_bytes(make(rows))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code = main([*XOR, "--epochs", "4", "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
