@@ -37,6 +37,13 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+def record_owner(kind: str, name: Any) -> str:
+    """How errors name a record being built ("Activation 'cube'"); its name must be a str."""
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name must be a str; got {name!r}.")
+    return f"{kind} {name!r}"
+
+
 def check_arity(owner: str, field: str, fn: Any, args: str) -> None:
     """Refuse a `fn` that is not callable with the positional arguments `args` ("z, a")."""
     if not callable(fn):
@@ -86,9 +93,7 @@ class Activation:
     min_units = 1  # the smallest output layer it makes sense on
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise TypeError(f"Activation name must be a str; got {self.name!r}.")
-        owner = f"Activation {self.name!r}"
+        owner = record_owner("Activation", self.name)
         check_arity(owner, "fn", self.fn, "z")
         check_arity(owner, "deriv", self.deriv, "z, a")
         try:

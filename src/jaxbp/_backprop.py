@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxbp._config import Config, Keywords, as_config
+from jaxbp._config import Config, Keywords, as_call
 from jaxbp._layers import Activate
 from jaxbp._mlp import Flow, Params, batch_scale, context, forward_flow, prepare
 
@@ -91,7 +91,7 @@ def source(config: Config, flow: Flow, y: Any, n_out: int) -> tuple[Array, Array
 
 
 def gradient_flows(
-    config: Config, params: Params, x: Array, y: Array, key: Array | None = None
+    config: Config, key: Array | None, params: Params, x: Array, y: Array
 ) -> tuple[Array, Flow, Backward]:
     """One back-propagation in training mode: the loss, the forward flow, the backward flow."""
     body, x, n_out = prepare(config, params, x)
@@ -101,31 +101,19 @@ def gradient_flows(
 
 
 def backprop(
-    params: Params,
-    x: Array,
-    y: Array,
-    config: Config | None = None,
-    *,
-    key: Array | None = None,
-    **keywords: Unpack[Keywords],
+    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> tuple[Array, Params, Trace]:
     """The loss, its gradient by eqs. 1.3-1.4, and both flows: `(value, grads, trace)`.
 
     Takes the arguments of `jaxbp.loss_fn` (`key` for dropout masks). `grads` has exactly
     the structure and dtypes of `params`; `trace` is a `jaxbp.Trace`.
     """
-    value, flow, back = gradient_flows(as_config(config, keywords), params, x, y, key)
+    value, flow, back = gradient_flows(*as_call(config, keywords), params, x, y)
     return value, cast_like(back.grads, params), trace_of(flow, back)
 
 
 def manual_grad(
-    params: Params,
-    x: Array,
-    y: Array,
-    config: Config | None = None,
-    *,
-    key: Array | None = None,
-    **keywords: Unpack[Keywords],
+    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> Params:
     """The gradient of `jaxbp.loss_fn` with respect to `params`, by eqs. 1.3 and 1.4.
 
@@ -133,7 +121,7 @@ def manual_grad(
     dtypes. Pure, and works under `jax.jit` (pass a `jaxbp.Config`, or the string
     keywords as static), `jax.vmap` and `jax.jvp`.
     """
-    _, _, back = gradient_flows(as_config(config, keywords), params, x, y, key)
+    _, _, back = gradient_flows(*as_call(config, keywords), params, x, y)
     return cast_like(back.grads, params)
 
 

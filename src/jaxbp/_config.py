@@ -32,7 +32,9 @@ __all__ = ["Config", "Keywords", "as_config"]
 
 
 class Keywords(TypedDict, total=False):
-    """The keywords every function accepts in place of `config` (see `jaxbp.Config`)."""
+    """The keywords every function on a batch accepts: those of `jaxbp.Config` in place
+    of `config`, and `key`, the call's PRNG key (a network with dropout draws its masks
+    from it in training; the same key, the same masks)."""
 
     activation: str | Activation
     loss: str | Loss | None
@@ -41,6 +43,7 @@ class Keywords(TypedDict, total=False):
     layers: Sequence[Any] | None
     norm: str | None
     dropout: float
+    key: jax.Array | None
 
 
 @jax.tree_util.register_static
@@ -167,7 +170,16 @@ def _check_layers(layers: Any) -> tuple[Any, ...]:
     return tuple(layers)
 
 
-_KEYWORDS = tuple(Keywords.__annotations__)
+_KEYWORDS = tuple(k for k in Keywords.__annotations__ if k != "key")
+
+
+def as_call(
+    config: Config | None, keywords: dict[str, Any], *, need_loss: bool = True
+) -> tuple[Config, jax.Array | None]:
+    """A call on a batch resolved: its `Config` (see `as_config`) and its `key`."""
+    keywords = dict(keywords)
+    key = keywords.pop("key", None)
+    return as_config(config, keywords, need_loss=need_loss), key
 
 
 def as_config(config: Config | None, keywords: dict[str, Any], *, need_loss: bool = True) -> Config:

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp._backprop import backward_flow, cast_like
-from jaxbp._config import Config, Keywords, as_config
+from jaxbp._config import Config, Keywords, as_call
 from jaxbp._layers import Context
 from jaxbp._mlp import Flow, Params, context, forward_flow, per_layer, prepare
 
@@ -46,7 +46,6 @@ def mlp(
     config: Config | None = None,
     *,
     backward: str = "manual",
-    key: Array | None = None,
     **keywords: Unpack[Keywords],
 ) -> Array:
     """The logits `z_L` of eq. 1.1, `(batch, n_L)`: no output activation.
@@ -65,7 +64,7 @@ def mlp(
     Works under `jax.jit`, `jax.vmap` and `jax.grad` of any program built on it; the
     configuration is closed over, never traced.
     """
-    cfg = as_config(config, keywords, need_loss=False)
+    cfg, key = as_call(config, keywords, need_loss=False)
     body, x, _ = prepare(cfg, params, x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(jnp.result_type(jax.tree.leaves(params)[0]))

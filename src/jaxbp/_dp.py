@@ -94,7 +94,7 @@ def dp_value_and_grad(
     _check_dp(l2_clip, noise_multiplier)
     cfg = dp_config(config, keywords)
     # value: the summed loss; a dropout network's masks come from a key of their own
-    value, flow, back = flows(cfg, params, x, y, "DP-SGD", jax.random.fold_in(key, 1))
+    value, flow, back = flows(cfg, jax.random.fold_in(key, 1), params, x, y, "DP-SGD")
     norms_n = norms(flow, back)
     scale = (l2_clip / jnp.maximum(norms_n, l2_clip))[:, None]  # min(1, C / ||g_n||), (batch, 1)
     clipped = [  # eq. 1.3 with each example's rows of delta_l scaled

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxbp._layers import Context
+from jaxbp._layers import Context, ParameterFree
 
 Array = jax.Array
 
@@ -16,7 +15,7 @@ __all__ = ["Dropout"]
 
 
 @dataclasses.dataclass(frozen=True)
-class Dropout:
+class Dropout(ParameterFree):
     """Inverted dropout: in training each entry is kept with probability `1 - rate` and
     scaled by `1 / (1 - rate)`; at evaluation the identity. `a: (n, j) -> (n, j)`.
 
@@ -29,7 +28,6 @@ class Dropout:
     rate: float = 0.5
 
     name = "dropout"
-    has_params = False
     per_example = True
     random = True
 
@@ -39,14 +37,6 @@ class Dropout:
             raise ValueError(
                 f"Dropout rate must lie in [0, 1) (the probability of dropping a unit); got {r!r}."
             )
-
-    def init(self, key: Array, n_in: int, dtype: Any) -> tuple[None, int]:
-        del key, dtype
-        return None, n_in
-
-    def check(self, params: Any, n_in: int | None, where: str) -> int | None:
-        del params, where
-        return n_in
 
     def forward(self, params: None, a: Array, ctx: Context) -> tuple[Array, Array | None]:
         del params

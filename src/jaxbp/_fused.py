@@ -250,21 +250,12 @@ def _epoch(fused: Fused, params: Layers, trace: Any, xs: Any, ys: Any) -> tuple[
 
 
 def fused_step_fn(
-    sizes: Sequence[int],
-    config: Config | None = None,
-    *,
-    learning_rate: float,
-    momentum: float | None = None,
-    interpret: bool | None = None,
-    pad: bool | None = None,
-    precision: Any = None,
-    num_warps: int | None = None,
-    **keywords: Unpack[Keywords],
+    sizes: Sequence[int], config: Config | None = None, **options: Any
 ) -> Callable[[Layers, Any, Array, Array], tuple[Layers, Any, Array]]:
     """One SGD training step as one Pallas kernel:
     `step(params, trace, x, y) -> (params, trace, loss)`, jitted.
 
-    **Arguments:**
+    **Arguments** (those of `check_fused_supported`):
 
     - `sizes`: the widths `[n_0, ..., n_L]`, each at most `MAX_WIDTH`.
     - `config`, or its keywords (`activation`, `loss`, `output_activation`, `reduction`):
@@ -281,22 +272,12 @@ def fused_step_fn(
     parameters' dtype), `y` as for `jaxbp.loss_fn`, `batch <= MAX_BATCH`. `loss` is the loss
     on the batch before the update. Nothing is donated.
     """
-    fused = check_fused_supported(
-        sizes,
-        config,
-        learning_rate=learning_rate,
-        momentum=momentum,
-        interpret=interpret,
-        pad=pad,
-        precision=precision,
-        num_warps=num_warps,
-        **keywords,
-    )
+    fused = check_fused_supported(sizes, config, **options)
     return jax.jit(functools.partial(_step, fused))
 
 
 def fused_epoch_fn(
-    sizes: Sequence[int], config: Config | None = None, **kw: Any
+    sizes: Sequence[int], config: Config | None = None, **options: Any
 ) -> Callable[[Layers, Any, Array, Array], tuple[Layers, Any, Array]]:
     """A whole epoch as one Pallas kernel: `epoch(params, trace, xs, ys) -> (params, trace,
     losses)`, jitted.
@@ -306,7 +287,7 @@ def fused_epoch_fn(
     over the steps with the weights and trace kept on chip, and equals `steps` calls of
     the fused step; `losses: (steps,)` holds each step's loss before its update.
     """
-    fused = check_fused_supported(sizes, config, **kw)
+    fused = check_fused_supported(sizes, config, **options)
     return jax.jit(functools.partial(_epoch, fused))
 
 

@@ -45,7 +45,7 @@ from jaxbp._init import check_init, init_weight
 Array = jax.Array
 Params = dict[str, Array]
 
-__all__ = ["Activate", "Context", "Dense"]
+__all__ = ["Activate", "Context", "Dense", "ParameterFree"]
 
 
 class Context(NamedTuple):
@@ -148,22 +148,10 @@ class Dense:
         return (jnp.sum(a * a, axis=1) + 1) * jnp.sum(g * g, axis=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class Activate:
-    """An elementwise activation `a = phi(z)` as a layer (or the softmax, at the output).
+class ParameterFree:
+    """The init and check of a layer without parameters that keeps the width (a mixin)."""
 
-    Its backward pass is the factor `phi'(z_l)` of eq. 1.4, from the stored `(z, a)`.
-    """
-
-    activation: Activation | Softmax
-
-    name = "activation"
     has_params = False
-    per_example = True
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.activation, Softmax):
-            object.__setattr__(self, "activation", get_activation(self.activation))
 
     def init(self, key: Array, n_in: int, dtype: Any) -> tuple[None, int]:
         del key, dtype
@@ -172,6 +160,23 @@ class Activate:
     def check(self, params: Any, n_in: int | None, where: str) -> int | None:
         del params, where
         return n_in
+
+
+@dataclasses.dataclass(frozen=True)
+class Activate(ParameterFree):
+    """An elementwise activation `a = phi(z)` as a layer (or the softmax, at the output).
+
+    Its backward pass is the factor `phi'(z_l)` of eq. 1.4, from the stored `(z, a)`.
+    """
+
+    activation: Activation | Softmax
+
+    name = "activation"
+    per_example = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.activation, Softmax):
+            object.__setattr__(self, "activation", get_activation(self.activation))
 
     def forward(self, params: None, z: Array, ctx: Context) -> tuple[Array, tuple[Array, Array]]:
         """`a = phi(z)`; caches `(z, a)`, as the derivative may use either."""

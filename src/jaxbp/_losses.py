@@ -37,7 +37,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxbp._activations import ACTIVATIONS, SOFTMAX, Activation, Softmax, check_arity
+from jaxbp._activations import (
+    ACTIVATIONS,
+    SOFTMAX,
+    Activation,
+    Softmax,
+    check_arity,
+    record_owner,
+)
 from jaxbp._tasks import TASKS, Task
 
 Array = jax.Array
@@ -104,9 +111,7 @@ class Loss:
     curvature: Callable[[Array, Array, Array, Array], Array] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise TypeError(f"Loss name must be a str; got {self.name!r}.")
-        owner = f"Loss {self.name!r}"
+        owner = record_owner("Loss", self.name)
         check_arity(owner, "value", self.value, "z, a, y")
         check_arity(owner, "delta", self.delta, "z, a, y, output")
         if self.curvature is not None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxbp._config import NORMS, Config, Keywords, as_config, check_norm, check_params
+from jaxbp._config import NORMS, Config, Keywords, as_call, as_config, check_norm, check_params
 from jaxbp._init import check_init
 from jaxbp._layers import Context, Dense
 from jaxbp._validate import check_output_units, check_x
@@ -245,13 +245,7 @@ def forward(
 
 
 def loss_fn(
-    params: Params,
-    x: Array,
-    y: Array,
-    config: Config | None = None,
-    *,
-    key: Array | None = None,
-    **keywords: Unpack[Keywords],
+    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> Array:
     """The loss `L(theta)` of eq. 1.2 over a batch, a scalar.
 
@@ -266,7 +260,7 @@ def loss_fn(
     - `key`: the dropout masks' PRNG key, for a network with dropout (training mode;
       batch normalisation uses the batch's statistics).
     """
-    cfg = as_config(config, keywords)
+    cfg, key = as_call(config, keywords)
     body, x, n_out = prepare(cfg, params, x)
     flow = forward_flow(cfg, body, params, x, context(body, True, key))
     y = cfg.loss.targets(y, x.shape[0], n_out, flow.z.dtype)

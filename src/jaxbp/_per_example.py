@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp._backprop import Backward, gradient_flows
-from jaxbp._config import Config, Keywords, as_config
+from jaxbp._config import Config, Keywords, as_call
 from jaxbp._mlp import Flow, Params
 
 if TYPE_CHECKING:
@@ -37,13 +37,7 @@ Array = jax.Array
 
 
 def per_example_grads(
-    params: Params,
-    x: Array,
-    y: Array,
-    config: Config | None = None,
-    *,
-    key: Array | None = None,
-    **keywords: Unpack[Keywords],
+    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> Params:
     """Each example's term of the gradient of eq. 1.3, by the recursion of eq. 1.4.
 
@@ -57,19 +51,13 @@ def per_example_grads(
     Memory grows with `batch` times the parameter count: for norms or clipping use
     `per_example_grad_norms`.
     """
-    _, flow, back = flows(as_config(config, keywords), params, x, y, "per_example_grads", key)
+    _, flow, back = flows(*as_call(config, keywords), params, x, y, "per_example_grads")
     terms = [layer.per_example_grads(p, cache, g) for layer, p, cache, g in parametric(flow, back)]
     return jax.tree.map(lambda t, p: t.astype(jnp.result_type(p)), terms, list(params))
 
 
 def per_example_grad_norms(
-    params: Params,
-    x: Array,
-    y: Array,
-    config: Config | None = None,
-    *,
-    key: Array | None = None,
-    **keywords: Unpack[Keywords],
+    params: Params, x: Array, y: Array, config: Config | None = None, **keywords: Unpack[Keywords]
 ) -> Array:
     """The L2 norm of each example's whole gradient, `(batch,)`, without building it.
 
@@ -80,13 +68,12 @@ def per_example_grad_norms(
     computed from one backward pass as
     `sqrt(sum_l (||a_{l-1}^(n)||^2 + 1) ||delta_l^(n)||^2)` (eq. 1.3, term by term).
     """
-    cfg = as_config(config, keywords)
-    _, flow, back = flows(cfg, params, x, y, "per_example_grad_norms", key)
+    _, flow, back = flows(*as_call(config, keywords), params, x, y, "per_example_grad_norms")
     return norms(flow, back)
 
 
 def flows(
-    config: Config, params: Params, x: Array, y: Array, what: str, key: Array | None = None
+    config: Config, key: Array | None, params: Params, x: Array, y: Array, what: str
 ) -> tuple[Array, Flow, Backward]:
     """The loss and both flows of one back-propagation, refusing layers whose gradient
     has no per-example terms."""
@@ -99,7 +86,7 @@ def flows(
             "per-example terms (Opacus refuses batch norm for the same reason). Use layer "
             "normalisation, or no normalisation."
         )
-    return gradient_flows(config, params, x, y, key)
+    return gradient_flows(config, key, params, x, y)
 
 
 def parametric(flow: Flow, back: Backward) -> list[tuple[Any, Any, Any, Array]]:

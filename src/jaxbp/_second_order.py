@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from jaxbp._backprop import backward_flow, cast_like, manual_grad
-from jaxbp._config import Config, Keywords, as_config
+from jaxbp._config import Config, Keywords, as_call
 from jaxbp._mlp import Flow, Params, batch_scale, context, forward_flow, per_layer, prepare
 
 if TYPE_CHECKING:
@@ -47,9 +47,7 @@ def hvp(
     y: Array,
     v: Params,
     config: Config | None = None,
-    *,
-    key: Array | None = None,
-    **keywords: Unpack[Keywords],
+    **kw: Unpack[Keywords],
 ) -> Params:
     """The Hessian-vector product `H v`, `H = d^2 L/dtheta^2` of `jaxbp.loss_fn`.
 
@@ -59,7 +57,7 @@ def hvp(
     `params`. At a relu kink the activation's derivative is piecewise constant, so its own
     derivative counts as 0.
     """
-    cfg = as_config(config, keywords)
+    cfg, key = as_call(config, kw)
     v = _check_direction(v, params)
     return jax.jvp(lambda p: manual_grad(p, x, y, cfg, key=key), (params,), (v,))[1]
 
@@ -70,9 +68,7 @@ def gnvp(
     y: Array,
     v: Params,
     config: Config | None = None,
-    *,
-    key: Array | None = None,
-    **keywords: Unpack[Keywords],
+    **kw: Unpack[Keywords],
 ) -> Params:
     """The Gauss-Newton-vector product `G v = J^T H_out J v` (see the module docstring).
 
@@ -82,7 +78,7 @@ def gnvp(
     `J^T u` is eqs. 1.3-1.4 from `delta_L = u` (through the output activation's backward
     for a loss split at `y_hat`).
     """
-    cfg = as_config(config, keywords)
+    cfg, key = as_call(config, kw)
     loss = cfg.loss
     if loss.curvature is None:
         raise ValueError(

@@ -122,7 +122,7 @@ def value_and_grad_fn(config: Config, options: StepOptions) -> Gradient:
         return autodiff
 
     def manual(params: Params, x: Array, y: Array, key: Any, stats: Any) -> Any:
-        value, flow, back = gradient_flows(config, params, x, y, key)
+        value, flow, back = gradient_flows(config, key, params, x, y)
         grads = cast_like(back.grads, params)
         new_stats = None if stats is None else next_stats(flow, stats)
         if not options.diagnostics:
@@ -499,19 +499,12 @@ def evaluate(
 
 
 def evaluate_sweep(
-    params: Params,
-    x: Array,
-    y: Array,
-    config: Config | None = None,
-    *,
-    task: str | Task | None = None,
-    stats: Any = None,
-    **keywords: Unpack[Keywords],
+    params: Params, x: Array, y: Array, config: Config | None = None, **kwargs: Any
 ) -> Metrics:
     """`evaluate` for N models stacked along a leading axis (as `make_train_sweep` trains
-    them): every metric gains a leading `(N,)` axis. `x` and `y` are shared; `stats`, if
-    any, are stacked like `params`."""
-    cfg = as_config(config, keywords)
+    them): takes the arguments of `evaluate`, and every metric gains a leading `(N,)`
+    axis. `x` and `y` are shared; `stats`, if any, are stacked like `params`."""
+    stats = kwargs.pop("stats", None)
     models = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
     if len(models) != 1 or None in models:
         raise ValueError(
@@ -519,7 +512,7 @@ def evaluate_sweep(
             "make_train_sweep returns them); got leaves of shapes "
             f"{[jnp.shape(leaf) for leaf in jax.tree.leaves(params)]}."
         )
-    one = lambda p, s: evaluate(p, x, y, cfg, task=task, stats=s)  # noqa: E731
+    one = lambda p, s: evaluate(p, x, y, config, stats=s, **kwargs)  # noqa: E731
     return jax.vmap(one, in_axes=(0, None if stats is None else 0))(params, stats)
 
 
