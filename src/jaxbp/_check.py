@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp._activations import ACTIVATIONS, Activation, get_activation
+from jaxbp._config import Config
 from jaxbp._losses import Loss, get_loss, get_output_activation
 from jaxbp._parity import check_parity
 from jaxbp._tasks import CLASSIFICATION
@@ -65,6 +66,8 @@ def parity_grid(
     *,
     dtypes: Sequence[str] = ("float32", "float64"),
     depths: Sequence[int] = (1, 2, 3, 4, 5),
+    norms: Sequence[str | None] = (None,),
+    dropouts: Sequence[float] = (0.0,),
     batch: int = 7,
     seed: int = 0,
 ) -> Iterator[dict[str, Any]]:
@@ -77,11 +80,15 @@ def parity_grid(
     - `losses`: `(loss, output_activation)` pairs, a loss a name or a `jaxbp.Loss`, the
       output a name, a record or `None` for the loss's link (default: every built-in
       loss with every kind of output it takes, `LOSS_OUTPUTS`).
+    - `norms`, `dropouts`: the normalisations (`None`, "layer", "batch") and dropout
+      rates of `jaxbp.Config` to cross with the rest (dropout masks from a fixed key).
+      A network whose layers make a gradient leaf exactly 0 (the bias before a batch
+      norm) is judged with `atol="auto"`, on the scale of the gradient.
     - `dtypes`, `depths`, `batch`, `seed`: the problems, random (`random_problem`) with
       widths `6-9-...-9-4`. float64 needs `jax_enable_x64`.
 
     Each record holds `dtype`, `activation`, `loss`, `output_activation` (names), `depth`,
-    `max_rel_err`, `rtol` and `passed`.
+    `norm`, `dropout`, `max_rel_err`, `rtol` and `passed`.
     """
     acts = [get_activation(a) for a in (ACTIVATIONS if activations is None else activations)]
     pairs = [
@@ -89,24 +96,42 @@ def parity_grid(
         for loss, out in (LOSS_OUTPUTS if losses is None else losses)
     ]
     problem = itertools.count(seed * 10_000)
-    for dtype in dtypes:
-        for act in acts:
-            for loss, output in pairs:
-                for depth in depths:
-                    sizes = [6] + [9] * (depth - 1) + [4]
-                    params, x, y = random_problem(
-                        next(problem), sizes, batch, loss, jnp.dtype(dtype)
-                    )
-                    report = check_parity(
-                        params, x, y, activation=act, loss=loss, output_activation=output
-                    )
-                    yield {
-                        "dtype": dtype,
-                        "activation": act.name,
-                        "loss": loss.name,
-                        "output_activation": (output or loss.link).name,
-                        "depth": depth,
-                        "max_rel_err": report.max_rel_err,
-                        "rtol": report.rtol,
-                        "passed": report.passed,
-                    }
+    cases = itertools.product(dtypes, acts, pairs, norms, dropouts, depths)
+    for dtype, act, (loss, output), norm, rate, depth in cases:
+        cfg = Config(act, loss, output, norm=norm, dropout=rate)
+        sizes = [6] + [9] * (depth - 1) + [4]
+        params, x, y = random_problem(next(problem), sizes, batch, loss, jnp.dtype(dtype))
+        if cfg.norm is not None:
+            params = _with_norms(params, cfg, np.random.default_rng(seed), jnp.dtype(dtype))
+        body = cfg.body(len(params))
+        exact_zeros = any(getattr(layer, "zeroes_preceding_bias", False) for layer in body)
+        report = check_parity(params, x, y, cfg, atol="auto" if exact_zeros else 0.0)
+        yield {
+            "dtype": dtype,
+            "activation": act.name,
+            "loss": loss.name,
+            "output_activation": cfg.output.name,
+            "depth": depth,
+            "norm": norm,
+            "dropout": rate,
+            "max_rel_err": report.max_rel_err,
+            "rtol": report.rtol,
+            "passed": report.passed,
+        }
+
+
+def _with_norms(params: list[Any], config: Config, rng: Any, dtype: Any) -> list[Any]:
+    """The dense `params` with a normalisation's `{gain, bias}` after each hidden one,
+    drawn near (1, 0) so that the gain and bias paths are exercised."""
+    out = []
+    for i, layer in enumerate(params):
+        out.append(layer)
+        if i < len(params) - 1:
+            n = layer["b"].shape[0]
+            out.append(
+                {
+                    "gain": jnp.asarray(1 + 0.2 * rng.normal(size=n), dtype),
+                    "bias": jnp.asarray(0.1 * rng.normal(size=n), dtype),
+                }
+            )
+    return out

@@ -138,6 +138,7 @@ class BatchNorm:
     has_params = True
     has_state = True
     per_example = False
+    zeroes_preceding_bias = True  # the batch mean removes it: its gradient is exactly 0
 
     def __post_init__(self) -> None:
         _check_eps("BatchNorm", self.eps)
