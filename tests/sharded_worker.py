@@ -26,16 +26,20 @@ def data():
     return np.asarray(x), np.asarray(y)
 
 
-def train_steps(mesh, grad, batch=lambda v: v):
+def train_steps(mesh, grad, batch=lambda v: v, norm=None, dropout=0.0):
+    """STEPS steps; with batch norm the running averages come back too (after params)."""
     optimizer = optax.sgd(0.1, momentum=0.9)
-    params = jaxbp.init_mlp(jax.random.key(0), SIZES)
-    state = optimizer.init(params)
-    step = jaxbp.make_train_step(optimizer, grad=grad, mesh=mesh, **KW)
+    config = jaxbp.Config(**KW, norm=norm, dropout=dropout)
+    params = jaxbp.init_mlp(jax.random.key(0), SIZES, norm=norm)
+    state = jaxbp.init_train_state(optimizer, params, config)
+    step = jaxbp.make_train_step(optimizer, config, grad=grad, mesh=mesh)
     x, y = data()
     for i in range(STEPS):
         rows = slice(i * BATCH, (i + 1) * BATCH)
-        params, state, _ = step(params, state, batch(x[rows]), batch(y[rows]))
-    return [np.asarray(leaf.addressable_data(0)) for leaf in jax.tree.leaves(params)]
+        key = jax.random.key(10 + i) if dropout else None
+        params, state, _ = step(params, state, batch(x[rows]), batch(y[rows]), key=key)
+    stats = state.stats if isinstance(state, jaxbp.TrainState) else []
+    return [np.asarray(leaf.addressable_data(0)) for leaf in jax.tree.leaves((params, stats))]
 
 
 def train_epoch(mesh, grad):
@@ -50,6 +54,13 @@ def max_rel(a, b):
     return max(float(np.linalg.norm(u - v) / np.linalg.norm(v)) for u, v in zip(a, b))
 
 
+def global_rel(a, b):
+    """||a - b|| / ||b|| over all leaves at once: the bias before a batch norm gets an
+    exactly-zero gradient, so that leaf holds rounding noise alone, of no scale of its own."""
+    diff = np.sqrt(sum(float(np.sum(np.square(u - v))) for u, v in zip(a, b)))
+    return diff / np.sqrt(sum(float(np.sum(np.square(v))) for v in b))
+
+
 def virtual(out):
     assert len(jax.devices()) == 4, jax.devices()
     result = {}
@@ -58,6 +69,12 @@ def virtual(out):
         result[f"step-{grad}"] = max_rel(train_steps(four, grad), train_steps(one, grad))
         result[f"epoch-{grad}"] = max_rel(train_epoch(four, grad), train_epoch(one, grad))
         result[f"unsharded-{grad}"] = max_rel(train_steps(four, grad), train_steps(None, grad))
+        # Batch norm's statistics are over the global batch, so they agree across devices;
+        # dropout's masks are drawn for the global batch from the step's key.
+        layers = dict(norm="batch", dropout=0.2)
+        result[f"batchnorm-{grad}"] = global_rel(
+            train_steps(four, grad, **layers), train_steps(one, grad, **layers)
+        )
     # The compiled sharded step reduces the gradient with an all-reduce (XLA's collective).
     optimizer = optax.sgd(0.1)
     params = jaxbp.init_mlp(jax.random.key(0), SIZES)

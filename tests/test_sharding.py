@@ -27,6 +27,7 @@ def test_one_and_four_devices_train_alike(tmp_path):
         assert result[f"step-{grad}"] < 1e-5, result
         assert result[f"epoch-{grad}"] < 1e-5, result
         assert result[f"unsharded-{grad}"] < 1e-5, result
+        assert result[f"batchnorm-{grad}"] < 1e-5, result
     assert result["all_reduce_in_hlo"]
     assert "(30) must divide evenly over the 4 devices" in result["indivisible_batch_error"]
 

@@ -88,7 +88,9 @@ def parity_grid(
       widths `6-9-...-9-4`. float64 needs `jax_enable_x64`.
 
     Each record holds `dtype`, `activation`, `loss`, `output_activation` (names), `depth`,
-    `norm`, `dropout`, `max_rel_err`, `rtol` and `passed`.
+    `norm`, `dropout`, `max_rel_err`, `max_scaled_err` (on the verdict's scale, see
+    `ParityReport.max_scaled_err`), `rtol` and `passed`. Depth 1 has no hidden layer, so
+    it is skipped for a normalisation or dropout.
     """
     acts = [get_activation(a) for a in (ACTIVATIONS if activations is None else activations)]
     pairs = [
@@ -98,6 +100,8 @@ def parity_grid(
     problem = itertools.count(seed * 10_000)
     cases = itertools.product(dtypes, acts, pairs, norms, dropouts, depths)
     for dtype, act, (loss, output), norm, rate, depth in cases:
+        if depth == 1 and (norm is not None or rate):
+            continue  # no hidden layer: nothing to normalise or drop
         cfg = Config(act, loss, output, norm=norm, dropout=rate)
         sizes = [6] + [9] * (depth - 1) + [4]
         params, x, y = random_problem(next(problem), sizes, batch, loss, jnp.dtype(dtype))
@@ -115,6 +119,7 @@ def parity_grid(
             "norm": norm,
             "dropout": rate,
             "max_rel_err": report.max_rel_err,
+            "max_scaled_err": report.max_scaled_err,
             "rtol": report.rtol,
             "passed": report.passed,
         }

@@ -170,8 +170,9 @@ class BatchNorm:
                     "BatchNorm at evaluation normalises with its running averages: pass "
                     "stats= (from jaxbp.init_stats and the training steps)."
                 )
-            inv_std = jax.lax.rsqrt(ctx.stats["var"] + self.eps)[None, :]
-            xhat = (a - ctx.stats["mean"][None, :]) * inv_std
+            mean, var = (jnp.asarray(ctx.stats[k], a.dtype)[None, :] for k in ("mean", "var"))
+            inv_std = jax.lax.rsqrt(var + self.eps)
+            xhat = (a - mean) * inv_std
             cache = (xhat, inv_std, None, None)
         return params["gain"][None, :] * xhat + params["bias"][None, :], cache
 

@@ -104,6 +104,15 @@ class ParityReport:
         return max(leaf.rel_err for leaf in self.leaves)
 
     @property
+    def max_scaled_err(self) -> float:
+        """The worst `||manual - autodiff|| / (atol / rtol + ||autodiff||)`: the relative
+        error on the scale the verdict uses (`max_rel_err` when `atol` is 0)."""
+        floor = self.atol / self.rtol if self.rtol > 0 else 0.0
+        return max(
+            leaf.abs_err / (floor + leaf.ref_norm) if leaf.abs_err else 0.0 for leaf in self.leaves
+        )
+
+    @property
     def max_fd_err(self) -> float | None:
         """The worst finite-difference error among leaves not skipped for a kink."""
         errs = [

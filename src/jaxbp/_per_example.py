@@ -77,6 +77,12 @@ def flows(
 ) -> tuple[Array, Flow, Backward]:
     """The loss and both flows of one back-propagation, refusing layers whose gradient
     has no per-example terms."""
+    check_per_example(config, params, what)
+    return gradient_flows(config, key, params, x, y)
+
+
+def check_per_example(config: Config, params: Params, what: str) -> None:
+    """Refuse, by name, a network with a layer whose gradient has no per-example terms."""
     body = config.body(len(params) if isinstance(params, (list, tuple)) else 0)
     coupled = [layer.name for layer in body if not getattr(layer, "per_example", False)]
     if coupled:
@@ -86,7 +92,6 @@ def flows(
             "per-example terms (Opacus refuses batch norm for the same reason). Use layer "
             "normalisation, or no normalisation."
         )
-    return gradient_flows(config, key, params, x, y)
 
 
 def parametric(flow: Flow, back: Backward) -> list[tuple[Any, Any, Any, Array]]:

@@ -22,7 +22,9 @@ import numpy as np
 import optax
 
 from jaxbp._checkpoint import CheckpointError, load_checkpoint, read_arrays, temporary_files
-from jaxbp._mlp import init_mlp
+from jaxbp._config import Config
+from jaxbp._mlp import init_mlp, init_stats
+from jaxbp._train import TrainState, init_train_state
 
 try:
     import fcntl
@@ -187,11 +189,16 @@ class RunFolder:
 class Run:
     """A `jaxbp train --out` folder, loaded: the trained state and what was logged.
 
-    - `params`: the parameters at the checkpoint, `[{"W": (n_in, n_out), "b": (n_out,)}, ...]`.
-    - `opt_state`: the optax state (`None` if the optimizer is unknown to this version).
+    - `params`: the parameters at the checkpoint, `[{"W": (n_in, n_out), "b": (n_out,)}, ...]`
+      (with `{"gain", "bias"}` after each hidden one for a normalised network).
+    - `opt_state`: what the run's step takes: the optax state, or a `jaxbp.TrainState`
+      for batch norm (`None` if the optimizer is unknown to this version).
     - `config`: the run's settings (dataset or data file, hidden, activation, loss, ...).
     - `epoch`: the epochs the checkpoint has seen; `metrics`: one dict per logged epoch.
     - `summary`: `summary.json` of the last finished run (`None` if it never finished).
+    - `network`: the network as a `jaxbp.Config` (activation, loss, norm, dropout), for
+      `jaxbp.evaluate(run.params, x, y, run.network, stats=run.stats)`.
+    - `stats`: batch normalisation's running averages (`None` without batch norm).
     """
 
     path: Path
@@ -201,6 +208,8 @@ class Run:
     epoch: int
     metrics: list[dict[str, Any]]
     summary: dict[str, Any] | None
+    network: Any = None
+    stats: Any = None
 
     def dataset(self) -> tuple[Any, Any]:
         """`(Dataset, DatasetInfo)` as the run trained on it: the same split, standardised,
@@ -241,14 +250,34 @@ def check_finite(path: Path, params: Any) -> None:
             )
 
 
+def _network(path: Path, config: dict[str, Any]) -> Config:
+    """The run's network (activation, loss, normalisation, dropout) as a `jaxbp.Config`;
+    settings a checkpoint predates take the values those runs had."""
+    try:
+        return Config(
+            activation=config.get("activation"),
+            loss=config.get("loss"),
+            norm=config.get("norm"),
+            dropout=config.get("dropout", 0.0),
+        )
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: its config does not name a network ({err}); refusing to load it."
+        ) from None
+
+
 def _sizes(path: Path, config: dict[str, Any], stored: list[np.ndarray]) -> list[int]:
     """Layer sizes from the stored weights: the state flattens as key, opt_state, params,
-    and params last as `W_1, b_1, ..., W_L, b_L`."""
+    and params last, `W_l, b_l` per dense layer (and `bias, gain` per normalisation after
+    each hidden one): the weights are the matrices among them."""
     hidden = config.get("hidden")
-    if not isinstance(hidden, list) or 2 * (len(hidden) + 1) > len(stored):
+    n_leaves = None
+    if isinstance(hidden, list):
+        n_leaves = 2 * (len(hidden) + 1) + (2 * len(hidden) if config.get("norm") else 0)
+    if n_leaves is None or n_leaves > len(stored):
         raise CheckpointError(f"{path}: its config's hidden is {hidden!r}; refusing to load it.")
-    weights = stored[len(stored) - 2 * (len(hidden) + 1) :: 2]
-    if any(w.ndim != 2 for w in weights):
+    weights = [a for a in stored[len(stored) - n_leaves :] if a.ndim == 2]
+    if len(weights) != len(hidden) + 1:
         raise CheckpointError(f"{path}: its weights are not matrices; refusing to load it.")
     return [weights[0].shape[0], *(w.shape[1] for w in weights)]
 
@@ -258,8 +287,11 @@ def load_run(out_dir: str | Path) -> Run:
     per-epoch metrics and summary. Raises `RunError`/`CheckpointError` (both `ValueError`)
     naming the file that is missing or damaged.
 
-    `run.params` scores what `summary.json` says on `run.dataset()` (with `jaxbp.evaluate`)
-    when the run finished; a torn last metrics line (a crash mid-write) is left out.
+    `run.params` scores what `summary.json` says on `run.dataset()` (with
+    `jaxbp.evaluate(run.params, x, y, run.network, stats=run.stats)`) when the run
+    finished; a torn last metrics line (a crash mid-write) is left out. For a network
+    with batch normalisation `run.opt_state` is the `jaxbp.TrainState` the step takes,
+    its running averages in `run.stats`.
     """
     path = Path(out_dir)
     ckpt = path / CHECKPOINT
@@ -267,24 +299,29 @@ def load_run(out_dir: str | Path) -> Run:
         raise RunError(f"out_dir {path}: no {CHECKPOINT} there; is it a jaxbp train --out folder?")
     meta, stored = read_arrays(ckpt)
     epoch, config = check_meta(ckpt, meta)
+    network = _network(ckpt, config)
     sizes = _sizes(ckpt, config, stored)
-    params = init_mlp(jax.random.key(0), sizes)
+    params = init_mlp(jax.random.key(0), sizes, norm=network.norm)
+    stats = init_stats(params, network)
     key = jax.random.key(0)
     make = OPTIMIZERS.get(config.get("optimizer"))  # type: ignore[arg-type]
     if make is not None and isinstance(config.get("lr"), (int, float)):
-        like = {"params": params, "opt_state": make(config["lr"]).init(params), "key": key}
+        opt_state = init_train_state(make(config["lr"]), params, network)
+        like = {"params": params, "opt_state": opt_state, "key": key}
         state = load_checkpoint(ckpt, like)[0]
         params, opt_state = state["params"], state["opt_state"]
-    else:  # an optimizer this version cannot rebuild: the parameters alone
-        like = jax.tree.leaves(params)
+        stats = opt_state.stats if isinstance(opt_state, TrainState) else None
+    else:  # an optimizer this version cannot rebuild: the parameters (and averages) alone
+        like = jax.tree.leaves((stats, params))  # stored last: ..., stats, params
         tail = stored[len(stored) - len(like) :]
         if [(a.shape, a.dtype) for a in tail] != [(np.shape(r), r.dtype) for r in like]:
             raise CheckpointError(
                 f"{ckpt}: its parameters do not fit {sizes}; refusing to load it."
             )
-        params = jax.tree.unflatten(
-            jax.tree.structure(params), [jax.numpy.asarray(a) for a in tail]
+        stats, params = jax.tree.unflatten(
+            jax.tree.structure((stats, params)), [jax.numpy.asarray(a) for a in tail]
         )
+        stats = stats or None
         opt_state = None
     check_finite(ckpt, params)
     metrics, _ = read_metrics(path / METRICS)
@@ -294,4 +331,4 @@ def load_run(out_dir: str | Path) -> Run:
             summary = json.loads((path / SUMMARY).read_text())
         except (OSError, ValueError) as err:
             raise RunError(f"{path / SUMMARY}: not readable JSON ({err}).") from None
-    return Run(path, params, opt_state, config, epoch, metrics[:epoch], summary)
+    return Run(path, params, opt_state, config, epoch, metrics[:epoch], summary, network, stats)

@@ -1,4 +1,5 @@
-"""`jaxbp bench`: training-step speed and memory, manual_grad against jax.grad.
+"""`jaxbp bench`: training-step speed and memory, manual_grad against jax.grad, and
+both against a plain step written here with nothing of jaxbp in it.
 
 Every time is the median over many calls after warm-up, rotating among several input
 batches, and every comparison is a ratio taken within one run: the machine may be shared
@@ -16,15 +17,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbp import init_mlp, make_train_epoch, make_train_step, make_train_sweep
+import jaxbp
+from jaxbp import init_mlp, init_train_state, make_train_epoch, make_train_step, make_train_sweep
 
 
 class Config(NamedTuple):
-    """A benchmark configuration: layer sizes and batch size (tanh, softmax cross-entropy)."""
+    """A benchmark configuration: layer sizes and batch size (tanh, softmax cross-entropy),
+    and `norm` ("layer", "batch") after each hidden dense layer, or `None`."""
 
     name: str
     sizes: tuple[int, ...]
     batch: int
+    norm: str | None = None
 
 
 CONFIGS = {
@@ -34,10 +38,47 @@ CONFIGS = {
         Config("deep-narrow", (32, *([64] * 16), 10), 64),
         Config("medium", (784, 512, 512, 10), 256),
         Config("large", (1024, 1024, 1024, 1024, 10), 1024),
+        Config("small-layernorm", (64, 128, 128, 10), 128, "layer"),
+        Config("small-batchnorm", (64, 128, 128, 10), 128, "batch"),
     )
 }
 KW = dict(activation="tanh", loss="cross_entropy")
 GRADS = ("manual", "autodiff")
+PLAIN = "plain"
+"""The name of the plain step (`plain_step`) among the timed calls."""
+
+
+def network(config: Config) -> jaxbp.Config:
+    """The network of `config` as a `jaxbp.Config` (`KW`, and its normalisation)."""
+    return jaxbp.Config(**KW, norm=config.norm)
+
+
+def init(config: Config) -> tuple[Any, Any]:
+    """`(params, opt_state)` for `config`: the state a `jaxbp.TrainState` with batch norm."""
+    params = init_mlp(jax.random.key(0), config.sizes, norm=config.norm)
+    return params, init_train_state(optimizer(), params, network(config))
+
+
+def plain_loss(params: list[dict[str, jax.Array]], x: jax.Array, y: jax.Array) -> jax.Array:
+    """The mean softmax cross-entropy of a tanh MLP, written out: the reference that knows
+    nothing of jaxbp."""
+    a = x
+    for layer in params[:-1]:
+        a = jnp.tanh(a @ layer["W"] + layer["b"][None, :])
+    logits = a @ params[-1]["W"] + params[-1]["b"][None, :]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def plain_step(opt: optax.GradientTransformation) -> Callable[..., Any]:
+    """`step(params, opt_state, x, y) -> (params, opt_state, loss)`: `jax.value_and_grad`
+    of `plain_loss`, the optax update, `jax.jit` with donation, nothing else."""
+
+    def step(params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> Any:
+        loss, grads = jax.value_and_grad(plain_loss)(params, x, y)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return jax.jit(step, donate_argnums=(0, 1))
 
 
 def flops_per_step(config: Config) -> float:
@@ -85,11 +126,13 @@ def optimizer() -> optax.GradientTransformation:
 
 
 def step_call(config: Config, grad: str) -> Callable[[int], None]:
-    """`call(i)`: one jitted training step on batch `i % 8`, blocking on its result."""
-    opt = optimizer()
-    step = make_train_step(opt, grad=grad, **KW)
-    params = init_mlp(jax.random.key(0), config.sizes)
-    state = {"params": params, "opt_state": opt.init(params)}
+    """`call(i)`: one jitted training step on batch `i % 8`, blocking on its result;
+    `grad` is "manual", "autodiff" or `PLAIN` (the plain step, plain networks only)."""
+    if grad == PLAIN:
+        return plain_call(config)
+    step = make_train_step(optimizer(), network(config), grad=grad)
+    params, opt_state = init(config)
+    state = {"params": params, "opt_state": opt_state}
     data = batches(config, 8, jax.random.key(1))
 
     def call(i: int) -> None:
@@ -100,12 +143,31 @@ def step_call(config: Config, grad: str) -> Callable[[int], None]:
     return call
 
 
-def scan_call(config: Config, grad: str, steps: int) -> Callable[[int], None]:
-    """`call(i)`: one epoch of `steps` steps compiled into one `lax.scan` program."""
+def plain_call(config: Config) -> Callable[[int], None]:
+    """`call(i)`: one plain step (`plain_step`) on batch `i % 8`, as `step_call` runs jaxbp's."""
+    if config.norm is not None:
+        raise ValueError(
+            f"the plain step is a plain tanh MLP; {config.name} has {config.norm} norm."
+        )
     opt = optimizer()
-    epoch = make_train_epoch(opt, batch_size=config.batch, grad=grad, **KW)
+    step = plain_step(opt)
     params = init_mlp(jax.random.key(0), config.sizes)
     state = {"params": params, "opt_state": opt.init(params)}
+    data = batches(config, 8, jax.random.key(1))
+
+    def call(i: int) -> None:
+        p, s, loss = step(state["params"], state["opt_state"], *data[i % len(data)])
+        state["params"], state["opt_state"] = p, s
+        loss.block_until_ready()
+
+    return call
+
+
+def scan_call(config: Config, grad: str, steps: int) -> Callable[[int], None]:
+    """`call(i)`: one epoch of `steps` steps compiled into one `lax.scan` program."""
+    epoch = make_train_epoch(optimizer(), network(config), batch_size=config.batch, grad=grad)
+    params, opt_state = init(config)
+    state = {"params": params, "opt_state": opt_state}
     n = steps * config.batch
     x = jax.random.normal(jax.random.key(1), (n, config.sizes[0]), jnp.float32)
     y = jax.random.randint(jax.random.key(2), (n,), 0, config.sizes[-1])
@@ -148,11 +210,10 @@ def round_robin(
 def step_memory_bytes(config: Config, grad: str) -> int:
     """Peak bytes of the compiled step by XLA's memory analysis: arguments, outputs and
     temporaries, less what donation lets outputs share with arguments."""
-    opt = optimizer()
-    step = make_train_step(opt, grad=grad, **KW)
-    params = init_mlp(jax.random.key(0), config.sizes)
+    step = make_train_step(optimizer(), network(config), grad=grad)
+    params, opt_state = init(config)
     x, y = batches(config, 1, jax.random.key(1))[0]
-    stats = step.lower(params, opt.init(params), x, y).compile().memory_analysis()
+    stats = step.lower(params, opt_state, x, y).compile().memory_analysis()
     return int(
         stats.argument_size_in_bytes
         + stats.output_size_in_bytes
@@ -222,8 +283,9 @@ def reps_for(config: Config, reps: int) -> int:
 def run(names: list[str], reps: int, scan_steps: int = 20) -> dict[str, Any]:
     """Measure every configuration in `names`; returns a JSON-ready dict.
 
-    The two gradient paths are timed in turn (`round_robin`), steps and scanned epochs
-    separately; `reps` steps for "small", proportionally fewer for bigger configurations.
+    The two gradient paths, and for a plain network the plain step (`plain_step`), are
+    timed in turn (`round_robin`), steps and scanned epochs separately; `reps` steps for
+    "small", proportionally fewer for bigger configurations.
     """
     rate = matmul_rate()
     rows = []
@@ -231,7 +293,8 @@ def run(names: list[str], reps: int, scan_steps: int = 20) -> dict[str, Any]:
         config = CONFIGS[name]
         n = reps_for(config, reps)
         row: dict[str, Any] = {"config": name, "sizes": list(config.sizes), "batch": config.batch}
-        steps = round_robin({g: step_call(config, g) for g in GRADS}, n, rounds=5)
+        paths = GRADS if config.norm else (*GRADS, PLAIN)
+        steps = round_robin({g: step_call(config, g) for g in paths}, n, rounds=5)
         scans = round_robin(
             {g: scan_call(config, g, scan_steps) for g in GRADS},
             max(10, n // scan_steps),
@@ -243,6 +306,11 @@ def run(names: list[str], reps: int, scan_steps: int = 20) -> dict[str, Any]:
             row[f"{grad}_scan_ms"] = 1e3 * scans[grad] / scan_steps
             row[f"{grad}_memory_mib"] = step_memory_bytes(config, grad) / 2**20
         row["ratio"] = row["manual_ms"] / row["autodiff_ms"]
+        row["norm"] = config.norm
+        plain = steps.get(PLAIN)
+        row["plain_ms"] = None if plain is None else 1e3 * plain
+        for grad in GRADS:
+            row[f"{grad}_over_plain"] = None if plain is None else steps[grad] / plain
         row["scan_ratio"] = row["manual_scan_ms"] / row["autodiff_scan_ms"]
         rows.append(row)
     # The matmul rate again at the end; the better of the two is the machine's rate.
@@ -260,11 +328,13 @@ def run(names: list[str], reps: int, scan_steps: int = 20) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     """The table of `run`'s result."""
     lines = [
-        "| config | FLOP floor ms | jax.grad ms | manual ms | manual / jax.grad | manual GFLOP/s "
-        "(of matmul rate) | scan: jax.grad ms/step | scan: manual ms/step | scan: manual / "
-        "jax.grad (of matmul rate) | peak MiB jax.grad / manual |",
-        "|" + "---|" * 10,
+        "| config | FLOP floor ms | jax.grad ms | manual ms | manual / jax.grad | plain ms | "
+        "manual / plain | jax.grad / plain | manual GFLOP/s (of matmul rate) | scan: jax.grad "
+        "ms/step | scan: manual ms/step | scan: manual / jax.grad (of matmul rate) | peak MiB "
+        "jax.grad / manual |",
+        "|" + "---|" * 13,
     ]
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
     for r in result["rows"]:
         cells = [
             r["config"],
@@ -272,6 +342,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"{r['autodiff_ms']:.3f}",
             f"{r['manual_ms']:.3f}",
             f"{r['ratio']:.3f}",
+            fmt(r.get("plain_ms"), ".3f"),
+            fmt(r.get("manual_over_plain"), ".3f"),
+            fmt(r.get("autodiff_over_plain"), ".3f"),
             f"{r['manual_gflops']:.0f} ({r['manual_fraction_of_matmul_rate']:.0%})",
             f"{r['autodiff_scan_ms']:.3f}",
             f"{r['manual_scan_ms']:.3f}",
@@ -282,6 +355,10 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(
         f"\nMatmul rate measured in the same run: {result['matmul_gflops']:.0f} GFLOP/s "
         f"(jax.jit(jnp.dot), float32 1024 x 1024) on {result['devices']}. Median times; the "
-        "two gradient paths timed in turn."
+        "gradient paths and the plain step timed in turn. Plain: `jax.value_and_grad` of a "
+        "tanh MLP's softmax cross-entropy written out, the optax update, `jax.jit` with "
+        "donation, nothing else (plain networks only: –). The -layernorm and -batchnorm "
+        "configurations add a normalisation after each hidden dense layer (batch norm's "
+        "step state a `jaxbp.TrainState`)."
     )
     return "\n".join(lines)

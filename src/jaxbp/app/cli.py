@@ -78,6 +78,32 @@ def positive_float(text: str) -> float:
     return value
 
 
+def dropout_rate(text: str) -> float:
+    """An argparse type: a dropout rate in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a rate from 0 (no dropout) up to but excluding 1, e.g. 0.2; got {text!r}"
+        )
+    return value
+
+
+def probability(text: str) -> float:
+    """An argparse type: a probability strictly between 0 and 1 (a DP delta)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a probability strictly between 0 and 1, e.g. 1e-5; got {text!r}"
+        )
+    return value
+
+
 def widths(text: str) -> tuple[int, ...]:
     """`--hidden 128,64` -> (128, 64); an empty string means no hidden layer."""
     if text.strip() == "":
@@ -141,6 +167,43 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="log per-layer ||delta_l||, ||dW_l|| and saturated units per epoch (manual gradients)",
     )
     parser.add_argument("--devices", type=positive_int, help="split each batch over N devices")
+    parser.add_argument(
+        "--norm",
+        choices=("none", "layer", "batch"),
+        default="none",
+        help="a layer or batch normalisation after each hidden dense layer (default: none)",
+    )
+    parser.add_argument(
+        "--dropout",
+        type=dropout_rate,
+        default=0.0,
+        metavar="P",
+        help="inverted dropout at rate P in [0, 1) after each hidden activation (default: 0)",
+    )
+    dp = parser.add_argument_group(
+        "differential privacy (DP-SGD: clip each example's gradient, add Gaussian noise)"
+    )
+    dp.add_argument(
+        "--dp-clip",
+        type=positive_float,
+        metavar="C",
+        help="bound on each example's gradient norm; needs --dp-noise",
+    )
+    dp.add_argument(
+        "--dp-noise",
+        type=positive_float,
+        metavar="SIGMA",
+        help="noise multiplier: Gaussian noise of std SIGMA x C on the summed gradient",
+    )
+    dp.add_argument(
+        "--dp-delta",
+        type=probability,
+        metavar="D",
+        help="the delta of the (epsilon, delta) reported; default: the largest power of ten "
+        "below 1/n_train (1e-4 for digits' 1437 training rows). delta is the chance that "
+        "the guarantee fails outright, so it must stay well below 1/n: at 1/n, releasing "
+        "one random example whole would qualify",
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -153,7 +216,14 @@ def _train(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from jaxbp.app import check_table
 
-    return check_table.run(tuple(args.dtypes), tuple(args.depths), args.seed, args.json)
+    return check_table.run(
+        tuple(args.dtypes),
+        tuple(args.depths),
+        args.seed,
+        args.json,
+        norms=tuple(args.norms),
+        dropouts=tuple(args.dropouts),
+    )
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -199,6 +269,23 @@ def parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"]
+    )
+    check.add_argument(
+        "--norms",
+        nargs="*",
+        choices=["layer", "batch"],
+        default=["layer", "batch"],
+        help="normalisations to check, each alone, at depths >= 2 (default: layer batch; "
+        "none given: no normalisation rows)",
+    )
+    check.add_argument(
+        "--dropouts",
+        nargs="*",
+        type=dropout_rate,
+        default=[0.2],
+        metavar="P",
+        help="dropout rates to check, each alone, at depths >= 2 (default: 0.2; none given "
+        "or 0: no dropout rows)",
     )
     check.add_argument("--debug", **debug)
     check.set_defaults(run=_check)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -26,9 +26,17 @@ from jaxbp._runs import (
     describe,
     read_metrics,
 )
-from jaxbp.app.settings import RESUMABLE_CHANGES, JobError, Settings
+from jaxbp.app.settings import ADDED_SETTINGS, RESUMABLE_CHANGES, JobError, Settings
 
-__all__ = ["MAX_ACTIVATIONS", "MAX_PARAMS", "Job", "JobError", "prepare"]
+__all__ = [
+    "MAX_ACTIVATIONS",
+    "MAX_PARAMS",
+    "Job",
+    "JobError",
+    "Privacy",
+    "default_delta",
+    "prepare",
+]
 
 MAX_PARAMS = 2**28
 """Most parameters `jaxbp train` builds (1 GiB in float32, before the optimizer's state)."""
@@ -37,17 +45,46 @@ MAX_ACTIVATIONS = 2**30
 """Most hidden and output values one batch may hold (batch size x the sum of the widths)."""
 
 
+SAMPLING = (
+    "shuffled fixed-size batches (one permutation per epoch), accounted as Poisson sampling "
+    "at rate batch_size / n_train: the figure common practice reports, not a proven bound "
+    "for shuffled batches (see jaxbp.dp_epsilon)"
+)
+"""How a DP-SGD run of `jaxbp train` samples its batches, and what its epsilon means."""
+
+
+class Privacy(NamedTuple):
+    """A DP-SGD run's plan and the privacy it spends over all `--epochs` (RDP accountant)."""
+
+    l2_clip: float
+    noise_multiplier: float
+    delta: float
+    sample_rate: float
+    steps: int
+    epsilon: float
+
+
+def default_delta(n: int) -> float:
+    """The largest power of ten strictly below `1 / n`: 1e-4 for 1437 examples, 1e-4 for
+    1000 (1e-3 would equal 1/n)."""
+    return 10.0 ** -len(str(n))
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
     """A prepared run: its settings, the data, and the state training starts from.
 
-    `task` is the data's ("classification" or "regression") and `metric` its score
-    ("accuracy" or "r2"); `history` holds a resumed run's logged epochs; `folder` is the
-    held `--out` folder (`None` without `--out`).
+    `config` is the settings a checkpoint stores (JSON), `model` the network's
+    `jaxbp.Config`; `task` is the data's ("classification" or "regression") and `metric`
+    its score ("accuracy" or "r2"); `opt_state` is what the step takes (a
+    `jaxbp.TrainState` with batch norm's running averages); `history` holds a resumed
+    run's logged epochs; `privacy` a DP-SGD run's plan; `folder` is the held `--out`
+    folder (`None` without `--out`).
     """
 
     settings: Settings
     config: dict[str, Any]
+    model: jaxbp.Config
     task: str
     metric: str
     data: datasets.Dataset
@@ -59,11 +96,7 @@ class Job:
     history: tuple[dict[str, Any], ...]
     mesh: Any
     folder: RunFolder | None
-
-    @property
-    def kw(self) -> dict[str, str]:
-        """The model keywords of `jaxbp.make_train_epoch`, `jaxbp.evaluate`, ..."""
-        return {"activation": self.config["activation"], "loss": self.config["loss"]}
+    privacy: Privacy | None = None
 
     @property
     def out(self) -> Path | None:
@@ -91,11 +124,17 @@ def prepare(settings: Settings) -> Job:
         )
     sizes = (data.x_train.shape[1], *settings.hidden, n_out)
     _check_size(settings, sizes)
-    config = settings.config(loss)
+    privacy = _privacy(settings, n_train) if settings.dp else None
+    config = settings.config(loss, None if privacy is None else privacy.delta)
+    model = jaxbp.Config(
+        activation=settings.activation, loss=loss, norm=settings.norm, dropout=settings.dropout
+    )
     key = jax.random.key(settings.seed)
-    params = jaxbp.init_mlp(jax.random.fold_in(key, 0), list(sizes), init=settings.init)
+    params = jaxbp.init_mlp(
+        jax.random.fold_in(key, 0), list(sizes), init=settings.init, norm=settings.norm
+    )
     optimizer = OPTIMIZERS[settings.optimizer](settings.lr)
-    opt_state = optimizer.init(params)
+    opt_state = jaxbp.init_train_state(optimizer, params, model)
     folder, history = None, ()
     if settings.out is not None:
         folder = RunFolder.hold(settings.out)
@@ -118,6 +157,7 @@ def prepare(settings: Settings) -> Job:
     return Job(
         settings=settings,
         config=config,
+        model=model,
         task=info.task,
         metric="r2" if regression else "accuracy",
         data=data,
@@ -129,7 +169,34 @@ def prepare(settings: Settings) -> Job:
         history=tuple(history),
         mesh=mesh,
         folder=folder,
+        privacy=privacy,
     )
+
+
+def _privacy(settings: Settings, n_train: int) -> Privacy:
+    """The DP-SGD plan, its epsilon computed before anything trains (so a missing
+    accountant or an absurd delta is refused up front)."""
+    assert settings.dp_clip is not None and settings.dp_noise is not None
+    delta = default_delta(n_train) if settings.dp_delta is None else settings.dp_delta
+    if delta >= 1 / n_train:
+        raise JobError(
+            f"--dp-delta {delta:g}: at least 1/n_train = 1/{n_train}; delta is the chance that "
+            "the guarantee fails outright, and at 1/n releasing one random example whole "
+            f"would qualify. Use a delta below 1/n, e.g. {default_delta(n_train):g} (the default)."
+        )
+    sampling = jaxbp.dp_epoch_sampling(
+        n=n_train, batch_size=settings.batch_size, epochs=settings.epochs
+    )
+    try:
+        epsilon = jaxbp.dp_epsilon(
+            noise_multiplier=settings.dp_noise,
+            sample_rate=sampling.sample_rate,
+            steps=sampling.steps,
+            delta=delta,
+        )
+    except ImportError as err:
+        raise JobError(f"--dp-clip/--dp-noise: {err}") from None
+    return Privacy(settings.dp_clip, settings.dp_noise, delta, *sampling, epsilon)
 
 
 def _load(settings: Settings) -> tuple[datasets.Dataset, datasets.DatasetInfo]:
@@ -191,6 +258,7 @@ def _resume(
     if not path.exists():
         raise JobError(f"--resume: no checkpoint in {folder.path} (expected {path}).")
     epoch, saved = check_meta(path, read_meta(path))
+    saved = {**ADDED_SETTINGS, **saved}
     differs = [k for k, v in config.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
     if differs:
         detail = ", ".join(

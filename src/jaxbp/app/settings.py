@@ -13,7 +13,7 @@ from typing import Any
 
 import jaxbp
 
-__all__ = ["DEFAULTS", "RESUMABLE_CHANGES", "JobError", "Settings"]
+__all__ = ["ADDED_SETTINGS", "DEFAULTS", "RESUMABLE_CHANGES", "JobError", "Settings"]
 
 DEFAULTS: dict[str | None, dict[str, Any]] = {
     "digits": dict(hidden=(512,), activation="relu", epochs=60),
@@ -27,8 +27,19 @@ DEFAULTS: dict[str | None, dict[str, Any]] = {
 """Per-dataset settings that `jaxbp train` uses unless a flag says otherwise; every
 dataset also defaults to adam, lr 1e-3, batch size 32."""
 
-RESUMABLE_CHANGES = ("lr", "grad")
-"""Settings that `--resume` may change (besides `--epochs`); any other must match."""
+RESUMABLE_CHANGES = ("lr", "grad", "dp_delta")
+"""Settings that `--resume` may change (besides `--epochs`); any other must match.
+`dp_delta` only chooses where the privacy spent is read off: it changes no step."""
+
+ADDED_SETTINGS: dict[str, Any] = {
+    "norm": None,
+    "dropout": 0.0,
+    "dp_clip": None,
+    "dp_noise": None,
+    "dp_delta": None,
+}
+"""Settings that checkpoints written before they existed lack, with the value those runs
+had (a missing one compares equal to it on `--resume`)."""
 
 
 class JobError(Exception):
@@ -61,6 +72,11 @@ class Settings:
     diagnostics: bool = False
     devices: int | None = None
     test_fraction: float = 0.2
+    norm: str | None = None
+    dropout: float = 0.0
+    dp_clip: float | None = None
+    dp_noise: float | None = None
+    dp_delta: float | None = None
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> Settings:
@@ -91,6 +107,11 @@ class Settings:
             quiet=ns.quiet,
             diagnostics=ns.diagnostics,
             devices=ns.devices,
+            norm=None if ns.norm == "none" else ns.norm,
+            dropout=ns.dropout,
+            dp_clip=ns.dp_clip,
+            dp_noise=ns.dp_noise,
+            dp_delta=ns.dp_delta,
         )
         settings.check()
         return settings
@@ -119,14 +140,67 @@ class Settings:
                 "--diagnostics reads the backward flow delta_l, which manual_grad keeps and "
                 "jax.grad does not expose: use --grad manual."
             )
+        self._check_dp()
+
+    @property
+    def dp(self) -> bool:
+        """Whether the run trains with DP-SGD (`--dp-clip` and `--dp-noise`)."""
+        return self.dp_clip is not None
+
+    def _check_dp(self) -> None:
+        if (self.dp_clip is None) != (self.dp_noise is None):
+            given, missing = (
+                ("--dp-clip", "--dp-noise SIGMA")
+                if self.dp_noise is None
+                else ("--dp-noise", "--dp-clip C")
+            )
+            raise JobError(
+                f"{given} needs {missing} too: DP-SGD clips each example's gradient to norm "
+                "C and adds noise of std SIGMA x C, and takes both (e.g. --dp-clip 1 "
+                "--dp-noise 1.1)."
+            )
+        if not self.dp:
+            if self.dp_delta is not None:
+                raise JobError(
+                    "--dp-delta sets the delta of a DP-SGD run's epsilon; it needs --dp-clip "
+                    "and --dp-noise."
+                )
+            return
+        refusals = (
+            (
+                self.norm == "batch",
+                "--norm batch cannot train with DP-SGD: batch normalisation mixes the "
+                "examples of a batch, so no example has a gradient of its own to clip "
+                "(Opacus refuses it for the same reason); use --norm layer or --norm none.",
+            ),
+            (
+                self.grad != "manual",
+                f"--grad {self.grad} cannot train with DP-SGD: jaxbp clips each example's "
+                "gradient from the backward flow that manual_grad keeps; use --grad manual.",
+            ),
+            (
+                self.diagnostics,
+                "--diagnostics is not available with DP-SGD (its epoch logs loss, grad_norm "
+                "and the clipped fraction); drop one of them.",
+            ),
+            (
+                self.devices is not None,
+                "--devices cannot split a DP-SGD run yet (its epoch runs on one device); "
+                "drop --devices.",
+            ),
+        )
+        for refused, message in refusals:
+            if refused:
+                raise JobError(message)
 
     @property
     def source(self) -> str:
         """The data, as the progress line and the summary name it."""
         return str(self.data) if self.data is not None else str(self.dataset)
 
-    def config(self, loss: str) -> dict[str, Any]:
-        """The settings a checkpoint stores and `--resume` compares (JSON)."""
+    def config(self, loss: str, dp_delta: float | None = None) -> dict[str, Any]:
+        """The settings a checkpoint stores and `--resume` compares (JSON); `dp_delta` is
+        the resolved delta of a DP-SGD run (its default depends on the data)."""
         return {
             "dataset": self.dataset,
             "data": None if self.data is None else str(self.data),
@@ -142,4 +216,9 @@ class Settings:
             "seed": self.seed,
             "grad": self.grad,
             "test_fraction": self.test_fraction,
+            "norm": self.norm,
+            "dropout": self.dropout,
+            "dp_clip": self.dp_clip,
+            "dp_noise": self.dp_noise,
+            "dp_delta": dp_delta,
         }

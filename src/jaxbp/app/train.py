@@ -23,7 +23,7 @@ import numpy as np
 import jaxbp
 from jaxbp._checkpoint import save_checkpoint
 from jaxbp._runs import CHECKPOINT, SUMMARY, write_atomic
-from jaxbp.app.job import Job, prepare
+from jaxbp.app.job import SAMPLING, Job, Privacy, prepare
 from jaxbp.app.settings import JobError, Settings
 
 __all__ = ["JobError", "run"]
@@ -44,17 +44,20 @@ def _run(job: Job) -> int:
     arch = "-".join(map(str, job.sizes))
     _say(
         s,
-        f"jaxbp train: {s.source}, {arch} {cfg['activation']}, {cfg['loss']}, "
+        f"jaxbp train: {s.source}, {arch} {cfg['activation']}{_layers(s)}, {cfg['loss']}, "
         f"{cfg['optimizer']} lr {cfg['lr']:g}, batch {cfg['batch_size']}, "
         f"{cfg['grad']} gradients",
     )
+    if job.privacy is not None:
+        _say(s, f"DP-SGD: {_privacy_line(job.privacy)}")
     batch = (job.data.x_train[: s.batch_size], job.data.y_train[: s.batch_size])
-    before = _parity(s, "before", job.params, batch, job.kw)
+    parity_key = jax.random.fold_in(job.key, 2**31 - 1)  # masks of a dropout network
+    before = _parity(s, "before", job.params, batch, job.model, parity_key)
     trained = _train(job)
     if trained is None:
         return 1
     params, history = trained
-    after = _parity(s, "after", params, batch, job.kw)
+    after = _parity(s, "after", params, batch, job.model, parity_key)
     passed = before.passed and after.passed
     last = history[-1]
     seconds = sum(h["seconds"] for h in history)
@@ -62,6 +65,14 @@ def _run(job: Job) -> int:
     print(f"{'':<10}{'train':>10}{'test':>10}")
     for metric in ("loss", score):
         print(f"{metric:<10}{last[f'train_{metric}']:>10.4f}{last[f'test_{metric}']:>10.4f}")
+    privacy = None
+    if job.privacy is not None:
+        privacy = _privacy_summary(job.privacy, history)
+        print(
+            f"DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} (RDP); "
+            f"{privacy['clipped_fraction']:.1%} of example gradients clipped; "
+            "epsilon as if Poisson-sampled (batches are shuffled)"
+        )
     print(
         f"{s.epochs} epochs in {seconds:.1f} s of training; "
         f"parity {'passed' if passed else 'FAILED'}"
@@ -76,13 +87,52 @@ def _run(job: Job) -> int:
             "test_loss": last["test_loss"],
             f"test_{score}": last[f"test_{score}"],
             "parity_max_rel_err": max(before.max_rel_err, after.max_rel_err),
+            "parity_atol": max(before.atol, after.atol),
+            "parity_max_scaled_err": max(_scaled_err(before), _scaled_err(after)),
             "parity_dtype": "float64",
             "devices": s.devices,
+            "norm": s.norm,
+            "dropout": s.dropout,
+            "dp": privacy,
             "config": cfg,
         }
         write_atomic(job.out / SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
-        _figures(job, history, f"{s.source}: {arch} {cfg['activation']}, {cfg['grad']} gradients")
+        title = f"{s.source}: {arch} {cfg['activation']}{_layers(s)}, {cfg['grad']} gradients"
+        _figures(job, history, title)
     return 0 if passed else 1
+
+
+def _layers(settings: Settings) -> str:
+    """ ", layer norm, dropout 0.2" (the remedies a run's network has), or ""."""
+    parts = [f"{settings.norm} norm"] if settings.norm else []
+    parts += [f"dropout {settings.dropout:g}"] if settings.dropout else []
+    return "".join(f", {p}" for p in parts)
+
+
+def _privacy_line(p: Privacy) -> str:
+    return (
+        f"clip {p.l2_clip:g}, noise {p.noise_multiplier:g}; {p.steps} steps at sampling rate "
+        f"{p.sample_rate:.4g} spend epsilon {p.epsilon:.3g} at delta {p.delta:g} (RDP accountant, "
+        "as if batches were Poisson-sampled; they are shuffled, see jaxbp.dp_epsilon)"
+    )
+
+
+def _privacy_summary(p: Privacy, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What summary.json says of a DP-SGD run: the privacy spent over all its epochs and
+    the fraction of example gradients clipped (over all epochs, and in the last)."""
+    clipped = [h["clipped"] for h in history]
+    return {
+        "epsilon": p.epsilon,
+        "delta": p.delta,
+        "accountant": "rdp",
+        "l2_clip": p.l2_clip,
+        "noise_multiplier": p.noise_multiplier,
+        "sample_rate": p.sample_rate,
+        "steps": p.steps,
+        "sampling": SAMPLING,
+        "clipped_fraction": sum(clipped) / len(clipped),
+        "clipped_fraction_last_epoch": clipped[-1],
+    }
 
 
 def _finite(tree: Any) -> bool:
@@ -93,14 +143,24 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
     """The epochs, each one compiled program; `None` if the loss or the parameters stopped
     being finite (the last good checkpoint is kept)."""
     s, (x_train, y_train, x_test, y_test) = job.settings, job.data
-    train_epoch = jaxbp.make_train_epoch(
-        job.optimizer,
-        batch_size=s.batch_size,
-        grad=s.grad,
-        diagnostics=s.diagnostics,
-        mesh=job.mesh,
-        **job.kw,
-    )
+    if job.privacy is None:
+        train_epoch = jaxbp.make_train_epoch(
+            job.optimizer,
+            job.model,
+            batch_size=s.batch_size,
+            grad=s.grad,
+            diagnostics=s.diagnostics,
+            grad_norm=True,
+            mesh=job.mesh,
+        )
+    else:  # DP-SGD: the manual path's per-example gradients, clipped, noised
+        train_epoch = jaxbp.make_dp_train_epoch(
+            job.optimizer,
+            job.model,
+            batch_size=s.batch_size,
+            l2_clip=job.privacy.l2_clip,
+            noise_multiplier=job.privacy.noise_multiplier,
+        )
     steps = -(-x_train.shape[0] // s.batch_size)
     start = time.perf_counter()  # compile once, outside the timed epochs
     train_epoch = train_epoch.lower(job.params, job.opt_state, job.key, x_train, y_train).compile()
@@ -110,7 +170,10 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
         f"compiled one epoch ({steps} steps in one program{where}) in "
         f"{time.perf_counter() - start:.1f} s",
     )
-    scores = jax.jit(lambda p, x, y: jaxbp.evaluate(p, x, y, task=job.task, **job.kw))
+    # Evaluation mode: dropout off, batch norm with its running averages.
+    scores = jax.jit(
+        lambda p, stats, x, y: jaxbp.evaluate(p, x, y, job.model, task=job.task, stats=stats)
+    )
     progress = _Progress(s.epochs, s.quiet)
     params, opt_state, history = job.params, job.opt_state, list(job.history)
     for epoch in range(len(history) + 1, s.epochs + 1):
@@ -133,7 +196,8 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
             return None
         row = {"epoch": epoch, "seconds": seconds, "samples_per_s": steps * s.batch_size / seconds}
         for split, (x, y) in (("train", (x_train, y_train)), ("test", (x_test, y_test))):
-            row |= {f"{split}_{k}": float(v) for k, v in scores(params, x, y).items()}
+            measured = scores(params, _stats(opt_state), x, y)
+            row |= {f"{split}_{k}": float(v) for k, v in measured.items()}
         # Per-step metrics averaged over the epoch; diagnostics are per layer.
         row |= {
             k: np.mean(np.asarray(v), axis=0).tolist() for k, v in metrics.items() if k != "loss"
@@ -145,6 +209,11 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
         if job.folder is not None:
             _save(job, epoch, row, {"params": params, "opt_state": opt_state, "key": job.key})
     return params, history
+
+
+def _stats(opt_state: Any) -> Any:
+    """Batch norm's running averages in a step's state, or `None` (no state of its own)."""
+    return opt_state.stats if isinstance(opt_state, jaxbp.TrainState) else None
 
 
 def _save(job: Job, epoch: int, row: dict[str, Any], state: dict[str, Any]) -> None:
@@ -208,35 +277,57 @@ def _say(settings: Settings, text: str) -> None:
         print(text, flush=True)
 
 
-def _parity(settings: Settings, when: str, params: Any, batch: tuple, kw: dict) -> Any:
+def _parity(
+    settings: Settings, when: str, params: Any, batch: tuple, model: jaxbp.Config, key: Any
+) -> Any:
     """`manual_grad` vs `jax.grad` on one batch, in float64 (the verdict) and float32.
 
     The verdict is taken in float64: in float32 a well-trained network's gradient can be a
     sum of nearly cancelling terms (output units with y_hat close to y), whose relative
     rounding error grows past 1e-5 in both paths alike, which says nothing about the math.
     For the same reason a leaf that fails `rtol` on its own norm is judged again on the
-    scale of the whole gradient, `atol = rtol ||g||` (`jaxbp.check_parity`'s rule,
-    `||manual - autodiff|| <= atol + rtol ||autodiff||`): a wrong derivative is off by
-    that scale and still fails.
+    scale of the whole gradient (`jaxbp.check_parity(..., atol="auto")`, `atol = rtol
+    ||g||`): a wrong derivative is off by that scale and still fails. A network with
+    batch normalisation is judged that way from the start: the bias before each batch
+    norm has an exactly-zero gradient, whose relative error is rounding over rounding.
+    `key` draws a dropout network's masks (the same for both paths).
     """
-    report32 = jaxbp.check_parity(params, *batch, **kw)
+    body = model.body(len(params))
+    first = "auto" if any(getattr(l, "zeroes_preceding_bias", False) for l in body) else 0.0
+    report32 = jaxbp.check_parity(params, *batch, model, key=key, atol=first)
     with jax.enable_x64(True):
         as64 = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
         x, y = batch
         y = y if jnp.issubdtype(y.dtype, jnp.integer) else as64(y)
         params64 = jax.tree.map(as64, params)
-        report = jaxbp.check_parity(params64, as64(x), y, **kw)
-        if not report.passed:
-            scale = math.sqrt(sum(leaf.ref_norm**2 for leaf in report.leaves))
-            report = jaxbp.check_parity(params64, as64(x), y, atol=report.rtol * scale, **kw)
-    atol = f", atol {report.atol:.1e} = rtol x ||grad||" if report.atol else ""
+        report = jaxbp.check_parity(params64, as64(x), y, model, key=key, atol=first)
+        if not report.passed and first == 0.0:
+            report = jaxbp.check_parity(params64, as64(x), y, model, key=key, atol="auto")
+    atol = (
+        f", atol {report.atol:.1e} = rtol x ||grad||: worst error on that scale "
+        f"{_scaled_err(report):.1e}"
+        if report.atol
+        else ""
+    )
     _say(
         settings,
         f"parity {when} training (manual_grad vs jax.grad on a batch): worst rel err "
         f"{report.max_rel_err:.1e} in float64 (rtol {report.rtol:.0e}{atol}), "
-        f"{report32.max_rel_err:.1e} in float32",
+        f"{_scaled_err(report32):.1e} in float32",
     )
     return report
+
+
+def _scaled_err(report: Any) -> float:
+    """The worst leaf error on the scale the verdict uses: `||manual - autodiff||` over
+    the larger of the leaf's norm and `atol / rtol` (the gradient's, with `atol="auto"`)."""
+    floor = report.atol / report.rtol if report.rtol else 0.0
+    worst = 0.0
+    for leaf in report.leaves:
+        scale = max(leaf.ref_norm, floor)
+        err = 0.0 if leaf.abs_err == 0 else (leaf.abs_err / scale if scale else math.inf)
+        worst = max(worst, err)
+    return worst
 
 
 def _diagnostics_line(row: dict[str, Any]) -> str:
