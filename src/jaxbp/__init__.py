@@ -31,6 +31,7 @@ from jaxbp._tasks import TASKS, Task
 from jaxbp._train import (
     TrainState,
     epoch_batches,
+    epoch_means,
     evaluate,
     evaluate_sweep,
     init_train_state,
@@ -79,6 +80,7 @@ __all__ = [
     "dp_noise_multiplier",
     "dp_value_and_grad",
     "epoch_batches",
+    "epoch_means",
     "evaluate",
     "evaluate_sweep",
     "forward",

@@ -36,6 +36,7 @@ from jaxbp._train import (
     apply_optimizer,
     check_opt_state,
     check_optimizer,
+    repeat_epochs,
     scan_epoch,
     tree_norm,
 )
@@ -167,6 +168,7 @@ def make_dp_train_epoch(
     batch_size: int,
     l2_clip: float,
     noise_multiplier: float,
+    epochs: int = 1,
     donate: bool = True,
     **keywords: Unpack[Keywords],
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
@@ -175,12 +177,13 @@ def make_dp_train_epoch(
     It shuffles `x: (n, n_0)` and `y` with `key` exactly as `jaxbp.make_train_epoch` does
     (fixed-size batches of one permutation, `ceil(n / batch_size)` steps), then runs the
     step of `make_dp_train_step` on each, with a noise key per step drawn from `key`.
-    `metrics` stack each step's along a leading `(n_steps,)` axis. For the privacy
+    `metrics` stack each step's along a leading `(n_steps,)` axis; `epochs=E` runs E
+    epochs in the one program (as `make_train_epoch`). For the privacy
     spent, `jaxbp.dp_epsilon` with `jaxbp.dp_epoch_sampling(n=..., batch_size=...,
     epochs=...)`: note the sampling there (shuffling, not Poisson).
     """
     update = _dp_update(optimizer, dp_config(config, keywords), l2_clip, noise_multiplier)
-    epoch = scan_epoch(update, batch_size, keyed=lambda params: True)
+    epoch = repeat_epochs(scan_epoch(update, batch_size, keyed=lambda params: True), epochs)
     return jax.jit(epoch, donate_argnums=StepOptions(donate=donate).check().donate_argnums)
 
 

@@ -370,11 +370,47 @@ def scan_epoch(
     return epoch
 
 
+def repeat_epochs(
+    epoch: Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]], epochs: int
+) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
+    """`epochs` epochs in one `lax.scan`: epoch `e` (from 0) shuffles with
+    `jax.random.fold_in(key, e)`, exactly as the Python loop
+    `for e in range(epochs): params, state, m = epoch(params, state, fold_in(key, e), x, y)`.
+    Metrics gain a leading `(epochs,)` axis. One epoch is `epoch` itself."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1; got {epochs!r}.")
+    if epochs == 1:
+        return epoch
+
+    def many(
+        params: Params, opt_state: Any, key: Array, x: Array, y: Array
+    ) -> tuple[Params, Any, Metrics]:
+        def body(carry: tuple[Params, Any], e: Array) -> tuple[Any, Metrics]:
+            params, opt_state, metrics = epoch(*carry, jax.random.fold_in(key, e), x, y)
+            return (params, opt_state), metrics
+
+        (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), jnp.arange(epochs))
+        return params, opt_state, metrics
+
+    return many
+
+
+def epoch_means(metrics: Metrics) -> Metrics:
+    """Each per-step metric averaged over its epoch's steps (the last axis of a scalar
+    metric; per-layer diagnostics keep their layer axis): `(steps,)` -> `()`,
+    `(epochs, steps)` -> `(epochs,)`, `(N, epochs, steps)` -> `(N, epochs)`."""
+    return {
+        name: jnp.mean(value, axis=-1 if name in ("loss", "grad_norm", "clipped") else -2)
+        for name, value in metrics.items()
+    }
+
+
 def make_train_epoch(
     optimizer: optax.GradientTransformation,
     config: Config | None = None,
     *,
     batch_size: int,
+    epochs: int = 1,
     grad: str = "manual",
     diagnostics: bool = False,
     grad_norm: bool = False,
@@ -382,7 +418,7 @@ def make_train_epoch(
     mesh: Mesh | None = None,
     **keywords: Unpack[Keywords],
 ) -> Callable[[Params, Any, Array, Array, Array], tuple[Params, Any, Metrics]]:
-    """One whole epoch compiled into one program:
+    """One whole epoch (or `epochs` of them) compiled into one program:
     `epoch(params, opt_state, key, x, y) -> (params, opt_state, metrics)`.
 
     The epoch shuffles `x: (n, n_0)` and `y` with `key`, cuts them into
@@ -391,22 +427,24 @@ def make_train_epoch(
     step's metrics stacked along a leading `(n_steps,)` axis. With `mesh`, the whole
     dataset is replicated and each minibatch split over the mesh's first axis. The
     other keywords are those of `make_train_step`; `params` and `opt_state` are donated
-    unless `donate=False`.
+    unless `donate=False`. With `epochs=E` the program runs E epochs (see
+    `repeat_epochs`: epoch `e` shuffles with `jax.random.fold_in(key, e)`) and metrics
+    are `(E, n_steps)`; `jaxbp.epoch_means(metrics)` averages each epoch's steps.
     """
     cfg, options = as_config(config, keywords), StepOptions(grad, diagnostics, grad_norm, donate)
     if options.check().grad == "fused" and mesh is None:
         epoch = fused_epoch(optimizer, cfg, check_batch_size(batch_size), epoch_batches)
-        return jax.jit(epoch, donate_argnums=options.donate_argnums)
+        return jax.jit(repeat_epochs(epoch, epochs), donate_argnums=options.donate_argnums)
     update = _make_update(optimizer, cfg, options)
     if mesh is None:
         epoch = scan_epoch(update, batch_size, keyed=_random_body(cfg))
-        return jax.jit(epoch, donate_argnums=options.donate_argnums)
+        return jax.jit(repeat_epochs(epoch, epochs), donate_argnums=options.donate_argnums)
     _refuse_fused(options, "a mesh")
     shard = data_parallel(mesh)
     shard.check_batch(check_batch_size(batch_size), "batch_size")
     epoch = scan_epoch(update, batch_size, shard.constrain_batch, _random_body(cfg))
     return jax.jit(
-        epoch,
+        repeat_epochs(epoch, epochs),
         donate_argnums=options.donate_argnums,
         in_shardings=(shard.replicated,) * 5,
         out_shardings=shard.replicated,
@@ -418,6 +456,7 @@ def make_train_sweep(
     config: Config | None = None,
     *,
     batch_size: int,
+    epochs: int = 1,
     grad: str = "manual",
     shared_order: bool = False,
     grad_norm: bool = False,
@@ -436,12 +475,15 @@ def make_train_sweep(
     as one matmul. To sweep a hyperparameter, make it part of the state, e.g.
     `optax.inject_hyperparams(optax.sgd)(learning_rate=lrs)`, vmapped init with one rate
     per model. Metrics gain a leading `(N,)` axis. `grad_norm` and `donate` are those
-    of `make_train_step`.
+    of `make_train_step`; `epochs=E` runs E epochs per model in the one program (as
+    `make_train_epoch`), metrics `(N, E, n_steps)`. Score the N models with
+    `jaxbp.evaluate_sweep`.
     """
     options = StepOptions(grad, False, grad_norm, donate).check()
     _refuse_fused(options, "a sweep of models")
     cfg = as_config(config, keywords)
     epoch = scan_epoch(_make_update(optimizer, cfg, options), batch_size, keyed=_random_body(cfg))
+    epoch = repeat_epochs(epoch, epochs)
     key_axis = None if shared_order else 0
     key_rank = 0 if shared_order else 1
 
