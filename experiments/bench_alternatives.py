@@ -1,10 +1,10 @@
 """The benchmark's training step written in the frameworks a user would otherwise pick.
 
-Each alternative trains the MLP of `jaxbp._bench` (tanh hidden layers, identity output,
+Each alternative trains the MLP of `jaxbp.app.bench` (tanh hidden layers, identity output,
 softmax cross-entropy on integer labels, `optax.sgd(1e-2, momentum=0.9)`), written the way
 its framework's documentation recommends, from the same initial weights as
 `jaxbp.init_mlp(jax.random.key(0), sizes)` and on the same 8 rotating batches as
-`jaxbp._bench.step_call`, in float32 on the CPU:
+`jaxbp.app.bench.step_call`, in float32 on the CPU:
 
 - "jax.grad, pure functions": `jax.jit` of a pure `(params, opt_state, x, y)` step,
   `jax.value_and_grad` of a logsumexp cross-entropy and an optax update, params and
@@ -60,7 +60,7 @@ import optax
 from jaxbp import init_mlp
 from jaxbp.app.bench import CONFIGS, Config, batches, median_seconds, optimizer, round_robin
 
-LR, MOMENTUM = 1e-2, 0.9  # what jaxbp._bench.optimizer() is, for the frameworks without optax
+LR, MOMENTUM = 1e-2, 0.9  # what jaxbp.app.bench.optimizer() is, for the frameworks without optax
 N_BATCHES = 8
 CHECK_STEPS = 3
 CHECK_RTOL = 1e-4
@@ -368,10 +368,10 @@ def _losses(maker: Maker, config: Config, steps: int = CHECK_STEPS) -> list[floa
 
 
 def make_jaxbp(grad: str) -> Maker:
-    """jaxbp's own jitted step (`make_train_step`, as `jaxbp._bench.step_call` runs it)."""
+    """jaxbp's own jitted step (`make_train_step`, as `jaxbp.app.bench.step_call` runs it)."""
 
     def make(config: Config) -> Step:
-        from jaxbp._train import make_train_step
+        from jaxbp import make_train_step
         from jaxbp.app.bench import KW
 
         params, data = _init(config)
@@ -393,7 +393,7 @@ def make_jaxbp(grad: str) -> Maker:
 def make_jaxbp_scan(config: Config) -> Step:
     """jaxbp manual, a whole epoch over the 8 batches in one `lax.scan` program: one call
     runs 8 steps (`STEPS_PER_CALL`), so its time is divided by 8."""
-    from jaxbp._train import make_train_epoch
+    from jaxbp import make_train_epoch
     from jaxbp.app.bench import KW
 
     params, data = _init(config)
@@ -449,7 +449,7 @@ def run(names: list[str], reps: int | None = None, rounds: int = 3) -> dict[str,
     configuration in `names`. `reps=None`: `DEFAULT_REPS` per configuration.
 
     On a shared machine the load drifts, so the frameworks are timed interleaved: all
-    steps are built and warmed up first, then `jaxbp._bench.round_robin` times one call of
+    steps are built and warmed up first, then `jaxbp.app.bench.round_robin` times one call of
     each in turn, over `rounds` rounds; a framework's time is its smallest round median.
     Returns a JSON-ready dict."""
     rows = []

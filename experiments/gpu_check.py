@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jax
 
-from jaxbp._check import parity_grid
+from jaxbp import parity_grid
 from jaxbp.app import bench as _bench
 from jaxbp.app.cli import main as jaxbp_main
 

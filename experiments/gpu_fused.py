@@ -3,7 +3,7 @@
     python experiments/gpu_fused.py [--smoke] [--out DIR]
 
 One run measures, per training step (median over repeated calls, each blocking on its
-result): the fused step (`jaxbp._fused.fused_step_fn`, one jitted call a step) and the
+result): the fused step (`jaxbp.fused_step_fn`, one jitted call a step) and the
 fused epoch (`fused_epoch_fn`, one kernel for the whole epoch), `make_train_step` with
 grad="manual" and grad="autodiff" one jitted step at a time, `make_train_epoch` (one
 `lax.scan`) for both, and a 32-model `make_train_sweep` (per model). All use
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 import jaxbp
-from jaxbp._fused import fused_epoch_fn, fused_step_fn
+from jaxbp import fused_epoch_fn, fused_step_fn
 
 RESULTS = Path(__file__).parent / "results"
 # NVIDIA H200 SXM datasheet (nvidia.com/en-us/data-center/h200): TF32 tensor core 989

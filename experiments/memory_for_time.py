@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxbp
-from jaxbp._activations import SOFTMAX
+from jaxbp import SOFTMAX
 from jaxbp.app.plots import pyplot
 
 RESULTS = Path(__file__).parent / "results"

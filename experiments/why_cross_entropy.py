@@ -35,8 +35,7 @@ import numpy as np
 import optax
 
 import jaxbp
-from jaxbp import datasets
-from jaxbp._activations import SOFTMAX
+from jaxbp import SOFTMAX, datasets
 from jaxbp.app.plots import pyplot
 
 RESULTS = Path(__file__).parent / "results"

@@ -15,7 +15,7 @@ from jaxbp._custom_vjp import mlp
 from jaxbp._diagnostics import backward_flow_stats
 from jaxbp._dp import dp_value_and_grad, make_dp_train_epoch, make_dp_train_step
 from jaxbp._dropout import Dropout
-from jaxbp._fused import FusedSGD, fused_sgd
+from jaxbp._fused import FusedSGD, fused_epoch_fn, fused_sgd, fused_step_fn
 from jaxbp._init import INITS
 from jaxbp._layers import Activate, Context, Dense
 from jaxbp._losses import LOSSES, Loss, huber
@@ -84,7 +84,9 @@ __all__ = [
     "evaluate",
     "evaluate_sweep",
     "forward",
+    "fused_epoch_fn",
     "fused_sgd",
+    "fused_step_fn",
     "gnvp",
     "huber",
     "hvp",
