@@ -202,7 +202,11 @@ def test_batch_norm_running_averages_closed_form():
     np.testing.assert_allclose(metrics["accuracy"], np.mean(want.argmax(1) == np.asarray(y)))
 
 
-@pytest.mark.parametrize(("norm", "dropout"), NETWORKS, ids=[f"{n}-{d}" for n, d in NETWORKS])
+@pytest.mark.parametrize(
+    ("norm", "dropout"),
+    [("batch", 0.3), ("layer", 0.0)],  # state and keys together; layer norm's plain params
+    ids=["batch-0.3", "layer-0.0"],
+)
 def test_step_epoch_sweep_manual_equals_autodiff_and_are_deterministic(norm, dropout):
     """The batch-norm state and the dropout keys flow through a step, an epoch and a
     sweep of two models: both gradient paths agree; the same key gives the same run."""
