@@ -44,6 +44,18 @@ def rel_err(a, b):
     return 0.0 if diff == 0 else float(diff / ref)
 
 
+def run_train(capsys, *args):
+    """`jaxbp train ARGS` in this process: `(exit status, stdout, stderr)`."""
+    from jaxbp.app.cli import main
+
+    try:
+        code = main(["train", *args])
+    except SystemExit as exit_:  # argparse's own exit
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

@@ -5,18 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from jaxbp.app.cli import main
+from conftest import run_train
 
 SMALL = ["--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
 
 
 def run(capsys, *args):
-    try:
-        code = main(["train", *args])
-    except SystemExit as exit_:  # argparse's own exit
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_train(capsys, *args)
 
 
 def test_outputs(tmp_path, capsys):

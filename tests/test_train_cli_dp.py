@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxbp.app.cli import main
+from conftest import run_train
 from jaxbp.app.job import default_delta
 
 XOR = ["--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
@@ -16,12 +16,7 @@ DP = ["--dp-clip", "1", "--dp-noise", "1.1"]
 
 
 def run(capsys, *args):
-    try:
-        code = main(["train", *args])
-    except SystemExit as exit_:  # argparse's own exit
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_train(capsys, *args)
 
 
 def rows(out):

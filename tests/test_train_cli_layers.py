@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jaxbp
+from conftest import run_train
 from jaxbp._checkpoint import read_arrays, save_checkpoint
 from jaxbp.app.cli import main
 
@@ -17,12 +18,7 @@ REMEDIES = ["--norm", "batch", "--dropout", "0.2"]
 
 
 def run(capsys, *args):
-    try:
-        code = main(["train", *args])
-    except SystemExit as exit_:  # argparse's own exit
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_train(capsys, *args)
 
 
 def without_timing(path):
