@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp._data_files import read_table
+from jaxbp._losses import LOSSES
+from jaxbp._tasks import CLASSIFICATION
 
 __all__ = ["INFO", "Dataset", "DatasetInfo", "for_loss", "load", "load_file"]
 
@@ -145,8 +147,6 @@ def for_loss(data: Dataset, info: DatasetInfo, loss: str) -> tuple[Dataset, int]
     rows for a regression loss, int32 labels for cross-entropy, float32 0/1 for binary
     cross-entropy. A regression target needs a regression loss.
     """
-    from jaxbp._losses import LOSSES
-
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {list(LOSSES)}; got {loss!r}.")
     kind = LOSSES[loss].task
@@ -197,7 +197,7 @@ def _split(
         y = _standardise(y, train)
         y_dtype = np.float32
     else:
-        y_dtype = np.int32 if info.loss == "cross_entropy" else np.float32
+        y_dtype = np.int32 if LOSSES[info.loss].task is CLASSIFICATION else np.float32
     with np.errstate(over="ignore"):
         x32 = x.astype(np.float32)
     bad = np.argwhere(~np.isfinite(x32))
