@@ -26,9 +26,9 @@ RTOL = {jnp.float64: 1e-12, jnp.float32: 1e-5}
 """Per-leaf bound on ||manual - jax.grad|| / ||jax.grad||, by dtype (the project's promise)."""
 
 
-def make_problem(seed, sizes, batch, loss, dtype=jnp.float64, *, x_scale=1.0):
+def make_problem(seed, sizes, batch, loss, dtype=jnp.float64, *, x_scale=1.0, norm=None):
     """Random `(params, x, y)` for `sizes` with targets for `loss` (see `random_problem`)."""
-    return random_problem(seed, sizes, batch, loss, dtype, x_scale=x_scale)
+    return random_problem(seed, sizes, batch, loss, dtype, x_scale=x_scale, norm=norm)
 
 
 def random_like(seed, tree):

@@ -104,22 +104,8 @@ NETWORKS = [("layer", 0.0), ("batch", 0.0), (None, 0.3), ("layer", 0.3), ("batch
 def network(
     norm, dropout, seed, sizes=(5, 7, 6, 3), batch=8, loss="cross_entropy", dtype=jnp.float64
 ):
-    params, x, y = make_problem(seed, list(sizes), batch, loss, dtype)
-    if norm:
-        rng = np.random.default_rng(seed)
-        with_norm = []
-        for i, layer in enumerate(params):
-            with_norm.append(layer)
-            if i < len(params) - 1:
-                n = layer["b"].shape[0]
-                with_norm.append(
-                    {
-                        "gain": jnp.asarray(1 + 0.2 * rng.normal(size=n), dtype),
-                        "bias": jnp.asarray(0.1 * rng.normal(size=n), dtype),
-                    }
-                )
-        params = with_norm
-    return params, x, y
+    del dropout  # the masks come from the call's key
+    return make_problem(seed, list(sizes), batch, loss, dtype, norm=norm)
 
 
 def assert_network_parity(norm, dropout, activation, loss, output, dtype, seed=7):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp._activations import ACTIVATIONS, Activation, get_activation
-from jaxbp._config import Config
+from jaxbp._config import Config, check_norm
 from jaxbp._losses import Loss, get_loss, get_output_activation
 from jaxbp._parity import check_parity
 from jaxbp._tasks import CLASSIFICATION
@@ -32,12 +32,22 @@ product."""
 
 
 def random_problem(
-    seed: int, sizes: list[int], batch: int, loss: str | Loss, dtype: Any, *, x_scale: float = 1.0
+    seed: int,
+    sizes: list[int],
+    batch: int,
+    loss: str | Loss,
+    dtype: Any,
+    *,
+    x_scale: float = 1.0,
+    norm: str | None = None,
 ) -> tuple[list[dict[str, jax.Array]], jax.Array, jax.Array]:
     """Random `(params, x, y)` from numpy's generator seeded with `seed`: Glorot-normal
     weights, small random biases (so the bias path is exercised), normal inputs of std
     `x_scale`, and targets that suit the loss's task (labels for classification,
-    U[0, 1] otherwise).
+    U[0, 1] otherwise). With `norm` ("layer" or "batch"), a normalisation's `{"gain",
+    "bias"}` follows each hidden dense layer (as `init_mlp(..., norm=...)` lays them out),
+    drawn near (1, 0) so that both paths are exercised; the rest of the problem is as
+    without it.
 
     numpy rather than `jax.random`: the latter compiles its samplers once per new shape,
     which would dominate a grid of small problems.
@@ -57,6 +67,8 @@ def random_problem(
         y = jnp.asarray(labels, jnp.int32)
     else:
         y = jnp.asarray(y_unit, dtype)
+    if check_norm(norm) is not None:
+        params = _with_norms(params, rng, dtype)
     return params, x, y
 
 
@@ -104,9 +116,9 @@ def parity_grid(
             continue  # no hidden layer: nothing to normalise or drop
         cfg = Config(act, loss, output, norm=norm, dropout=rate)
         sizes = [6] + [9] * (depth - 1) + [4]
-        params, x, y = random_problem(next(problem), sizes, batch, loss, jnp.dtype(dtype))
-        if cfg.norm is not None:
-            params = _with_norms(params, cfg, np.random.default_rng(seed), jnp.dtype(dtype))
+        params, x, y = random_problem(
+            next(problem), sizes, batch, loss, jnp.dtype(dtype), norm=norm
+        )
         body = cfg.body(len(params))
         exact_zeros = any(getattr(layer, "zeroes_preceding_bias", False) for layer in body)
         report = check_parity(params, x, y, cfg, atol="auto" if exact_zeros else 0.0)
@@ -125,7 +137,7 @@ def parity_grid(
         }
 
 
-def _with_norms(params: list[Any], config: Config, rng: Any, dtype: Any) -> list[Any]:
+def _with_norms(params: list[Any], rng: Any, dtype: Any) -> list[Any]:
     """The dense `params` with a normalisation's `{gain, bias}` after each hidden one,
     drawn near (1, 0) so that the gain and bias paths are exercised."""
     out = []

@@ -322,13 +322,16 @@ def fused_sgd(learning_rate: float, momentum: float | None = None) -> FusedSGD:
     return FusedSGD(float(learning_rate), None if momentum is None else float(momentum))
 
 
-def _fused_for(optimizer: Any, config: Config, params: Layers) -> Fused:
+def _require_fused_sgd(optimizer: Any) -> None:
     if not isinstance(optimizer, FusedSGD):
         raise ValueError(
             "grad='fused' runs the SGD update inside the kernel, so its optimizer must be "
             "jaxbp.fused_sgd(learning_rate, momentum); got "
             f"{type(optimizer).__name__}. Use grad='manual' for other optimizers."
         )
+
+
+def _fused_for(optimizer: FusedSGD, config: Config, params: Layers) -> Fused:
     sizes = (np.shape(params[0]["W"])[0], *(np.shape(layer["W"])[1] for layer in params))
     return check_fused_supported(
         sizes, config, learning_rate=optimizer.learning_rate, momentum=optimizer.momentum
@@ -349,8 +352,7 @@ def fused_update(
     optimizer: Any, config: Config
 ) -> Callable[[Layers, Any, Array, Array], tuple[Layers, Any, dict[str, Array]]]:
     """The training update of `make_train_step(..., grad="fused")`: one kernel a step."""
-    if not isinstance(optimizer, FusedSGD):
-        _fused_for(optimizer, config, [])  # raises the message
+    _require_fused_sgd(optimizer)
 
     def update(params: Layers, opt_state: Any, key: Any, x: Array, y: Array) -> Any:
         del key  # no random layers: check_fused_supported refuses them
@@ -366,8 +368,7 @@ def fused_epoch(
 ) -> Callable[[Layers, Any, Array, Array, Array], Any]:
     """The epoch of `make_train_epoch(..., grad="fused")`: one kernel for all its steps,
     over the batches `batches(key, n, batch_size)` of the other gradient paths."""
-    if not isinstance(optimizer, FusedSGD):
-        _fused_for(optimizer, config, [])
+    _require_fused_sgd(optimizer)
 
     def epoch(params: Layers, opt_state: Any, key: Array, x: Array, y: Array) -> Any:
         fused = _fused_for(optimizer, config, params)
