@@ -92,30 +92,11 @@ def log(msg: str) -> None:
 
 
 def load(name: str, seed: int) -> dict[str, jaxbp.datasets.Dataset]:
-    """The standardised split of `jaxbp.datasets.load` and the same split with scikit-learn's
-    raw features. The raw rows are found by redoing the library's split (a seeded
-    permutation, the first 20% for test) and checked: standardising them with the
-    training statistics must give the library's arrays."""
-    import sklearn.datasets
-
-    std = jaxbp.datasets.load(name, seed=seed)
-    x, y = getattr(sklearn.datasets, f"load_{name}")(return_X_y=True)
-    order = np.random.default_rng(seed).permutation(x.shape[0])
-    n_test = std.x_test.shape[0]
-    train, test = order[n_test:], order[:n_test]
-    mean, sd = x[train].mean(axis=0), x[train].std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0)
-    same = np.allclose((x[train] - mean) / sd, std.x_train, atol=1e-4) and np.allclose(
-        (x[test] - mean) / sd, std.x_test, atol=1e-4
-    )
-    if not same or not np.array_equal(y[train], np.asarray(std.y_train).astype(y.dtype)):
-        raise RuntimeError(
-            f"{name}: the raw split does not reproduce jaxbp.datasets.load's; update load()."
-        )
-    raw = std._replace(
-        x_train=jnp.asarray(x[train], jnp.float32), x_test=jnp.asarray(x[test], jnp.float32)
-    )
-    return {"raw": raw, "standardised": std}
+    """One split of `name`, with its raw features and standardised (training statistics)."""
+    return {
+        "raw": jaxbp.datasets.load(name, seed=seed, standardise=False),
+        "standardised": jaxbp.datasets.load(name, seed=seed),
+    }
 
 
 def norm(x: jax.Array) -> jax.Array:
@@ -349,7 +330,8 @@ def figure(records, datasets, activations, names, depths, path: Path) -> None:
     panels = [(d, a) for d in datasets for a in activations]
     deep = max(depths)
     fig, axes = plt.subplots(3, len(panels), figsize=(5.2 * len(panels), 13), squeeze=False)
-    colors = {name: f"C{i}" for i, name in enumerate(names)}
+    # Ten colours, then the same ten dashed: every variant keeps a style of its own.
+    styles = {name: (f"C{i % 10}", ("-", "--", ":")[i // 10 % 3]) for i, name in enumerate(names)}
     width = 0.8 / len(depths)
     for col, (dataset, act) in enumerate(panels):
         ax = axes[0, col]
@@ -369,7 +351,8 @@ def figure(records, datasets, activations, names, depths, path: Path) -> None:
             for name in names:
                 norms = find(records, dataset, act, name, deep)[when]["delta_norms"]
                 layers = np.arange(1, deep + 1)
-                ax.plot(layers, geo(norms), "-o", ms=2, color=colors[name], label=name)
+                color, line = styles[name]
+                ax.plot(layers, geo(norms), marker="o", ms=2, ls=line, color=color, label=name)
             ax.set(
                 title=f"{dataset}, {act}, depth {deep}: ||delta_l||, "
                 + ("at init" if when == "at_init" else "trained"),
@@ -385,11 +368,28 @@ def figure(records, datasets, activations, names, depths, path: Path) -> None:
     plt.close(fig)
 
 
+def replot(out: Path) -> None:
+    """Redraw the figure from the records a full run stored, without training again."""
+    saved = json.loads((out / "remedies.json").read_text())
+    records = saved["settings"]
+    firsts = lambda key: list(dict.fromkeys(r[key] for r in records))  # noqa: E731
+    depths = sorted(set(firsts("depth")))
+    names = firsts("variant")
+    figure(records, firsts("dataset"), firsts("activation"), names, depths, out / "remedies.png")
+    log(f"wrote {out / 'remedies.png'}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw remedies.png from --out's remedies.json"
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        replot(args.out)
+        return
 
     datasets = ["breast_cancer"] if args.smoke else ["digits", "breast_cancer"]
     activations = ["tanh"] if args.smoke else ["sigmoid", "tanh"]

@@ -38,6 +38,24 @@ def test_split_uses_training_statistics_only():
     assert abs(float(np.asarray(d.x_test).mean())) > 1e-4  # test statistics were not used
 
 
+@pytest.mark.parametrize("name", ["breast_cancer", "diabetes"])
+def test_raw_split_is_the_same_split_unstandardised(name):
+    """`standardise=False`: scikit-learn's values on the rows of the standardised split."""
+    raw_x, raw_y = getattr(sk, f"load_{name}")(return_X_y=True)
+    raw, std = datasets.load(name, seed=2, standardise=False), datasets.load(name, seed=2)
+    order = np.random.default_rng(2).permutation(len(raw_x))
+    n_test = round(0.2 * len(raw_x))
+    train, test = order[n_test:], order[:n_test]
+    np.testing.assert_array_equal(raw.x_train, raw_x[train].astype(np.float32))
+    np.testing.assert_array_equal(raw.x_test, raw_x[test].astype(np.float32))
+    if datasets.INFO[name].task == "regression":  # the target stays raw too
+        np.testing.assert_array_equal(raw.y_test, raw_y[test].astype(np.float32))
+    else:
+        np.testing.assert_array_equal(raw.y_test, std.y_test)
+    with pytest.raises(TypeError, match="standardise must be True or False; got 'no'"):
+        datasets.load(name, standardise="no")
+
+
 def test_synthetic_labels():
     d = datasets.load("xor", seed=0)
     x, y = np.asarray(d.x_train), np.asarray(d.y_train)

@@ -55,6 +55,23 @@ def test_saturation_counts_dead_relus():
     assert float(metrics["saturated"][0]) >= 0.5
 
 
+def test_epoch_means_keep_the_layer_axis_of_every_diagnostic():
+    """`epoch_means` averages over steps only: a diagnostics epoch's per-layer metrics
+    keep their layer axis, its scalars become scalars (numpy as the reference)."""
+    params, x, y = make_problem(0, [4, 6, 5, 2], 12, "cross_entropy")
+    optimizer = optax.sgd(0.1)
+    epoch = jaxbp.make_train_epoch(
+        optimizer, batch_size=4, diagnostics=True, grad_norm=True, donate=False, **KW
+    )
+    _, _, metrics = epoch(params, optimizer.init(params), jax.random.key(0), x, y)
+    means = jaxbp.epoch_means(metrics)
+    assert metrics.keys() == means.keys() >= {"loss", "grad_norm", "delta_norm", "saturated"}
+    for name, value in metrics.items():
+        per_layer = np.ndim(value) == 2  # (steps, layers)
+        assert np.shape(means[name]) == (np.shape(value)[1:] if per_layer else ())
+        np.testing.assert_allclose(means[name], np.mean(value, axis=0), rtol=1e-6)
+
+
 def test_diagnostics_need_manual_gradients():
     with pytest.raises(ValueError, match="use grad='manual'"):
         jaxbp.make_train_step(optax.sgd(0.1), grad="autodiff", diagnostics=True, **KW)

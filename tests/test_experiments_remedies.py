@@ -87,3 +87,9 @@ def test_remedies_smoke(tmp_path):
     assert "| variant | depth |" in md
     assert "| baseline |" in md and "| all, batch norm |" in md
     assert "## Learning-rate check" in md
+
+    (tmp_path / "remedies.png").unlink()  # --replot redraws it from the stored records
+    replot = [sys.executable, str(EXPERIMENTS / "remedies.py"), "--replot", "--out", str(tmp_path)]
+    result = subprocess.run(replot, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"remedies.py --replot failed:\n{result.stderr[-3000:]}"
+    assert (tmp_path / "remedies.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

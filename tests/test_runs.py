@@ -13,8 +13,8 @@ import pytest
 
 import jaxbp
 from jaxbp._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from jaxbp._runs import RunError, load_run
 from jaxbp.app.cli import main
+from jaxbp.runs import RunError, load_run
 
 XOR = ["train", "--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
 
@@ -113,3 +113,44 @@ def test_public_checkpoint_round_trip(tmp_path):
         load_checkpoint(path, [np.zeros(3)])
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "missing", [np.zeros(2)])
+
+
+def test_a_loop_of_ones_own_writes_a_run_that_load_run_reads_and_train_resumes(
+    finished, tmp_path, capsys
+):
+    """The `jaxbp.runs` contract: a user's loop holding a `RunFolder` and saving with
+    `jaxbp train`'s settings writes a folder that `load_run` reads and `--resume` continues."""
+    run = load_run(finished)
+    settings, data = run.config, run.dataset()[0]
+    sizes = [run.params[0]["W"].shape[0], *(layer["W"].shape[1] for layer in run.params)]
+    optimizer = jaxbp.runs.OPTIMIZERS[settings["optimizer"]](settings["lr"])
+    key = jax.random.key(settings["seed"])
+    params = jaxbp.init_mlp(jax.random.fold_in(key, 0), sizes)
+    opt_state = optimizer.init(params)
+    step = jaxbp.make_train_step(
+        optimizer, activation=settings["activation"], loss=settings["loss"]
+    )
+    folder = jaxbp.runs.RunFolder.hold(tmp_path / "mine")
+    try:
+        folder.start_new()
+        for epoch in (1, 2):
+            params, opt_state, metrics = step(params, opt_state, data.x_train, data.y_train)
+            folder.append({"epoch": epoch, "train_loss": float(metrics["loss"])})
+            folder.save(epoch, {"params": params, "opt_state": opt_state, "key": key}, settings)
+        with pytest.raises(RunError, match=r"another jaxbp train .* is writing"):
+            jaxbp.runs.RunFolder.hold(tmp_path / "mine")
+    finally:
+        folder.close()
+    mine = load_run(tmp_path / "mine")
+    assert mine.epoch == 2 and [m["epoch"] for m in mine.metrics] == [1, 2]
+    jax.tree.map(np.testing.assert_array_equal, mine.params, params)
+    resume = [*XOR, "--epochs", "3", "--out", str(tmp_path / "mine"), "--resume"]
+    assert main(resume) == 2  # its log lacks what jaxbp train logs: refused, nothing changed
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "epoch 1 lacks samples_per_s, seconds, test_accuracy" in err
+    assert load_run(tmp_path / "mine").metrics == mine.metrics
+    rows = [{**row, **finished_row} for row, finished_row in zip(mine.metrics, run.metrics)]
+    log = "".join(json.dumps(row) + "\n" for row in rows).encode()
+    jaxbp.runs.write_atomic(tmp_path / "mine" / jaxbp.runs.METRICS, log)
+    assert main(resume) == 0
+    assert load_run(tmp_path / "mine").epoch == 3

@@ -5,7 +5,7 @@ Equation numbers cite chapter 1 of the course this project comes from; see the
 README for the notation.
 """
 
-from jaxbp import datasets
+from jaxbp import datasets, runs
 from jaxbp._activations import ACTIVATIONS, SOFTMAX, Activation, Softmax
 from jaxbp._backprop import Trace, backprop, manual_grad
 from jaxbp._check import LOSS_OUTPUTS, parity_grid, random_problem
@@ -24,7 +24,6 @@ from jaxbp._norm import BatchNorm, LayerNorm
 from jaxbp._parity import LeafParity, ParityReport, assert_parity, check_parity
 from jaxbp._per_example import per_example_grad_norms, per_example_grads
 from jaxbp._privacy import DPSampling, dp_epoch_sampling, dp_epsilon, dp_noise_multiplier
-from jaxbp._runs import Run, RunError, load_run
 from jaxbp._second_order import gnvp, hvp
 from jaxbp._sharding import data_mesh
 from jaxbp._tasks import TASKS, Task
@@ -39,6 +38,7 @@ from jaxbp._train import (
     make_train_step,
     make_train_sweep,
 )
+from jaxbp.runs import Run, RunError, load_run
 
 __version__ = "0.1.0"
 
@@ -108,5 +108,6 @@ __all__ = [
     "per_example_grad_norms",
     "per_example_grads",
     "random_problem",
+    "runs",
     "save_checkpoint",
 ]

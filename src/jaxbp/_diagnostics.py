@@ -16,6 +16,11 @@ SATURATION_THRESHOLD = 0.01
 tanh, a relu at or below zero)."""
 
 
+PER_LAYER = ("delta_norm", "grad_W_norm", "saturated")
+"""The metrics `backward_flow_stats` adds to a step's: each ends in a layer axis (every
+other metric of a step is a scalar)."""
+
+
 def backward_flow_stats(
     trace: Trace, grads: Params, hidden: Activation, threshold: float = SATURATION_THRESHOLD
 ) -> dict[str, Array]:

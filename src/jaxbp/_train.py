@@ -12,7 +12,7 @@ import optax
 
 from jaxbp._backprop import cast_like, gradient_flows, source, trace_of
 from jaxbp._config import Config, Keywords, as_config
-from jaxbp._diagnostics import backward_flow_stats
+from jaxbp._diagnostics import PER_LAYER, backward_flow_stats
 from jaxbp._fused import FusedSGD, fused_epoch, fused_update
 from jaxbp._mlp import (
     Flow,
@@ -400,7 +400,7 @@ def epoch_means(metrics: Metrics) -> Metrics:
     metric; per-layer diagnostics keep their layer axis): `(steps,)` -> `()`,
     `(epochs, steps)` -> `(epochs,)`, `(N, epochs, steps)` -> `(N, epochs)`."""
     return {
-        name: jnp.mean(value, axis=-1 if name in ("loss", "grad_norm", "clipped") else -2)
+        name: jnp.mean(value, axis=-2 if name in PER_LAYER else -1)
         for name, value in metrics.items()
     }
 

@@ -91,10 +91,19 @@ def _check_fraction(test_fraction: object) -> float:
     return float(test_fraction)
 
 
-def load(name: str, *, seed: int = 0, test_fraction: float = 0.2, n_samples: int = 1000) -> Dataset:
+def load(
+    name: str,
+    *,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    n_samples: int = 1000,
+    standardise: bool = True,
+) -> Dataset:
     """Load a built-in dataset, split at random (`seed`) and standardised.
 
     `n_samples` sizes the generated ones ("xor", "moons", "spirals") only.
+    `standardise=False` keeps the features (and a regression target) as they are, in
+    float32, on the same split: the raw inputs section 1.1.3's preprocessing starts from.
     """
     if name not in INFO:
         raise ValueError(f"dataset must be one of {sorted(INFO)}; got {name!r}.")
@@ -110,7 +119,15 @@ def load(name: str, *, seed: int = 0, test_fraction: float = 0.2, n_samples: int
         x, y = np.asarray(x), np.asarray(y)
     else:
         x, y = _sklearn(name)
-    return _split(x, y, INFO[name], seed=seed, test_fraction=test_fraction, source=name)
+    return _split(
+        x,
+        y,
+        INFO[name],
+        seed=seed,
+        test_fraction=test_fraction,
+        source=name,
+        standardise=standardise,
+    )
 
 
 def load_file(
@@ -121,6 +138,7 @@ def load_file(
     seed: int = 0,
     test_fraction: float = 0.2,
     task: str | None = None,
+    standardise: bool = True,
 ) -> tuple[Dataset, DatasetInfo]:
     """Load a user's `.npz` (arrays `x` and `y`), `.csv` (header row, `target` column) or
     IDX images file (`labels`: its labels file, by default the one beside it by MNIST's
@@ -129,7 +147,8 @@ def load_file(
     The task is classification when every target is an integer and there are at most
     `MAX_CLASSES` distinct values (two classes: binary cross-entropy, one output; more:
     cross-entropy on labels remapped to 0..K-1), else regression; IDX labels are always
-    classes; `task` overrides. Images are flattened to `(n, rows * cols)`.
+    classes; `task` overrides. Images are flattened to `(n, rows * cols)`. The split is
+    standardised as `load`'s (`standardise=False` keeps the values as they are).
     """
     seed, test_fraction = check_seed(seed), _check_fraction(test_fraction)
     if task not in (None, "classification", "regression"):
@@ -137,7 +156,16 @@ def load_file(
     path = Path(path)
     x, y, hint = read_table(path, target=target, labels=labels)
     y, info = _infer_task(path, y, task or hint)
-    return _split(x, y, info, seed=seed, test_fraction=test_fraction, source=str(path)), info
+    split = _split(
+        x,
+        y,
+        info,
+        seed=seed,
+        test_fraction=test_fraction,
+        source=str(path),
+        standardise=standardise,
+    )
+    return split, info
 
 
 def for_loss(data: Dataset, info: DatasetInfo, loss: str) -> tuple[Dataset, int]:
@@ -185,16 +213,19 @@ def _split(
     seed: int,
     test_fraction: float,
     source: str,
+    standardise: bool,
 ) -> Dataset:
+    if not isinstance(standardise, bool):
+        raise TypeError(f"standardise must be True or False; got {standardise!r}.")
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"{source}: a dataset needs at least 2 samples to split; got {n}.")
     n_test = min(max(1, round(n * test_fraction)), n - 1)
     order = np.random.default_rng(seed).permutation(n)
     train, test = order[n_test:], order[:n_test]
-    x = _standardise(x, train)
+    x = _standardise(x, train) if standardise else x
     if info.task == "regression":
-        y = _standardise(y, train)
+        y = _standardise(y, train) if standardise else y
         y_dtype = np.float32
     else:
         y_dtype = np.int32 if LOSSES[info.loss].task is CLASSIFICATION else np.float32
@@ -203,10 +234,12 @@ def _split(
     bad = np.argwhere(~np.isfinite(x32))
     if bad.size:
         row, col = bad[0]
+        where = f"{source}: feature column {col} of sample {row} (0-based)"
         raise ValueError(
-            f"{source}: feature column {col} of sample {row} (0-based) lies "
-            f"{x[row, col]:.3g} training standard deviations from the training mean, beyond "
-            "float32; rescale or drop that column."
+            f"{where} lies {x[row, col]:.3g} training standard deviations from the training "
+            "mean, beyond float32; rescale or drop that column."
+            if standardise
+            else f"{where} is {x[row, col]:.3g}, beyond float32; rescale it or standardise."
         )
     as_y = lambda v: jnp.asarray(v, y_dtype)  # noqa: E731
     return Dataset(jnp.asarray(x32[train]), as_y(y[train]), jnp.asarray(x32[test]), as_y(y[test]))

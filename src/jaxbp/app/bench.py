@@ -248,14 +248,12 @@ def sweep_call(
 
 def shuffle_times(sizes: tuple[int, ...], reps: int) -> list[dict[str, float]]:
     """ms of one jitted epoch shuffle of `n` samples: `jax.random.permutation` against
-    jaxbp's (`jaxbp._shuffle.permutation`), timed in turn."""
-    from jaxbp._shuffle import permutation
-
+    jaxbp's (`jaxbp.epoch_batches` with one batch of all `n`), timed in turn."""
     rows = []
     for n in sizes:
         fns = {
             "jax.random.permutation": jax.jit(lambda k, n=n: jax.random.permutation(k, n)),
-            "jaxbp": jax.jit(lambda k, n=n: permutation(k, n)),
+            "jaxbp": jax.jit(lambda k, n=n: jaxbp.epoch_batches(k, n, n)),
         }
         times = round_robin(
             {

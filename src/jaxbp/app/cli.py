@@ -130,7 +130,7 @@ def path_arg(text: str) -> Path:
 def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     import jaxbp
     from jaxbp import datasets
-    from jaxbp._runs import OPTIMIZERS
+    from jaxbp.runs import OPTIMIZERS
 
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--dataset", choices=sorted(datasets.INFO), help="default: digits")
@@ -227,9 +227,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from jaxbp._runs import write_atomic
     from jaxbp.app import bench
     from jaxbp.app.settings import JobError
+    from jaxbp.runs import write_atomic
 
     out = args.json
     if out is not None and (out.is_dir() or not out.parent.is_dir()):

@@ -15,18 +15,8 @@ import optax
 
 import jaxbp
 from jaxbp import datasets
-from jaxbp._checkpoint import load_checkpoint, read_meta
-from jaxbp._runs import (
-    CHECKPOINT,
-    METRICS,
-    OPTIMIZERS,
-    RunFolder,
-    check_finite,
-    check_meta,
-    describe,
-    read_metrics,
-)
 from jaxbp.app.settings import ADDED_SETTINGS, RESUMABLE_CHANGES, JobError, Settings
+from jaxbp.runs import METRICS, OPTIMIZERS, RunFolder, describe
 
 __all__ = [
     "MAX_ACTIVATIONS",
@@ -135,13 +125,15 @@ def prepare(settings: Settings) -> Job:
     )
     optimizer = OPTIMIZERS[settings.optimizer](settings.lr)
     opt_state = jaxbp.init_train_state(optimizer, params, model)
+    metric = jaxbp.TASKS[info.task].metric
     folder, history = None, ()
     if settings.out is not None:
         folder = RunFolder.hold(settings.out)
         try:
             if settings.resume:
                 like = {"params": params, "opt_state": opt_state, "key": key}
-                params, opt_state, history = _resume(folder, settings, config, like)
+                logged = _logged(metric, privacy is not None)
+                params, opt_state, history = _resume(folder, settings, config, like, logged)
             else:
                 what = describe(folder.path)
                 if what is not None and not settings.overwrite:
@@ -153,13 +145,12 @@ def prepare(settings: Settings) -> Job:
         except BaseException:
             folder.close()
             raise
-    regression = info.task == "regression"
     return Job(
         settings=settings,
         config=config,
         model=model,
         task=info.task,
-        metric="r2" if regression else "accuracy",
+        metric=metric,
         data=data,
         sizes=sizes,
         key=key,
@@ -249,15 +240,26 @@ def _mesh(devices: int | None, batch_size: int) -> Any:
     return mesh
 
 
+def _logged(metric: str, dp: bool) -> frozenset[str]:
+    """What each epoch's line of `jaxbp train`'s log holds (and a resumed run reads)."""
+    scores = {f"{split}_{m}" for split in ("train", "test") for m in ("loss", metric)}
+    return frozenset({"seconds", "samples_per_s", *scores, *(["clipped"] if dp else [])})
+
+
 def _resume(
-    folder: RunFolder, settings: Settings, config: dict[str, Any], like: dict[str, Any]
+    folder: RunFolder,
+    settings: Settings,
+    config: dict[str, Any],
+    like: dict[str, Any],
+    logged: frozenset[str],
 ) -> tuple[Any, Any, list[dict[str, Any]]]:
     """The state and logged epochs of the run in `folder`, checked whole; the log is cut
-    back to the checkpoint's epoch (a crash can leave one epoch logged past it)."""
-    path = folder.path / CHECKPOINT
-    if not path.exists():
-        raise JobError(f"--resume: no checkpoint in {folder.path} (expected {path}).")
-    epoch, saved = check_meta(path, read_meta(path))
+    back to the checkpoint's epoch (a crash can leave one epoch logged past it), and
+    each epoch's line must hold what this run logs (`logged`)."""
+    found = folder.saved()
+    if found is None:
+        raise JobError(f"--resume: no checkpoint in {folder.path} (expected {folder.checkpoint}).")
+    epoch, saved = found
     saved = {**ADDED_SETTINGS, **saved}
     differs = [k for k, v in config.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
     if differs:
@@ -270,15 +272,21 @@ def _resume(
             f"--resume: the checkpoint in {folder.path} has trained {epoch} epochs, more than "
             f"--epochs {settings.epochs}; ask for at least {epoch}."
         )
-    state, _ = load_checkpoint(path, like)
-    check_finite(path, state["params"])
+    state = folder.load(like)
     metrics = folder.path / METRICS
-    history, torn = read_metrics(metrics)
+    history, torn = folder.history()
     if not epoch <= len(history) <= epoch + 1:
         raise JobError(
             f"--resume: {metrics} logs {len(history)} epochs, the checkpoint {epoch}; they do "
             "not belong to one run (a crash leaves at most one epoch logged past the "
             "checkpoint). Refusing to change either."
         )
+    for row in history[:epoch]:
+        if missing := sorted(logged - row.keys()):
+            raise JobError(
+                f"--resume: {metrics} epoch {row['epoch']} lacks {', '.join(missing)}, which "
+                "jaxbp train logs for these settings; that log was not written by a jaxbp "
+                "train run like this one. Start a new run (--overwrite or another --out)."
+            )
     folder.keep_epochs(history[:epoch], torn)
     return state["params"], state["opt_state"], history[:epoch]

@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from jaxbp._runs import write_atomic
+from jaxbp.runs import write_atomic
 
 __all__ = ["backward_flow", "pyplot", "save", "training_curves"]
 
@@ -40,11 +40,14 @@ def save(fig: Any, path: str | Path) -> None:
     write_atomic(Path(path), buf.getvalue())
 
 
-def training_curves(history: list[dict[str, Any]], path: str | Path, title: str) -> None:
-    """Loss (train and test) and accuracy or R^2 (test) per epoch, side by side."""
+def training_curves(
+    history: list[dict[str, Any]], path: str | Path, title: str, metric: str = "accuracy"
+) -> None:
+    """Loss (train and test) and the task's `metric` (test; "accuracy" or "r2", the
+    `jaxbp.Task.metric`) per epoch, side by side."""
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
-    score = "test_accuracy" if "test_accuracy" in history[0] else "test_r2"
+    score = f"test_{metric}"
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(9, 3.4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax_loss.plot(epochs, [h["test_loss"] for h in history], label="test")

@@ -10,7 +10,6 @@ for finite parameters; a failing write stops the run and keeps the last checkpoi
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -21,10 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxbp
-from jaxbp._checkpoint import save_checkpoint
-from jaxbp._runs import CHECKPOINT, SUMMARY, write_atomic
 from jaxbp.app.job import SAMPLING, Job, Privacy, prepare
 from jaxbp.app.settings import JobError, Settings
+from jaxbp.runs import FIGURES
 
 __all__ = ["JobError", "run"]
 
@@ -77,7 +75,7 @@ def _run(job: Job) -> int:
         f"{s.epochs} epochs in {seconds:.1f} s of training; "
         f"parity {'passed' if passed else 'FAILED'}"
     )
-    if job.out is not None:
+    if job.folder is not None:
         summary = {
             "dataset": s.source,
             "grad": cfg["grad"],
@@ -96,7 +94,7 @@ def _run(job: Job) -> int:
             "dp": privacy,
             "config": cfg,
         }
-        write_atomic(job.out / SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
+        job.folder.write_summary(summary)
         title = f"{s.source}: {arch} {cfg['activation']}{_layers(s)}, {cfg['grad']} gradients"
         _figures(job, history, title)
     return 0 if passed else 1
@@ -174,7 +172,7 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
     scores = jax.jit(
         lambda p, stats, x, y: jaxbp.evaluate(p, x, y, job.model, task=job.task, stats=stats)
     )
-    progress = _Progress(s.epochs, s.quiet)
+    progress = _Progress(s.epochs, s.quiet, job.metric)
     params, opt_state, history = job.params, job.opt_state, list(job.history)
     for epoch in range(len(history) + 1, s.epochs + 1):
         start = time.perf_counter()
@@ -222,7 +220,7 @@ def _save(job: Job, epoch: int, row: dict[str, Any], state: dict[str, Any]) -> N
     assert job.folder is not None
     try:
         job.folder.append(row)
-        save_checkpoint(job.out / CHECKPOINT, state, {"epoch": epoch, "config": job.config})
+        job.folder.save(epoch, state, job.config)
     except OSError as err:
         kept = (
             f"the checkpoint of epoch {epoch - 1} is kept"
@@ -249,21 +247,15 @@ def _stop(job: Job, epoch: int, what: str) -> None:
 class _Progress:
     """One line per epoch on stderr, redrawn in place on a terminal."""
 
-    def __init__(self, total: int, quiet: bool):
+    def __init__(self, total: int, quiet: bool, metric: str):
         self.total, self.quiet, self.tty = total, quiet, sys.stderr.isatty()
+        self.metric = metric
 
     def epoch(self, epoch: int, row: dict[str, Any]) -> None:
         if self.quiet:
             return
         done = round(24 * epoch / self.total)
-        score = next(
-            (
-                f"{k.removeprefix('test_')} {v:.4f}"
-                for k, v in row.items()
-                if k in ("test_accuracy", "test_r2")
-            ),
-            "",
-        )
+        score = f"{self.metric} {row[f'test_{self.metric}']:.4f}"
         line = (
             f"epoch {epoch:>{len(str(self.total))}}/{self.total} {'#' * done}{'.' * (24 - done)} "
             f"loss {row['train_loss']:.4f}  test {score}  {row['samples_per_s']:,.0f} samples/s"
@@ -346,6 +338,7 @@ def _figures(job: Job, history: list[dict[str, Any]], title: str) -> None:
         print(f"jaxbp train: figures skipped: {err}", file=sys.stderr)
         return
     assert job.out is not None
-    training_curves(history, job.out / "curves.png", title)
+    curves, diagnostics = (job.out / name for name in FIGURES)
+    training_curves(history, curves, title, job.metric)
     if "delta_norm" in history[0]:
-        backward_flow(history, job.out / "diagnostics.png", title)
+        backward_flow(history, diagnostics, title)

@@ -1,10 +1,24 @@
-"""A `jaxbp train --out` folder: its files, how a run holds it, and `load_run`.
+"""Run folders: what `jaxbp train --out` writes, how a run holds one, and `load_run`.
 
-Files: `metrics.jsonl` (one JSON line per epoch, each appended whole with one write and
-fsynced), `checkpoint.jaxbp` (atomic, checksummed), `summary.json`, `curves.png`,
-`diagnostics.png`, and `.jaxbp.lock`, which the writing run holds (`flock`) so that a second
-run into the same folder is refused at once. Whatever a crash leaves (a torn last metrics
-line, a temporary checkpoint file) is repaired or ignored, never trusted.
+A run folder holds `metrics.jsonl` (one JSON line per epoch, each appended whole with one
+write and fsynced), `checkpoint.jaxbp` (atomic, checksummed, with the epoch and the run's
+settings as its meta), `summary.json`, `curves.png`, `diagnostics.png`, and `.jaxbp.lock`,
+which the writing run holds (`flock`) so that a second run into the same folder is
+refused at once. Whatever a crash leaves (a torn last metrics line, a temporary
+checkpoint file) is repaired or ignored, never trusted.
+
+`jaxbp train` is one client of this module; a training loop of one's own writes a folder
+that `load_run` reads by the same calls, when the settings it saves name the network as
+`jaxbp train`'s do (`hidden`, `activation`, `loss`, `optimizer`, `lr`, `seed`, `dataset`
+or `data`; `Run.config` of a `jaxbp train` run shows them all). `jaxbp train --resume`
+continues it when, besides, every logged epoch holds what `jaxbp train` logs:
+
+    folder = RunFolder.hold(Path("runs/mine"))
+    folder.start_new()
+    ...                                   # each epoch:
+    folder.append({"epoch": epoch, "train_loss": ...})
+    folder.save(epoch, {"params": p, "opt_state": s, "key": key}, settings)
+    folder.close()
 """
 
 from __future__ import annotations
@@ -21,7 +35,14 @@ import jax
 import numpy as np
 import optax
 
-from jaxbp._checkpoint import CheckpointError, load_checkpoint, read_arrays, temporary_files
+from jaxbp._checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_arrays,
+    read_meta,
+    save_checkpoint,
+    temporary_files,
+)
 from jaxbp._config import Config
 from jaxbp._mlp import init_mlp, init_stats
 from jaxbp._train import TrainState, init_train_state
@@ -31,7 +52,20 @@ try:
 except ImportError:  # not on Windows: runs are then not locked
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["Run", "RunError", "RunFolder", "load_run"]
+__all__ = [
+    "CHECKPOINT",
+    "FIGURES",
+    "METRICS",
+    "OPTIMIZERS",
+    "SUMMARY",
+    "Run",
+    "RunError",
+    "RunFolder",
+    "describe",
+    "load_run",
+    "read_metrics",
+    "write_atomic",
+]
 
 CHECKPOINT, METRICS, SUMMARY, LOCK = (
     "checkpoint.jaxbp",
@@ -161,6 +195,41 @@ class RunFolder:
         if torn or len(read_metrics(metrics)[0]) != len(history):
             write_atomic(metrics, "".join(json.dumps(h) + "\n" for h in history).encode())
 
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def saved(self) -> tuple[int, dict[str, Any]] | None:
+        """`(epoch, settings)` of the folder's checkpoint, checked (`CheckpointError`),
+        without loading its arrays; `None` if there is no checkpoint."""
+        if not self.checkpoint.exists():
+            return None
+        return _check_meta(self.checkpoint, read_meta(self.checkpoint))
+
+    def load(self, like: Any) -> Any:
+        """The checkpoint's state in the structure of `like`, refused (`CheckpointError`)
+        if it does not fit `like` or its parameters (`state["params"]` of a dict state,
+        else the whole state) hold NaN or inf."""
+        state, _ = load_checkpoint(self.checkpoint, like)
+        params = state["params"] if isinstance(state, dict) and "params" in state else state
+        _check_finite(self.checkpoint, params)
+        return state
+
+    def history(self) -> tuple[list[dict[str, Any]], bool]:
+        """The epochs logged so far and whether a torn last line was dropped
+        (`read_metrics`)."""
+        return read_metrics(self.path / METRICS)
+
+    def save(self, epoch: int, state: Any, settings: dict[str, Any]) -> None:
+        """Checkpoint `state` (a pytree; `jaxbp train` saves `{"params", "opt_state",
+        "key"}`) after `epoch` epochs, atomically, with the run's `settings` (JSON) as
+        its meta."""
+        save_checkpoint(self.checkpoint, state, {"epoch": epoch, "config": settings})
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write `summary.json` atomically: a finished run's last word."""
+        write_atomic(self.path / SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
+
     def append(self, row: dict[str, Any]) -> None:
         """Append one epoch's line whole: one write, then fsync; on a failed or short
         write the log is cut back to where it was and the `OSError` raised."""
@@ -227,7 +296,7 @@ class Run:
         return datasets.for_loss(data, info, cfg["loss"])[0], info
 
 
-def check_meta(path: Path, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def _check_meta(path: Path, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """`(epoch, config)` of a run checkpoint's meta, or `CheckpointError`."""
     epoch, config = meta.get("epoch"), meta.get("config")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
@@ -241,10 +310,13 @@ def check_meta(path: Path, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return epoch, config
 
 
-def check_finite(path: Path, params: Any) -> None:
-    """Refuse parameters holding NaN or inf (`CheckpointError`)."""
+def _check_finite(path: Path, params: Any) -> None:
+    """Refuse parameters holding NaN or inf (`CheckpointError`); keys and integer leaves
+    are not parameters and pass."""
     for i, leaf in enumerate(jax.tree.leaves(params)):
-        if not np.all(np.isfinite(np.asarray(leaf))):
+        if jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact) and not np.all(
+            np.isfinite(np.asarray(leaf))
+        ):
             raise CheckpointError(
                 f"{path}: parameter array {i} holds NaN or inf; refusing to load it."
             )
@@ -298,7 +370,7 @@ def load_run(out_dir: str | Path) -> Run:
     if not ckpt.is_file():
         raise RunError(f"out_dir {path}: no {CHECKPOINT} there; is it a jaxbp train --out folder?")
     meta, stored = read_arrays(ckpt)
-    epoch, config = check_meta(ckpt, meta)
+    epoch, config = _check_meta(ckpt, meta)
     network = _network(ckpt, config)
     sizes = _sizes(ckpt, config, stored)
     params = init_mlp(jax.random.key(0), sizes, norm=network.norm)
@@ -323,7 +395,7 @@ def load_run(out_dir: str | Path) -> Run:
         )
         stats = stats or None
         opt_state = None
-    check_finite(ckpt, params)
+    _check_finite(ckpt, params)
     metrics, _ = read_metrics(path / METRICS)
     summary = None
     if (path / SUMMARY).is_file():
