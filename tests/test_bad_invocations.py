@@ -64,6 +64,8 @@ BAD = [
     (["train", "--data", ""], "argument --data: expected a path"),
     (["check", "--depths", "0"], "argument --depths: expected a depth from 1 to 32"),
     (["check", "--seed", "-3"], "argument --seed: expected an integer from 0"),
+    (["check", "--depths", "2", "2"], "--depths 2 2: 2 given twice"),
+    (["check", "--dtypes", "float32", "float32"], "--dtypes float32 float32: float32 given twice"),
     (["bench", "--reps", "0"], "argument --reps: expected a positive integer"),
     # class 1: too big to build, refused before anything is allocated
     ([*XOR, "--hidden", "1000000,1000000"], "parameters, over jaxbp train's limit"),

@@ -1,7 +1,12 @@
 """Built-in datasets and a user's files: contents, standardisation, and every load error."""
 
+import os
 import re
+import subprocess
+import sys
+import textwrap
 
+import jax
 import numpy as np
 import pytest
 from sklearn import datasets as sk
@@ -66,6 +71,57 @@ def test_synthetic_labels():
         assert 0.4 < y.mean() < 0.6
 
 
+GENERATED = ["xor", "moons", "spirals"]
+SEEDS = [0, 7, datasets.MAX_SEED]
+
+
+@pytest.fixture(scope="module")
+def generated_without_x64(tmp_path_factory):
+    """The generated datasets as a fresh process without x64 makes them (this suite runs
+    with x64, conftest.py): `{"name-seed-split": array}`."""
+    out = tmp_path_factory.mktemp("x32") / "generated.npz"
+    code = textwrap.dedent(
+        f"""
+        import jax, numpy as np
+        from jaxbp import datasets
+        assert not jax.config.jax_enable_x64
+        arrays = {{}}
+        for name in {GENERATED!r}:
+            for seed in {SEEDS!r}:
+                for standardise in (True, False):
+                    d = datasets.load(name, seed=seed, n_samples=300, standardise=standardise)
+                    for split, v in d._asdict().items():
+                        arrays[f"{{name}}-{{seed}}-{{standardise}}-{{split}}"] = np.asarray(v)
+        np.savez({str(out)!r}, **arrays)
+        """
+    )
+    env = {**os.environ, "JAX_ENABLE_X64": "0"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    with np.load(out) as arrays:
+        return dict(arrays)
+
+
+@pytest.mark.parametrize("seed", SEEDS, ids=[f"seed{s}" for s in SEEDS])
+@pytest.mark.parametrize("standardise", [True, False], ids=["standardised", "raw"])
+@pytest.mark.parametrize("name", GENERATED)
+def test_generated_data_is_the_same_with_and_without_x64(
+    generated_without_x64, name, standardise, seed
+):
+    assert jax.config.jax_enable_x64  # this side: x64 on; the fixture's: off
+    d = datasets.load(name, seed=seed, n_samples=300, standardise=standardise)
+    for split, got in d._asdict().items():
+        want = generated_without_x64[f"{name}-{seed}-{standardise}-{split}"]
+        assert np.asarray(got).dtype == want.dtype
+        np.testing.assert_array_equal(got, want, err_msg=f"{name} {split}")
+
+
+def test_generated_data_keeps_its_values():
+    """The first xor sample of seed 0 as jaxbp has always made it without x64 (the runs
+    under experiments/ were made so); with x64 it used to be [-1.421, -0.138]."""
+    first = np.asarray(datasets.load("xor", seed=0).x_train[0])
+    np.testing.assert_allclose(first, [-0.17038767, 1.2912685], rtol=1e-6)
+
+
 def test_seed_changes_the_split():
     a, b = datasets.load("breast_cancer", seed=0), datasets.load("breast_cancer", seed=1)
     assert not np.array_equal(a.y_test, b.y_test)
@@ -115,6 +171,7 @@ CSV_ERRORS = [
     ("a,b,y\n1,2,0\n3,4,1\n", "label", "no target column 'label'; columns are ['a', 'b', 'y']"),
     ("a,b,y\n1,2,0\n3,4,1\n", None, "name the target column of a CSV file (--target)"),
     ("a,b,y\n1,2,1\n3,4,1\n", "y", "the target has one class (1) only"),
+    ("a,b,y\n1,2,0.5\n3,4,0.5\n", "y", "the target is constant (0.5); regression needs"),
     ("", "y", "empty CSV file"),
 ]
 
@@ -130,6 +187,7 @@ CSV_ERRORS = [
         "missing-target",
         "no-target",
         "one-class",
+        "constant-regression",
         "empty",
     ],
 )

@@ -286,7 +286,7 @@ def test_batch_norm_refused_where_an_example_has_no_gradient_of_its_own(call):
         (lambda p, x, y: jaxbp.forward(p, x, activation="tanh", norm="batch"), "pass stats="),
         (
             lambda p, x, y: jaxbp.forward(p, x, activation="tanh", norm="batch", stats=[]),
-            "one entry per stateful layer",
+            "stats must be this network's running averages",
         ),
         (
             lambda p, x, y: jaxbp.Config("tanh", "mse", dropout=1.0),

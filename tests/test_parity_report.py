@@ -1,11 +1,13 @@
 """check_parity: passes on the real gradient, fails on a wrong derivative, prints a table."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
 
 import jaxbp
-from conftest import make_problem
+from conftest import LOSS_OUTPUTS, make_problem
 
 
 @pytest.fixture
@@ -68,3 +70,206 @@ def test_finite_differences_need_x64(problem):
             )
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+# --- parity_grid, random_problem and check_parity refuse what they cannot honour ----------
+
+
+def test_float64_needs_x64_rather_than_running_float32():
+    """Without x64 a float64 problem is float32 arrays: refused, not judged at float32's
+    rtol and reported as float64 (as `parity_grid(dtypes=["float64"])` used to)."""
+    jax.config.update("jax_enable_x64", False)
+    try:
+        fix = 'jax.config.update("jax_enable_x64", True)'
+        with pytest.raises(ValueError, match="dtypes\\[0\\] is float64") as info:
+            jaxbp.parity_grid(dtypes=["float64"])
+        assert fix in str(info.value)
+        with pytest.raises(ValueError, match="dtype is float64") as info:
+            jaxbp.random_problem(0, [2, 3], 4, "mse", jnp.float64)
+        assert fix in str(info.value)
+        (record,) = jaxbp.parity_grid(
+            ["tanh"], [("mse", "identity")], dtypes=["float32"], depths=[2]
+        )
+        assert record["dtype"] == "float32" and record["passed"]
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    # With x64 the same grid runs in float64, at float64's tolerance.
+    (record,) = jaxbp.parity_grid(["tanh"], [("mse", "identity")], dtypes=["float64"], depths=[2])
+    assert record["dtype"] == "float64" and record["rtol"] == 1e-12 and record["passed"]
+
+
+@pytest.mark.parametrize("loss", list(jaxbp.LOSSES))
+def test_a_bare_loss_is_every_output_loss_outputs_lists_for_it(loss):
+    small = dict(activations=["tanh"], dtypes=["float64"], depths=[1, 2])
+    listed = [pair for pair in LOSS_OUTPUTS if pair[0] == loss]
+    bare = list(jaxbp.parity_grid(losses=[loss], **small))
+    assert bare == list(jaxbp.parity_grid(losses=listed, **small))
+    assert [(r["loss"], r["output_activation"]) for r in bare[::2]] == listed
+    assert all(r["passed"] for r in bare)
+
+
+def test_a_bare_loss_of_ones_own_takes_its_link():
+    mine = dataclasses.replace(jaxbp.LOSSES["mse"], name="my_mse")  # not in LOSS_OUTPUTS
+    records = list(jaxbp.parity_grid(["tanh"], [mine], dtypes=["float64"], depths=[2]))
+    assert [(r["loss"], r["output_activation"], r["passed"]) for r in records] == [
+        ("my_mse", "identity", True)
+    ]
+
+
+GRID_ERRORS = [
+    ("depth-zero", {"depths": [0, -3]}, ValueError, ["depths[0] must be an integer >= 1", "got 0"]),
+    ("depth-negative", {"depths": [2, -3]}, ValueError, ["depths[1] must be", "got -3"]),
+    ("depth-float", {"depths": [2.0]}, TypeError, ["depths[0] must be an integer", "float 2.0"]),
+    ("depth-bool", {"depths": [True]}, TypeError, ["depths[0] must be an integer", "bool True"]),
+    ("depths-int", {"depths": 3}, TypeError, ["depths must be a list", "one int 3"]),
+    (
+        "activations-bare-string",
+        {"activations": "tanh"},
+        TypeError,
+        ["activations must be a list", "not a bare string", "activations=['tanh']"],
+    ),
+    (
+        "activations-one-record",
+        {"activations": jaxbp.ACTIVATIONS["tanh"]},
+        TypeError,
+        ["activations must be a list", "one Activation 'tanh'"],
+    ),
+    ("activations-empty", {"activations": []}, ValueError, ["activations must not be empty"]),
+    (
+        "activations-unknown",
+        {"activations": ["tanh", "swish"]},
+        ValueError,
+        ["activations[1] must be one of", "'swish'"],
+    ),
+    (
+        "losses-bare-string",
+        {"losses": "mse"},
+        TypeError,
+        ["losses must be a list", "losses=['mse']"],
+    ),
+    (
+        "losses-triple",
+        {"losses": [("mse", "identity", "sum")]},
+        TypeError,
+        ["losses entries must be (loss, output_activation) pairs or bare losses", "losses[0]"],
+    ),
+    (
+        "losses-unknown",
+        {"losses": [("mse", "identity"), "mae"]},
+        ValueError,
+        ["losses[1] = 'mae': loss must be one of", "'mae'"],
+    ),
+    (
+        "losses-output-not-taken",
+        {"losses": [("cross_entropy", "identity")]},
+        ValueError,
+        ["losses[0] = ('cross_entropy', 'identity')", "takes only its canonical output"],
+    ),
+    (
+        "dtypes-bare-string",
+        {"dtypes": "float32"},
+        TypeError,
+        ["dtypes must be a list", "dtypes=['float32']"],
+    ),
+    ("dtypes-int", {"dtypes": ["int32"]}, TypeError, ["dtypes[0] must be a floating dtype"]),
+    (
+        "dtypes-no-tolerance",
+        {"dtypes": ["float8_e4m3fn"]},
+        ValueError,
+        ["dtypes[0] must be one of", "DEFAULT_RTOL"],
+    ),
+    ("norms-bare-string", {"norms": "batch"}, TypeError, ["norms must be a list", "['batch']"]),
+    ("norms-unknown", {"norms": ["group"]}, ValueError, ["norms[0]: norm must be None"]),
+    ("dropouts-scalar", {"dropouts": 0.2}, TypeError, ["dropouts must be a list", "float 0.2"]),
+    ("dropouts-one", {"dropouts": [1.0]}, ValueError, ["dropouts[0]: dropout must be a rate"]),
+    (
+        "no-case-left",
+        {"depths": [1], "norms": ["batch"]},
+        ValueError,
+        ["parity_grid has no case to run", "depths=(2, 3)"],
+    ),
+    ("batch-zero", {"batch": 0}, ValueError, ["batch must be an integer >= 1", "got 0"]),
+    ("seed-negative", {"seed": -1}, ValueError, ["seed must be an integer >= 0", "got -1"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "fragments"), [pytest.param(*case[1:], id=case[0]) for case in GRID_ERRORS]
+)
+def test_parity_grid_refuses_bad_arguments_when_called(kwargs, exc, fragments):
+    with pytest.raises(exc) as info:
+        jaxbp.parity_grid(**kwargs)  # at the call, before any case runs
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+PROBLEM = (0, [4, 5, 3], 6, "mse", jnp.float64)
+
+PROBLEM_ERRORS = [
+    ("seed-negative", {0: -1}, ValueError, ["seed must be an integer >= 0", "got -1"]),
+    ("sizes-one", {1: [4]}, ValueError, ["sizes must hold at least two layer widths"]),
+    ("sizes-zero-width", {1: [4, 0, 3]}, ValueError, ["sizes[1] must be an integer >= 1"]),
+    ("sizes-string", {1: "453"}, TypeError, ["sizes must be a list", "e.g. [6, 9, 4]"]),
+    ("batch-zero", {2: 0}, ValueError, ["batch must be an integer >= 1", "got 0"]),
+    ("loss-unknown", {3: "mae"}, ValueError, ["loss must be one of", "'mae'"]),
+    ("dtype-int", {4: "int32"}, TypeError, ["dtype must be a floating dtype", "'int32'"]),
+    ("dtype-none", {4: None}, TypeError, ["dtype must be a floating dtype", "got None"]),
+    ("x-scale-nan", {"x_scale": float("nan")}, ValueError, ["x_scale must be a finite real"]),
+    ("norm-unknown", {"norm": "group"}, ValueError, ["norm must be None, 'layer' or 'batch'"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "exc", "fragments"),
+    [pytest.param(*case[1:], id=case[0]) for case in PROBLEM_ERRORS],
+)
+def test_random_problem_refuses_bad_arguments(change, exc, fragments):
+    args = [change.get(i, a) for i, a in enumerate(PROBLEM)]
+    kwargs = {k: v for k, v in change.items() if isinstance(k, str)}
+    with pytest.raises(exc) as info:
+        jaxbp.random_problem(*args, **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+CHECK_ERRORS = [
+    ("key-int", {"key": 0}, TypeError, ["key must be a jax.random key", "got int 0"]),
+    (
+        "key-int-with-fd",
+        {"key": 0, "finite_differences": True},
+        TypeError,
+        ["key must be a jax.random key", "jax.random.key(0)"],
+    ),
+    (
+        "key-batch",
+        {"key": jax.random.split(jax.random.key(0), 2)},
+        ValueError,
+        ["key must be a single key", "shape (2,)"],
+    ),
+    ("rtol-string", {"rtol": "1e-5"}, TypeError, ["rtol must be a finite number >= 0", "'1e-5'"]),
+    ("rtol-negative", {"rtol": -1.0}, ValueError, ["rtol must be a finite number >= 0", "-1.0"]),
+    ("atol-inf", {"atol": float("inf")}, ValueError, ["atol must be a finite number >= 0", "inf"]),
+    (
+        "fd-string",
+        {"finite_differences": "no"},
+        TypeError,
+        ["finite_differences must be True or False", "str 'no'"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "fragments"), [pytest.param(*case[1:], id=case[0]) for case in CHECK_ERRORS]
+)
+def test_check_parity_refuses_bad_arguments(problem, kwargs, exc, fragments):
+    with pytest.raises(exc) as info:
+        jaxbp.check_parity(*problem, activation="tanh", loss="cross_entropy", **kwargs)
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_check_parity_takes_typed_and_raw_keys(problem):
+    kw = dict(activation="relu", loss="cross_entropy", finite_differences=True)
+    typed = jaxbp.check_parity(*problem, key=jax.random.key(3), **kw)
+    raw = jaxbp.check_parity(*problem, key=jax.random.PRNGKey(3), **kw)
+    assert typed.passed and [l.fd_err for l in typed.leaves] == [l.fd_err for l in raw.leaves]

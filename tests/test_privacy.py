@@ -28,6 +28,7 @@ it must be at most the published value, and at least the PLD accountant's near-e
 
 import math
 import sys
+import time
 
 import dp_accounting as dpa  # the `privacy` extra, part of `dev`
 import jax
@@ -38,7 +39,7 @@ import pytest
 
 import jaxbp
 from jaxbp import dp_epoch_sampling, dp_epsilon, dp_noise_multiplier
-from jaxbp._privacy import _event
+from jaxbp._privacy import PLD_INTERVAL, _event, _pld_interval
 
 TFP_ORDERS = [1 + x / 10 for x in range(1, 100)] + list(range(12, 64))
 MNIST_Q = 256 / 60000
@@ -101,6 +102,63 @@ def test_full_batch_matches_exact_gaussian(sigma, steps, delta):
     assert dp_epsilon(**kw, accountant="pld") == pytest.approx(exact, rel=1e-5)
     rdp = dp_epsilon(**kw)
     assert exact <= rdp <= 1.15 * exact  # an upper bound, 6-11% above on these settings
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps", "delta", "published"), PUBLISHED)
+def test_pld_is_dp_accountings_default_grid_on_ordinary_runs(sigma, q, steps, delta, published):
+    """Where the default grid is affordable, the result is exactly dp-accounting's own."""
+    acct = dpa.pld.PLDAccountant()  # value_discretization_interval=1e-4
+    acct.compose(
+        dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(q, dpa.GaussianDpEvent(sigma)), steps)
+    )
+    kw = dict(noise_multiplier=sigma, sample_rate=q, steps=steps, delta=delta)
+    assert _pld_interval(dpa, sigma, q, steps, delta) == PLD_INTERVAL
+    assert dp_epsilon(**kw, accountant="pld") == acct.get_epsilon(delta)
+
+
+# (sigma, sample_rate, steps): on the default grid, one step alone would be 0.8 to 60
+# million points (the first took over 170 s, the others 6-30 s).
+SMALL_NOISE = [
+    pytest.param(0.01, 0.5, 10, id="sigma0.01-q0.5-T10"),
+    pytest.param(0.05, 0.5, 4, id="sigma0.05-q0.5-T4"),
+    pytest.param(0.1, 0.2, 100, id="sigma0.1-q0.2-T100"),
+]
+
+
+@pytest.mark.parametrize(("sigma", "q", "steps"), SMALL_NOISE)
+def test_small_noise_pld_is_quick_and_a_tight_upper_bound(sigma, q, steps):
+    """A coarser grid, and still between dp-accounting's optimistic (privacy buckets,
+    rounded down: a lower estimate) and pessimistic estimates, within 0.1%."""
+    interval = _pld_interval(dpa, sigma, q, steps, 1e-5)
+    assert interval > PLD_INTERVAL
+    start = time.perf_counter()
+    eps = dp_epsilon(
+        noise_multiplier=sigma, sample_rate=q, steps=steps, delta=1e-5, accountant="pld"
+    )
+    assert time.perf_counter() - start < 60  # a few seconds; was up to 170 s
+    lower = (
+        dpa.pld.privacy_loss_distribution.from_gaussian_mechanism(
+            sigma,
+            sampling_prob=q,
+            pessimistic_estimate=False,
+            use_connect_dots=False,
+            value_discretization_interval=interval,
+        )
+        .self_compose(steps)
+        .get_epsilon_for_delta(1e-5)
+    )
+    assert lower <= eps <= lower * (1 + 1e-3)
+
+
+@pytest.mark.parametrize(
+    ("sigma", "steps"), [(0.05, 1), (0.2, 16)], ids=["sigma0.05-T1", "sigma0.2-T16"]
+)
+def test_small_noise_full_batch_matches_exact_gaussian(sigma, steps):
+    """Full batches at small noise, on a coarsened grid, against the closed form."""
+    assert _pld_interval(dpa, sigma, 1.0, steps, 1e-5) > PLD_INTERVAL
+    exact = _gaussian_epsilon(sigma / math.sqrt(steps), 1e-5)  # 284.39
+    kw = dict(noise_multiplier=sigma, sample_rate=1.0, steps=steps, delta=1e-5)
+    assert exact <= dp_epsilon(**kw, accountant="pld") <= exact * (1 + 1e-5)
 
 
 @pytest.mark.parametrize("accountant", ["rdp", "pld"])
@@ -332,3 +390,13 @@ def test_missing_extra_names_it_and_arguments_are_checked_first(monkeypatch):
         dp_epsilon(**OK)
     with pytest.raises(ValueError, match="delta must be in"):
         dp_epsilon(**{**OK, "delta": 2.0})
+
+
+def test_extreme_noise_is_answered_quietly(caplog):
+    """At sigma 1e30 every order of the RDP series underflows: dp-accounting warns ~100
+    times and answers 0; jaxbp answers 0 without the flood."""
+    pytest.importorskip("dp_accounting")
+    with caplog.at_level("WARNING"):
+        eps = jaxbp.dp_epsilon(noise_multiplier=1e30, sample_rate=0.02, steps=100, delta=1e-5)
+    assert eps == 0.0
+    assert not [r for r in caplog.records if r.name == "absl"]

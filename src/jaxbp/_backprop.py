@@ -86,8 +86,8 @@ def source(config: Config, flow: Flow, y: Any, n_out: int) -> tuple[Array, Array
     batch = flow.z.shape[0]
     y = config.loss.targets(y, batch, n_out, flow.z.dtype)
     scale = batch_scale(config, batch)
-    value = scale * jnp.sum(config.loss.value(flow.z, flow.a, y))
-    return value, scale * config.loss.delta(flow.z, flow.a, y, config.output)
+    value = scale * jnp.sum(config.loss.sample_losses(flow.z, flow.a, y))
+    return value, scale * config.loss.output_delta(flow.z, flow.a, y, config.output)
 
 
 def gradient_flows(

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -12,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp._activations import ACTIVATIONS, Activation, get_activation
-from jaxbp._config import Config, check_norm
-from jaxbp._losses import Loss, get_loss, get_output_activation
-from jaxbp._parity import check_parity
+from jaxbp._config import Config, check_dropout, check_norm
+from jaxbp._losses import LOSSES, Loss, get_loss, get_output_activation
+from jaxbp._parity import DEFAULT_RTOL, check_parity
 from jaxbp._tasks import CLASSIFICATION
+from jaxbp._validate import is_int, is_real
 
 LOSS_OUTPUTS = (
     ("mse", "identity"),
@@ -33,7 +35,7 @@ product."""
 
 def random_problem(
     seed: int,
-    sizes: list[int],
+    sizes: Sequence[int],
     batch: int,
     loss: str | Loss,
     dtype: Any,
@@ -49,9 +51,30 @@ def random_problem(
     drawn near (1, 0) so that both paths are exercised; the rest of the problem is as
     without it.
 
+    `seed` is an integer >= 0, `sizes` the layer widths `[n_0, ..., n_L]` (at least two,
+    each >= 1), `batch` >= 1, `dtype` a floating dtype (float64 needs `jax_enable_x64`),
+    `x_scale` a finite number.
+
     numpy rather than `jax.random`: the latter compiles its samplers once per new shape,
     which would dominate a grid of small problems.
     """
+    seed = _integer("seed", seed, 0, "numpy's generator seed")
+    sizes = _items("sizes", sizes, "layer widths [n_0, ..., n_L], e.g. [6, 9, 4]")
+    if len(sizes) < 2:
+        raise ValueError(
+            f"sizes must hold at least two layer widths (inputs and outputs); got {sizes!r}. "
+            "Pass e.g. sizes=[6, 4] for one layer."
+        )
+    sizes = [_integer(f"sizes[{i}]", n, 1, "a layer width") for i, n in enumerate(sizes)]
+    batch = _integer("batch", batch, 1, "samples per problem")
+    dtype = _float_dtype("dtype", dtype)
+    if not is_real(x_scale) or not math.isfinite(x_scale):
+        raise (ValueError if is_real(x_scale) else TypeError)(
+            f"x_scale must be a finite real number (the inputs' std); got {x_scale!r}. "
+            "Pass e.g. x_scale=1.0."
+        )
+    loss = get_loss(loss)
+    norm = check_norm(norm)
     rng = np.random.default_rng(seed)
     params = [
         {
@@ -63,18 +86,18 @@ def random_problem(
     x = jnp.asarray(x_scale * rng.normal(size=(batch, sizes[0])), dtype)
     labels = rng.integers(0, sizes[-1], batch)
     y_unit = rng.uniform(size=(batch, sizes[-1]))
-    if get_loss(loss).task is CLASSIFICATION:
+    if loss.task is CLASSIFICATION:
         y = jnp.asarray(labels, jnp.int32)
     else:
         y = jnp.asarray(y_unit, dtype)
-    if check_norm(norm) is not None:
+    if norm is not None:
         params = _with_norms(params, rng, dtype)
     return params, x, y
 
 
 def parity_grid(
     activations: Sequence[str | Activation] | None = None,
-    losses: Sequence[tuple[str | Loss, Any]] | None = None,
+    losses: Sequence[str | Loss | tuple[str | Loss, Any]] | None = None,
     *,
     dtypes: Sequence[str] = ("float32", "float64"),
     depths: Sequence[int] = (1, 2, 3, 4, 5),
@@ -85,35 +108,79 @@ def parity_grid(
 ) -> Iterator[dict[str, Any]]:
     """`manual_grad` against `jax.grad` over a grid; yields one record per case.
 
-    **Arguments:**
+    **Arguments** (each axis a list, never a bare string or record: `activations=["tanh"]`):
 
     - `activations`: hidden activations, names or `jaxbp.Activation` records (default:
       every built-in).
-    - `losses`: `(loss, output_activation)` pairs, a loss a name or a `jaxbp.Loss`, the
-      output a name, a record or `None` for the loss's link (default: every built-in
-      loss with every kind of output it takes, `LOSS_OUTPUTS`).
+    - `losses`: entries of two kinds, mixed freely (default: every built-in loss with
+      every kind of output it takes, `LOSS_OUTPUTS`):
+      - a `(loss, output_activation)` pair, the loss a name or a `jaxbp.Loss`, the output
+        a name, a record or `None` for the loss's link;
+      - a bare loss (name or record): that loss with every output `LOSS_OUTPUTS` lists for
+        it (`"mse"`: identity, sigmoid, tanh, softmax), or with its link alone if it is not
+        listed there (a loss of your own).
     - `norms`, `dropouts`: the normalisations (`None`, "layer", "batch") and dropout
       rates of `jaxbp.Config` to cross with the rest (dropout masks from a fixed key).
       A network whose layers make a gradient leaf exactly 0 (the bias before a batch
       norm) is judged with `atol="auto"`, on the scale of the gradient.
     - `dtypes`, `depths`, `batch`, `seed`: the problems, random (`random_problem`) with
-      widths `6-9-...-9-4`. float64 needs `jax_enable_x64`.
+      widths `6-9-...-9-4`. `dtypes` are names or dtypes among "float16", "bfloat16",
+      "float32" and "float64" (those with a default tolerance, `DEFAULT_RTOL`); float64
+      needs `jax_enable_x64` (refused without it, rather than run in float32). `depths`
+      are integers >= 1 (dense layers; 1 has no hidden layer), `batch` >= 1, `seed` >= 0.
 
-    Each record holds `dtype`, `activation`, `loss`, `output_activation` (names), `depth`,
-    `norm`, `dropout`, `max_rel_err`, `max_scaled_err` (on the verdict's scale, see
-    `ParityReport.max_scaled_err`), `rtol` and `passed`. Depth 1 has no hidden layer, so
-    it is skipped for a normalisation or dropout.
+    Every argument is checked, and each loss paired with its output, when `parity_grid`
+    is called, before any case runs. Each record holds `dtype`, `activation`, `loss`,
+    `output_activation` (names), `depth`, `norm`, `dropout`, `max_rel_err`,
+    `max_scaled_err` (on the verdict's scale, see `ParityReport.max_scaled_err`), `rtol`
+    and `passed`. Depth 1 has no hidden layer, so it is skipped for a normalisation or
+    dropout (a grid left with no case at all is refused).
     """
-    acts = [get_activation(a) for a in (ACTIVATIONS if activations is None else activations)]
-    pairs = [
-        (get_loss(loss), None if out is None else get_output_activation(out))
-        for loss, out in (LOSS_OUTPUTS if losses is None else losses)
+    acts = [
+        get_activation(a, argument=f"activations[{i}]")
+        for i, a in enumerate(
+            ACTIVATIONS.values()
+            if activations is None
+            else _items("activations", activations, "activation names or jaxbp.Activation records")
+        )
     ]
+    pairs = _loss_outputs(losses, acts[0])
+    dtype_names = [
+        _float_dtype(f"dtypes[{i}]", d, known=True).name
+        for i, d in enumerate(_items("dtypes", dtypes, "dtype names, e.g. ('float32', 'float64')"))
+    ]
+    depths = [
+        _integer(f"depths[{i}]", d, 1, "the number of dense layers; 1: no hidden layer")
+        for i, d in enumerate(_items("depths", depths, "integers >= 1, e.g. (1, 2, 3)"))
+    ]
+    norms = [
+        _prefixed(f"norms[{i}]", check_norm, n)
+        for i, n in enumerate(_items("norms", norms, "None, 'layer' or 'batch'"))
+    ]
+    dropouts = [
+        _prefixed(f"dropouts[{i}]", check_dropout, r)
+        for i, r in enumerate(_items("dropouts", dropouts, "rates in [0, 1), e.g. (0.0, 0.2)"))
+    ]
+    batch = _integer("batch", batch, 1, "samples per problem")
+    seed = _integer("seed", seed, 0, "the grid's first problem")
+    cases = [
+        case
+        for case in itertools.product(dtype_names, acts, pairs, norms, dropouts, depths)
+        if not (case[-1] == 1 and (case[3] is not None or case[4]))
+    ]
+    if not cases:
+        raise ValueError(
+            f"parity_grid has no case to run: depths={depths} has no hidden layer for "
+            f"norms={norms} and dropouts={dropouts} to act on (depth 1 is skipped for a "
+            "normalisation or dropout). Add a depth >= 2, e.g. depths=(2, 3)."
+        )
+    return _run_grid(cases, batch, seed)
+
+
+def _run_grid(cases: list[tuple[Any, ...]], batch: int, seed: int) -> Iterator[dict[str, Any]]:
+    # One problem number per case run (skipped depth-1 cases take none), as always.
     problem = itertools.count(seed * 10_000)
-    cases = itertools.product(dtypes, acts, pairs, norms, dropouts, depths)
     for dtype, act, (loss, output), norm, rate, depth in cases:
-        if depth == 1 and (norm is not None or rate):
-            continue  # no hidden layer: nothing to normalise or drop
         cfg = Config(act, loss, output, norm=norm, dropout=rate)
         sizes = [6] + [9] * (depth - 1) + [4]
         params, x, y = random_problem(
@@ -135,6 +202,111 @@ def parity_grid(
             "rtol": report.rtol,
             "passed": report.passed,
         }
+
+
+def _items(name: str, value: Any, what: str) -> list[Any]:
+    """`value` as a non-empty list, refusing a bare string (iterated, it would be letters)
+    and a single record or number."""
+    if isinstance(value, (str, bytes)):
+        fix = f"{name}=[{value!r}]" if name != "sizes" else "a list of ints, e.g. [6, 9, 4]"
+        raise TypeError(
+            f"{name} must be a list of {what}, not a bare string ({value!r} would be read "
+            f"letter by letter); got {value!r}. Pass {fix}."
+        )
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        label = getattr(value, "name", None)
+        got = f"one {type(value).__name__} " + (repr(label) if label else f"{value!r:.60}")
+        raise TypeError(
+            f"{name} must be a list of {what}; got {got}. "
+            f"Pass a list, {name}=[...], one entry per case."
+        )
+    items = list(value)
+    if not items:
+        raise ValueError(
+            f"{name} must not be empty (an empty axis makes an empty grid, which would pass "
+            f"vacuously); got {value!r}. Leave {name} out for the default, or pass one or more."
+        )
+    return items
+
+
+def _loss_outputs(losses: Any, act: Activation) -> list[tuple[Loss, Any]]:
+    """The `(loss, output)` pairs of `losses` (see `parity_grid`), each checked by building
+    its `Config`, so that a loss given an output it does not take is refused up front."""
+    entries = (
+        LOSS_OUTPUTS
+        if losses is None
+        else _items("losses", losses, "(loss, output_activation) pairs or loss names")
+    )
+    pairs: list[tuple[Loss, Any]] = []
+    for i, entry in enumerate(entries):
+        where = f"losses[{i}] = {entry!r}"
+        if isinstance(entry, (str, Loss)):
+            loss = _prefixed(where, get_loss, entry)
+            listed = [out for name, out in LOSS_OUTPUTS if LOSSES.get(name) is loss]
+            found = [(loss, get_output_activation(out)) for out in listed] or [(loss, None)]
+        elif isinstance(entry, (tuple, list)) and len(entry) == 2:
+            loss, out = entry
+            loss = _prefixed(where, get_loss, loss)
+            output = None if out is None else _prefixed(where, get_output_activation, out)
+            found = [(loss, output)]
+        else:
+            raise TypeError(
+                f"losses entries must be (loss, output_activation) pairs or bare losses "
+                f"(names or jaxbp.Loss records); got {where}. Pass e.g. "
+                "losses=[('mse', 'identity'), 'cross_entropy']."
+            )
+        for loss, output in found:
+            _prefixed(where, lambda loss=loss, output=output: Config(act, loss, output))
+        pairs += found
+    return pairs
+
+
+def _prefixed(where: str, check: Any, *args: Any) -> Any:
+    """`check(*args)`, its `TypeError`/`ValueError` prefixed with which entry it was."""
+    try:
+        return check(*args)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{where}: {err}") from None
+
+
+def _integer(name: str, value: Any, low: int, meaning: str) -> int:
+    if not is_int(value):
+        raise TypeError(
+            f"{name} must be an integer >= {low} ({meaning}); got {type(value).__name__} "
+            f"{value!r}. Pass an int."
+        )
+    if value < low:
+        raise ValueError(
+            f"{name} must be an integer >= {low} ({meaning}); got {value!r}. "
+            f"Pass an integer >= {low}."
+        )
+    return int(value)
+
+
+def _float_dtype(name: str, value: Any, *, known: bool = False) -> np.dtype:
+    """`value` as a floating `np.dtype` (among `DEFAULT_RTOL`'s when `known`), float64 only
+    with x64 on: without it JAX would quietly make float32 arrays instead."""
+    names = sorted(DEFAULT_RTOL)
+    try:  # None is no dtype here (numpy would read it as float64)
+        dtype = None if value is None else jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must be a floating dtype, one of {names}; got {value!r}. Pass e.g. 'float32'."
+        )
+    if known and dtype.name not in DEFAULT_RTOL:
+        raise ValueError(
+            f"{name} must be one of {names} (the dtypes with a default tolerance, "
+            f"DEFAULT_RTOL); got {value!r}. Pass e.g. 'float32'."
+        )
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            f"{name} is float64, but jax_enable_x64 is off: JAX would make float32 arrays, "
+            "and the case would be judged and reported as float64 without being it. Call "
+            'jax.config.update("jax_enable_x64", True) first, or use float32.'
+        )
+    return dtype
 
 
 def _with_norms(params: list[Any], rng: Any, dtype: Any) -> list[Any]:

@@ -1,11 +1,16 @@
 """Checkpoints of any pytree: one file, written atomically, refused when damaged.
 
 Layout: the magic `b"JAXBPCK1"`, the 32-byte SHA-256 of the payload, then the payload,
-an `.npz` archive holding every leaf of the saved pytree (`leaf_0`, `leaf_1`, ...) and a
-JSON `meta` entry (epoch, configuration, anything JSON). Loading needs a template pytree
-of the same structure (`like`), as optimizer states are NamedTuples that a file cannot
-rebuild by itself; shapes and dtypes are checked against it leaf by leaf. PRNG keys are
-stored as their raw key data. Nothing is ever unpickled.
+an `.npz` archive holding every leaf of the saved pytree (`leaf_0`, `leaf_1`, ...), a
+JSON `meta` entry (epoch, configuration, anything JSON) and a JSON `tree` entry: the key
+path of each leaf (`jax.tree_util.keystr`, e.g. `['opt_state'][0].mu[0]['W']`) and the
+dtype names of leaves numpy cannot store itself (bfloat16, float8, int4: ml_dtypes, kept
+as their raw bits). Loading needs a template pytree of the same structure (`like`), as
+optimizer states are NamedTuples that a file cannot rebuild by itself; its key paths,
+shapes and dtypes are checked against the file leaf by leaf (key paths, not class names,
+so an optax version that renames a state class still loads). Files written before the
+`tree` entry existed load with shape and dtype checks only. PRNG keys are stored as their
+raw key data. Nothing is ever unpickled.
 
 A file whose checksum is right can still be wrong (a buggy writer, another program's
 archive): every such content problem is a `CheckpointError` too, never a traceback.
@@ -30,6 +35,28 @@ __all__ = ["CheckpointError", "load_checkpoint", "read_meta", "save_checkpoint"]
 MAGIC = b"JAXBPCK1"
 NUMERIC_KINDS = "biufc"
 """numpy dtype kinds a leaf may have: bool, signed, unsigned, float, complex."""
+EXTENDED = {
+    name: np.dtype(getattr(jnp, name))
+    for name in (
+        "bfloat16",
+        "float8_e3m4",
+        "float8_e4m3",
+        "float8_e4m3b11fnuz",
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+        "float4_e2m1fn",
+        "int2",
+        "int4",
+        "uint2",
+        "uint4",
+    )
+    if hasattr(jnp, name)
+}
+"""The ml_dtypes dtypes JAX uses that `.npy` cannot describe, by name: stored as the
+unsigned integers of their width (their raw bits) with the name in the `tree` entry."""
 
 
 class CheckpointError(ValueError):
@@ -38,6 +65,29 @@ class CheckpointError(ValueError):
 
 def _is_key(leaf: Any) -> bool:
     return isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _extended_name(dtype: np.dtype) -> str | None:
+    return next((name for name, d in EXTENDED.items() if d == dtype), None)
+
+
+def _bits(dtype: np.dtype) -> np.dtype:
+    """The unsigned integer dtype an extended dtype's raw bits are stored as."""
+    return np.dtype(f"<u{dtype.itemsize}")
+
+
+def _storable(dtype: np.dtype) -> bool:
+    """Whether `.npy` describes `dtype` exactly (numbers only; not object or text)."""
+    if dtype.kind not in NUMERIC_KINDS:
+        return False
+    try:
+        return np.dtype(dtype.str) == dtype
+    except TypeError:  # such as float8_e5m2, whose '<f1' numpy cannot read back
+        return False
+
+
+def _keystr(key_path: tuple[Any, ...]) -> str:
+    return jax.tree_util.keystr(key_path) or "(root)"
 
 
 def temporary_files(path: str | Path) -> list[Path]:
@@ -51,10 +101,27 @@ def save_checkpoint(path: str | Path, tree: Any, meta: dict[str, Any] | None = N
 
     The file appears whole or not at all: it is written to a temporary file in the same
     folder (`.NAME.*.tmp`), flushed and fsynced, then renamed over `path`, and the folder is
-    fsynced. A failing write (disk full, file-size limit) leaves the old file as it was.
-    Leaves must hold numbers (bool, integer, float, complex) or be PRNG keys.
+    fsynced. Leaves must hold numbers (bool, integer, float, complex, and the ml_dtypes
+    JAX uses: bfloat16, float8, int4, ...) or be PRNG keys; the key path of each leaf is
+    stored, so `load_checkpoint` refuses a template of another structure.
+
+    Errors: a `path` that is a folder or whose folder does not exist raises
+    `CheckpointError` before anything is written; a bad `tree` or `meta` raises
+    `TypeError`; a failing write (disk full, file-size limit, no permission) raises
+    `OSError` and leaves the old file as it was.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"path must name a file, not a folder; got {path}, an existing folder. Pass a "
+            f"file in it, such as {path / 'checkpoint.jaxbp'}."
+        )
+    if not path.parent.is_dir():
+        what = "is not a folder" if path.parent.exists() else "does not exist"
+        raise CheckpointError(
+            f"path must be in an existing folder; got {path}, whose folder {path.parent} "
+            f"{what}. Create the folder first (Path(path).parent.mkdir(parents=True))."
+        )
     meta = {} if meta is None else meta
     if not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict of JSON values; got {type(meta).__name__}.")
@@ -62,18 +129,30 @@ def save_checkpoint(path: str | Path, tree: Any, meta: dict[str, Any] | None = N
         meta_text = json.dumps(meta, sort_keys=True)
     except (TypeError, ValueError) as err:
         raise TypeError(f"meta must hold JSON values only: {err}.") from None
-    leaves = []
-    for leaf_path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    leaves, paths, dtypes = [], [], {}
+    for i, (leaf_path, leaf) in enumerate(jax.tree_util.tree_leaves_with_path(tree)):
         arr = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
-        if arr.dtype.kind not in NUMERIC_KINDS:
+        name = _extended_name(arr.dtype)
+        if name is not None:
+            dtypes[str(i)] = name
+            arr = arr.view(_bits(arr.dtype))
+        elif not _storable(arr.dtype):
             raise TypeError(
-                f"tree leaf {jax.tree_util.keystr(leaf_path) or '(root)'} has dtype "
-                f"{arr.dtype}; a checkpoint stores numeric arrays and PRNG keys only."
+                f"tree leaf {_keystr(leaf_path)} has dtype {arr.dtype}; a checkpoint stores "
+                "numeric arrays (bool, integer, float, complex, bfloat16, float8, int4) and "
+                "PRNG keys only. Convert it to one, such as float32, or leave it out of tree."
             )
         leaves.append(arr)
+        paths.append(jax.tree_util.keystr(leaf_path))
+    tree_text = json.dumps({"paths": paths, "dtypes": dtypes}, sort_keys=True)
     buf = io.BytesIO()
     arrays = {f"leaf_{i}": leaf for i, leaf in enumerate(leaves)}
-    np.savez(buf, meta=np.frombuffer(meta_text.encode(), np.uint8), **arrays)
+    np.savez(
+        buf,
+        meta=np.frombuffer(meta_text.encode(), np.uint8),
+        tree=np.frombuffer(tree_text.encode(), np.uint8),
+        **arrays,
+    )
     payload = buf.getvalue()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -96,8 +175,46 @@ def _refuse(path: Path, problem: str) -> CheckpointError:
     return CheckpointError(f"{path}: {problem}; refusing to load it.")
 
 
-def _read(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """The meta and stored arrays of an intact checkpoint, or `CheckpointError`."""
+def _json_entry(path: Path, name: str, raw: np.ndarray | None) -> Any:
+    """The JSON object of the archive's `name` entry (uint8 bytes), or `CheckpointError`."""
+    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
+        raise _refuse(path, f"its {name} entry is missing or not JSON bytes")
+    try:
+        value = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, ValueError) as err:
+        raise _refuse(path, f"its {name} is not JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise _refuse(path, f"its {name} is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _layout(path: Path, layout: dict[str, Any], stored: list[np.ndarray]) -> list[str]:
+    """Check the `tree` entry against the stored arrays, turn the arrays of extended
+    dtypes back from their raw bits (in place), and return the leaves' key paths."""
+    paths, dtypes = layout.get("paths"), layout.get("dtypes")
+    if not (
+        isinstance(paths, list)
+        and len(paths) == len(stored)
+        and all(isinstance(p, str) for p in paths)
+    ):
+        raise _refuse(path, f"its tree entry does not list the paths of its {len(stored)} arrays")
+    if not isinstance(dtypes, dict):
+        raise _refuse(path, "its tree entry has no dtypes object")
+    for index, name in dtypes.items():
+        i = int(index) if index.isdigit() else -1
+        if not 0 <= i < len(stored) or name not in EXTENDED:
+            raise _refuse(path, f"its tree entry gives array {index!r} the dtype {name!r}")
+        if stored[i].dtype != _bits(EXTENDED[name]):
+            raise _refuse(
+                path, f"array {i} ({name}) is stored as {stored[i].dtype}, not its raw bits"
+            )
+        stored[i] = stored[i].view(EXTENDED[name])
+    return paths
+
+
+def _read(path: Path) -> tuple[dict[str, Any], list[np.ndarray], list[str] | None]:
+    """The meta, stored arrays and leaf key paths (`None` in a file written before they
+    were stored) of an intact checkpoint, or `CheckpointError`."""
     try:
         blob = path.read_bytes()
     except OSError as err:
@@ -112,11 +229,12 @@ def _read(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
         with np.load(io.BytesIO(payload), allow_pickle=False) as data:
             names = set(data.files)
             raw = data["meta"] if "meta" in names else None
-            n = len(names - {"meta"})
-            if names - {"meta"} != {f"leaf_{i}" for i in range(n)}:
+            raw_tree = data["tree"] if "tree" in names else None
+            leaf_names = names - {"meta", "tree"}
+            n = len(leaf_names)
+            if leaf_names != {f"leaf_{i}" for i in range(n)}:
                 raise _refuse(
-                    path,
-                    f"its arrays are {sorted(names - {'meta'})}, not leaf_0 to leaf_{n - 1}",
+                    path, f"its arrays are {sorted(leaf_names)}, not leaf_0 to leaf_{n - 1}"
                 )
             stored = [data[f"leaf_{i}"] for i in range(n)]
     except CheckpointError:
@@ -126,18 +244,13 @@ def _read(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
             path,
             f"the checksum is right but the payload is unreadable ({type(err).__name__}: {err})",
         ) from None
-    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
-        raise _refuse(path, "its meta entry is missing or not JSON bytes")
-    try:
-        meta = json.loads(raw.tobytes().decode())
-    except (UnicodeDecodeError, ValueError) as err:
-        raise _refuse(path, f"its meta is not JSON ({err})") from None
-    if not isinstance(meta, dict):
-        raise _refuse(path, f"its meta is a JSON {type(meta).__name__}, not an object")
+    meta = _json_entry(path, "meta", raw)
     for i, arr in enumerate(stored):
         if arr.dtype.kind not in NUMERIC_KINDS:
             raise _refuse(path, f"array {i} has dtype {arr.dtype}, not numbers")
-    return meta, stored
+    if raw_tree is None:  # written before the key paths were stored
+        return meta, stored, None
+    return meta, stored, _layout(path, _json_entry(path, "tree", raw_tree), stored)
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -146,8 +259,10 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def read_arrays(path: str | Path) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """`(meta, leaves)` of an intact checkpoint, the leaves as stored (keys as key data)."""
-    return _read(Path(path))
+    """`(meta, leaves)` of an intact checkpoint, the leaves as stored (keys as key data,
+    bfloat16 and the other ml_dtypes leaves in their own dtype)."""
+    meta, stored, _ = _read(Path(path))
+    return meta, stored
 
 
 def load_checkpoint(path: str | Path, like: Any) -> tuple[Any, dict[str, Any]]:
@@ -157,11 +272,27 @@ def load_checkpoint(path: str | Path, like: Any) -> tuple[Any, dict[str, Any]]:
     values are not used); a leaf comes back as a jax array where `like` has one (a PRNG
     key where `like` has a key) and as a numpy array otherwise. Raises `CheckpointError`
     naming the file and what is wrong with it: missing, truncated, corrupted, or written
-    for another structure.
+    for another structure (the first key path that differs, such as `[0]['W']` in the file
+    where `like` has `['out']['W']`; a file written before key paths were stored is
+    checked by its shapes and dtypes only).
     """
     path = Path(path)
-    meta, stored = _read(path)
-    template, treedef = jax.tree.flatten(like)
+    meta, stored, paths = _read(path)
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    template = [leaf for _, leaf in with_paths]
+    wanted = [jax.tree_util.keystr(key_path) for key_path, _ in with_paths]
+    if paths is not None and paths != wanted:
+        i = next(
+            (i for i, (a, b) in enumerate(zip(paths, wanted, strict=False)) if a != b),
+            min(len(paths), len(wanted)),
+        )
+        saved = (paths[i] or "(root)") if i < len(paths) else "no leaf"
+        there = (wanted[i] or "(root)") if i < len(wanted) else "no leaf"
+        raise CheckpointError(
+            f"{path}: written for another structure: leaf {i} is {saved} in the file but "
+            f"{there} in the template (like) ({len(paths)} leaves saved, {len(template)} in "
+            "like). Pass a like built as the saved tree was. Refusing to load it."
+        )
     if len(stored) != len(template):
         raise CheckpointError(
             f"{path}: holds {len(stored)} arrays but the template (like) has "

@@ -24,6 +24,7 @@ from jaxbp._dropout import Dropout
 from jaxbp._layers import DENSE_RULE, Activate, Dense
 from jaxbp._losses import REDUCTIONS, Loss, OutputActivation, get_loss, get_output_activation
 from jaxbp._norm import BatchNorm, LayerNorm
+from jaxbp._validate import is_real
 
 if TYPE_CHECKING:
     pass
@@ -147,7 +148,7 @@ def check_norm(norm: Any) -> str | None:
 
 
 def check_dropout(rate: Any) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:
+    if not is_real(rate) or not 0 <= rate < 1:
         raise ValueError(f"dropout must be a rate in [0, 1) (0: none), e.g. 0.1; got {rate!r}.")
     return float(rate)
 

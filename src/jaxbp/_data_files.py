@@ -167,6 +167,11 @@ def _read_idx_pair(path: Path, labels: Path | None) -> tuple[np.ndarray, np.ndar
             "labels file; pass the images file (its labels are found beside it or named "
             "with labels= / --labels)."
         )
+    if images.size == 0:
+        raise ValueError(
+            f"{path}: its IDX header says {images.shape}: no images, or images of no pixels; "
+            "pass a file that holds some."
+        )
     if labels is None:
         candidates = labels_beside(path)
         found = [p for p in candidates if p.is_file()]

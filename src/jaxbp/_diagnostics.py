@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
 
-from jaxbp._activations import Activation
+from jaxbp._activations import Activation, Softmax
 from jaxbp._backprop import Trace
 from jaxbp._mlp import Params
 
@@ -22,17 +24,36 @@ other metric of a step is a scalar)."""
 
 
 def backward_flow_stats(
-    trace: Trace, grads: Params, hidden: Activation, threshold: float = SATURATION_THRESHOLD
+    trace: Trace,
+    grads: Params,
+    hidden: Activation | Sequence[Activation | Softmax],
+    threshold: float = SATURATION_THRESHOLD,
 ) -> dict[str, Array]:
     """Per-layer statistics of eqs. 1.3-1.4, read from a `backprop` trace, no extra pass.
+
+    `hidden` is the hidden activation, or one per hidden layer (`Activate` layers of a
+    `Config(layers=...)` network, in order).
 
     - `delta_norm`: `(L,)`, the Frobenius norm of `delta_l` over the batch.
     - `grad_W_norm`: the norm of `dL/dW_l`, one per layer whose parameters hold a `W`.
     - `saturated`: `(L - 1,)`, for each hidden layer the fraction of (sample, unit) pairs
       where `phi'(z_l) < threshold`: the units that pass (almost) nothing back (eq. 1.4).
+      A hidden softmax has no elementwise `phi'`: its entry is NaN.
     """
-    hidden_layers = zip(trace.z[:-1], trace.a[1:-1], strict=True)
-    saturated = [jnp.mean(hidden.deriv(z, a) < threshold) for z, a in hidden_layers]
+    n_hidden = len(trace.z) - 1
+    records = [hidden] * n_hidden if isinstance(hidden, (Activation, Softmax)) else list(hidden)
+    if len(records) != n_hidden:
+        raise ValueError(
+            f"hidden must be one activation, or one per hidden layer ({n_hidden}); got "
+            f"{len(records)}."
+        )
+    layers = zip(records, trace.z[:-1], trace.a[1:-1], strict=True)
+    saturated = [
+        jnp.mean(phi.deriv(z, a) < threshold)
+        if isinstance(phi, Activation)
+        else jnp.full((), jnp.nan, z.dtype)
+        for phi, z, a in layers
+    ]
     return {
         "delta_norm": jnp.stack([jnp.linalg.norm(d) for d in trace.delta]),
         "grad_W_norm": jnp.stack([jnp.linalg.norm(g["W"]) for g in grads if "W" in g]),

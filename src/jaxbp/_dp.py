@@ -40,6 +40,7 @@ from jaxbp._train import (
     scan_epoch,
     tree_norm,
 )
+from jaxbp._validate import check_key
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -93,6 +94,11 @@ def dp_value_and_grad(
       `per_example_grad_norms`' default `reduction="mean"` they are divided by the batch).
     """
     _check_dp(l2_clip, noise_multiplier)
+    check_key(key)
+    # A traced bound cannot raise: out of range it makes the result NaN (as a traced
+    # out-of-range label does), never a gradient of the wrong sign.
+    l2_clip = _nan_unless(l2_clip, lambda c: c > 0)
+    noise_multiplier = _nan_unless(noise_multiplier, lambda s: s >= 0)
     cfg = dp_config(config, keywords)
     # value: the summed loss; a dropout network's masks come from a key of their own
     value, flow, back = flows(cfg, jax.random.fold_in(key, 1), params, x, y, "DP-SGD")
@@ -185,6 +191,13 @@ def make_dp_train_epoch(
     update = _dp_update(optimizer, dp_config(config, keywords), l2_clip, noise_multiplier)
     epoch = repeat_epochs(scan_epoch(update, batch_size, keyed=lambda params: True), epochs)
     return jax.jit(epoch, donate_argnums=StepOptions(donate=donate).check().donate_argnums)
+
+
+def _nan_unless(value: Any, holds: Callable[[Array], Array]) -> Any:
+    """`value`, or NaN where a traced `value` breaks its rule (concrete ones are checked)."""
+    if not isinstance(value, jax.core.Tracer):
+        return value
+    return jnp.where(holds(value) & jnp.isfinite(value), value, jnp.nan)
 
 
 def _check_dp(l2_clip: Any, noise_multiplier: Any) -> None:

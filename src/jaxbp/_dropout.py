@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp._layers import Context, ParameterFree
+from jaxbp._validate import is_real
 
 Array = jax.Array
 
@@ -33,10 +34,11 @@ class Dropout(ParameterFree):
 
     def __post_init__(self) -> None:
         r = self.rate
-        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
+        if not is_real(r) or not 0 <= r < 1:
             raise ValueError(
                 f"Dropout rate must lie in [0, 1) (the probability of dropping a unit); got {r!r}."
             )
+        object.__setattr__(self, "rate", float(r))
 
     def forward(self, params: None, a: Array, ctx: Context) -> tuple[Array, Array | None]:
         del params

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxbp._config import Config, Keywords, as_config, check_params
 from jaxbp._fused_kernel import Layers, Rule, epoch_kernel, launch, step_kernel
-from jaxbp._validate import check_output_units, check_x
+from jaxbp._validate import check_epoch_data, check_key, check_output_units, check_x
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -83,6 +83,71 @@ def _real(name: str, value: Any, rule: str, fix: str) -> float:
     return float(value)
 
 
+def _check_plain(cfg: Config) -> None:
+    """Refuse a configuration that is not the plain MLP of eq. 1.1 (the kernel's body)."""
+    got = [] if cfg.layers is None else [f"layers={[_name(l) for l in cfg.layers]}"]
+    got += [] if cfg.norm is None else [f"norm={cfg.norm!r}"]
+    got += [f"dropout={cfg.dropout!r}"] if cfg.dropout else []
+    if got:
+        raise ValueError(
+            f"the fused kernel runs the plain MLP of eq. 1.1 (dense layers, one hidden "
+            f"activation), so layers must be None, norm None and dropout 0; got "
+            f"{', '.join(got)}. Use grad='manual' for other layer bodies, normalisation or "
+            f"dropout."
+        )
+
+
+def _name(layer: Any) -> str:
+    return str(getattr(layer, "name", type(layer).__name__))
+
+
+def _check_sgd(learning_rate: Any, momentum: Any, fix: str) -> tuple[float, float | None]:
+    """optax.sgd's constants as the kernel takes them: a rate > 0, momentum in [0, 1) or None."""
+    lr = _real("learning_rate", learning_rate, "a constant > 0", fix)
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(
+            f"learning_rate must be finite and > 0; got {learning_rate!r}. Pass e.g. 0.01."
+        )
+    if momentum is None:
+        return lr, None
+    mu = _real("momentum", momentum, "in [0, 1), or None", "Pass e.g. momentum=0.9.")
+    if not 0 <= mu < 1:
+        raise ValueError(
+            f"momentum must lie in [0, 1) (optax.sgd's trace decay), or be None for plain "
+            f"SGD; got {momentum!r}."
+        )
+    return lr, mu
+
+
+_CONFIG_KEYWORDS = tuple(k for k in Keywords.__annotations__ if k != "key")
+_OPTIONS = ("learning_rate", "momentum", "interpret", "pad", "precision", "num_warps")
+
+
+def _check_sizes(sizes: Any) -> tuple[int, ...]:
+    rule = "sizes must list at least two integer widths [n_0, ..., n_L], e.g. [64, 128, 10]"
+    if isinstance(sizes, np.ndarray) and sizes.ndim == 1:
+        sizes = sizes.tolist()
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise TypeError(f"{rule}; got {type(sizes).__name__} {sizes!r}.")
+    if len(sizes) < 2 or any(
+        isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) for n in sizes
+    ):
+        raise ValueError(f"{rule}; got {list(sizes)!r}.")
+    return tuple(int(n) for n in sizes)
+
+
+def _check_precision(precision: Any) -> None:
+    """Refuse a `precision` that `lax.dot_general` would refuse inside the first step."""
+    zeros = jax.ShapeDtypeStruct((1, 1), jnp.float32)
+    try:
+        jax.eval_shape(functools.partial(jax.lax.dot, precision=precision), zeros, zeros)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"precision must be None, a jax.lax.Precision, one of its names ('default', "
+            f"'high', 'highest') or a pair of them, as jax.lax.dot takes; got {precision!r}."
+        ) from None
+
+
 def check_fused_supported(
     sizes: Sequence[int],
     config: Config | None = None,
@@ -102,18 +167,15 @@ def check_fused_supported(
     copy of the kernel through Triton, so an activation or loss whose primitives Triton
     lacks (the exact GELU's `erfc`) is refused here rather than inside the first step.
     """
+    unknown = sorted(set(keywords) - set(_CONFIG_KEYWORDS))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument {unknown[0]!r}; the fused kernel takes sizes, config "
+            f"or its keywords {list(_CONFIG_KEYWORDS)}, and the options {list(_OPTIONS)}."
+        )
     cfg = as_config(config, keywords)
-    if cfg.layers is not None or cfg.norm is not None or cfg.dropout:
-        raise ValueError(
-            f"the fused kernel runs the plain MLP of eq. 1.1 (dense layers, one hidden "
-            f"activation), so layers must be None; got layers={[l.name for l in cfg.layers]}. "
-            f"Use grad='manual' for other layer bodies."
-        )
-    sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else [sizes]
-    if len(sizes) < 2 or any(isinstance(n, bool) or not isinstance(n, int) for n in sizes):
-        raise ValueError(
-            f"sizes must list at least two integer widths [n_0, ..., n_L]; got {sizes!r}."
-        )
+    _check_plain(cfg)
+    sizes = list(_check_sizes(sizes))
     for i, n in enumerate(sizes):
         if not 1 <= n <= MAX_WIDTH:
             raise ValueError(
@@ -122,17 +184,7 @@ def check_fused_supported(
                 f"wider layers."
             )
     schedule_fix = "The fused kernel takes a constant rate; use grad='manual' for schedules."
-    lr = _real("learning_rate", learning_rate, "a constant > 0", schedule_fix)
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"learning_rate must be finite and > 0; got {learning_rate!r}.")
-    if momentum is not None:
-        mu = _real("momentum", momentum, "in [0, 1), or None", "Pass e.g. momentum=0.9.")
-        if not 0 <= mu < 1:
-            raise ValueError(
-                f"momentum must lie in [0, 1) (optax.sgd's trace decay), or be None for plain "
-                f"SGD; got {momentum!r}."
-            )
-        momentum = mu
+    lr, momentum = _check_sgd(learning_rate, momentum, schedule_fix)
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     elif not isinstance(interpret, bool):
@@ -142,6 +194,12 @@ def check_fused_supported(
             f"interpret=False compiles the kernel with Triton, which needs a GPU; the default "
             f"backend here is {jax.default_backend()!r}. Pass interpret=None (the default) or True."
         )
+    if pad is not None and not isinstance(pad, bool):
+        raise TypeError(
+            f"pad must be None (pad on a GPU only), True or False; got {pad!r}. Pass pad=True "
+            f"to pad every width and the batch to a power of two >= 16."
+        )
+    _check_precision(precision)
     if num_warps is not None and (
         isinstance(num_warps, bool)
         or not isinstance(num_warps, int)
@@ -155,7 +213,7 @@ def check_fused_supported(
         lr,
         momentum,
         interpret,
-        (not interpret) if pad is None else bool(pad),
+        (not interpret) if pad is None else pad,
         precision,
         num_warps,
     )
@@ -185,11 +243,39 @@ def probe_gpu_lowering(fused: Fused) -> None:
         ) from None
 
 
-def _check_call(fused: Fused, params: Any, trace: Any, x: Any, batch_axis: int) -> Array:
-    """Check params, trace and the batch of `x` at trace time; return `x` in the params' dtype."""
-    cfg = fused.config
-    check_params(params, cfg.body(len(params) if isinstance(params, (list, tuple)) else 0))
-    sizes = (np.shape(params[0]["W"])[0], *(np.shape(layer["W"])[1] for layer in params))
+PARAMS_RULE = (
+    "the fused kernel trains the plain MLP of eq. 1.1, so params must be a non-empty list of "
+    "{'W': (n_in, n_out), 'b': (n_out,)} dicts, one per dense layer"
+)
+PARAMS_FIX = "Build them with jaxbp.init_mlp(key, sizes) (no norm), or use grad='manual'."
+
+
+def param_sizes(params: Any, config: Config) -> tuple[int, ...]:
+    """The widths `(n_0, ..., n_L)` of plain-MLP `params`, else an error naming params."""
+    if not isinstance(params, (list, tuple)) or not params:
+        empty = "an empty " if isinstance(params, (list, tuple)) else ""
+        raise TypeError(f"{PARAMS_RULE}; got {empty}{type(params).__name__}. {PARAMS_FIX}")
+    for i, layer in enumerate(params):
+        if not isinstance(layer, dict) or set(layer) != {"W", "b"}:
+            got = f"keys {sorted(layer)}" if isinstance(layer, dict) else type(layer).__name__
+            raise TypeError(f"{PARAMS_RULE}; params[{i}] has {got}. {PARAMS_FIX}")
+    check_params(params, config.body(len(params)))  # shapes chain, leaves floating
+    return (np.shape(params[0]["W"])[0], *(np.shape(layer["W"])[1] for layer in params))
+
+
+def _avals(tree: Any) -> Any:
+    """`tree` with each leaf as `dtype[shape]`, for messages."""
+
+    def aval(leaf: Any) -> str:
+        dtype = getattr(leaf, "dtype", None)
+        return f"{type(leaf).__name__ if dtype is None else dtype}{list(np.shape(leaf))}"
+
+    return jax.tree.map(aval, tree)
+
+
+def _check_call(fused: Fused, params: Any, trace: Any) -> str:
+    """Check params and trace at trace time; return the dtype the kernel computes in."""
+    sizes = param_sizes(params, fused.config)
     if sizes != fused.sizes:
         raise ValueError(
             f"params have layer widths {list(sizes)} but this fused kernel was built for "
@@ -199,45 +285,52 @@ def _check_call(fused: Fused, params: Any, trace: Any, x: Any, batch_axis: int) 
     if len(dtypes) != 1 or not dtypes <= set(DTYPES):
         raise TypeError(
             f"the fused kernel computes in the parameters' dtype, which must be one of "
-            f"{list(DTYPES)} for every leaf; got {sorted(dtypes)}."
+            f"{list(DTYPES)} for every leaf; got {sorted(dtypes)}. Cast them all, e.g. "
+            f"jax.tree.map(lambda p: p.astype(jnp.float32), params)."
         )
     if fused.momentum is None and trace is not None:
         raise ValueError("trace must be None with momentum=None (plain SGD keeps no trace).")
     if fused.momentum is not None:
-        shapes = jax.tree.map(np.shape, params)
-        got = None if trace is None else jax.tree.map(np.shape, trace)
-        if got != shapes:
+        want, got = _avals(params), None if trace is None else _avals(trace)
+        if got != want:
             raise ValueError(
-                f"trace must be the momentum buffer shaped like params, {shapes}; got {got}. "
-                f"Start it at jax.tree.map(jnp.zeros_like, params)."
+                f"trace must be the momentum buffer shaped like params, in their dtype, "
+                f"{want}; got {got}. Start it at jax.tree.map(jnp.zeros_like, params)."
             )
-    x = jnp.asarray(x)
-    batch = x.shape[batch_axis] if x.ndim > batch_axis else 0
+    return dtypes.pop()
+
+
+def _check_batch(x: Array, batch: int, batch_axis: int) -> None:
     if not 1 <= batch <= MAX_BATCH:
         raise ValueError(
             f"the fused kernel holds one batch's flows on chip, so the batch must lie in "
             f"[1, {MAX_BATCH}]; x has shape {x.shape} (batch axis {batch_axis}). Use a "
             f"smaller batch_size."
         )
-    return x.astype(dtypes.pop()) if jnp.issubdtype(x.dtype, jnp.number) else x
 
 
 def _step(fused: Fused, params: Layers, trace: Any, x: Any, y: Any) -> tuple[Layers, Any, Array]:
-    x = check_x(_check_call(fused, params, trace, x, 0), fused.sizes[0])
+    dtype = _check_call(fused, params, trace)
+    x = check_x(x, fused.sizes[0])
+    _check_batch(x, x.shape[0], 0)
+    x = x.astype(dtype)
     y = fused.config.loss.targets(y, x.shape[0], fused.sizes[-1], x.dtype)
     new_params, new_trace, values = launch(fused, step_kernel, params, trace, x, y)
     return new_params, new_trace, values[0]
 
 
 def _epoch(fused: Fused, params: Layers, trace: Any, xs: Any, ys: Any) -> tuple[Layers, Any, Array]:
-    xs = _check_call(fused, params, trace, xs, 1)
+    dtype = _check_call(fused, params, trace)
+    xs = jnp.asarray(xs)
     if xs.ndim != 3 or xs.shape[0] < 1:
         raise ValueError(
             f"xs must be the epoch's batches, (steps, batch, n_0) with steps >= 1; got shape "
             f"{xs.shape}. Stack pre-shuffled batches: x[idx] with idx of shape (steps, batch)."
         )
     steps, batch = xs.shape[:2]
-    check_x(xs.reshape(steps * batch, xs.shape[2]), fused.sizes[0])
+    _check_batch(xs, batch, 1)
+    xs = check_x(xs.reshape(steps * batch, xs.shape[2]), fused.sizes[0]).astype(dtype)
+    xs = xs.reshape(steps, batch, -1)
     ys = jnp.asarray(ys)
     if ys.shape[:2] != (steps, batch):
         raise ValueError(
@@ -316,10 +409,7 @@ class FusedSGD(NamedTuple):
 
 def fused_sgd(learning_rate: float, momentum: float | None = None) -> FusedSGD:
     """The optimizer of the fused gradient path: SGD, with `momentum` or without (`None`)."""
-    _real("learning_rate", learning_rate, "a constant > 0", "Pass e.g. learning_rate=0.01.")
-    if momentum is not None:
-        _real("momentum", momentum, "in [0, 1), or None", "Pass e.g. momentum=0.9.")
-    return FusedSGD(float(learning_rate), None if momentum is None else float(momentum))
+    return FusedSGD(*_check_sgd(learning_rate, momentum, "Pass e.g. learning_rate=0.01."))
 
 
 def _require_fused_sgd(optimizer: Any) -> None:
@@ -329,13 +419,40 @@ def _require_fused_sgd(optimizer: Any) -> None:
             "jaxbp.fused_sgd(learning_rate, momentum); got "
             f"{type(optimizer).__name__}. Use grad='manual' for other optimizers."
         )
+    _check_sgd(optimizer.learning_rate, optimizer.momentum, "Build it with jaxbp.fused_sgd.")
 
 
-def _fused_for(optimizer: FusedSGD, config: Config, params: Layers) -> Fused:
-    sizes = (np.shape(params[0]["W"])[0], *(np.shape(layer["W"])[1] for layer in params))
-    return check_fused_supported(
-        sizes, config, learning_rate=optimizer.learning_rate, momentum=optimizer.momentum
+def _fused_for(optimizer: FusedSGD, config: Config, params: Any, opt_state: Any) -> Fused:
+    """The kernel for `params` (checked to be a plain MLP) and `opt_state` (checked to be
+    `optimizer.init(params)`), at trace time."""
+    fused = check_fused_supported(
+        param_sizes(params, config),
+        config,
+        learning_rate=optimizer.learning_rate,
+        momentum=optimizer.momentum,
     )
+    want = jax.eval_shape(optimizer.init, params)
+    got = _state_kind(opt_state)
+    if got == _state_kind(want):
+        if jax.tree.structure(opt_state) == jax.tree.structure(want) and (
+            _avals(opt_state) == _avals(want)
+        ):
+            return fused
+        leaves = jax.tree.leaves(_avals(opt_state)), jax.tree.leaves(_avals(want))
+        got = f"{got} with leaves {leaves[0]}, not {leaves[1]}"
+    trace = "" if optimizer.momentum is None else " with a momentum trace shaped like params"
+    raise ValueError(
+        f"opt_state must be optimizer.init(params) of this jaxbp.fused_sgd("
+        f"{optimizer.learning_rate}, momentum={optimizer.momentum}): optax.sgd's "
+        f"{_state_kind(want)}{trace}; got {got}. Build it with optimizer.init(params)."
+    )
+
+
+def _state_kind(state: Any) -> str:
+    """An optimizer state by its parts' type names, e.g. `(TraceState, EmptyState)`."""
+    plain = isinstance(state, tuple) and not hasattr(state, "_fields")
+    names = ["None" if p is None else type(p).__name__ for p in (state if plain else (state,))]
+    return f"({', '.join(names)})" if plain else names[0]
 
 
 def _momentum_buffer(fused: Fused, opt_state: Any) -> Any:
@@ -353,10 +470,11 @@ def fused_update(
 ) -> Callable[[Layers, Any, Array, Array], tuple[Layers, Any, dict[str, Array]]]:
     """The training update of `make_train_step(..., grad="fused")`: one kernel a step."""
     _require_fused_sgd(optimizer)
+    _check_plain(config)
 
     def update(params: Layers, opt_state: Any, key: Any, x: Array, y: Array) -> Any:
-        del key  # no random layers: check_fused_supported refuses them
-        fused = _fused_for(optimizer, config, params)
+        del key  # no random layers: _check_plain refuses them
+        fused = _fused_for(optimizer, config, params, opt_state)
         params, trace, loss = _step(fused, params, _momentum_buffer(fused, opt_state), x, y)
         return params, _with_buffer(fused, opt_state, trace), {"loss": loss}
 
@@ -367,16 +485,19 @@ def fused_epoch(
     optimizer: Any, config: Config, batch_size: int, batches: Callable[[Array, int, int], Array]
 ) -> Callable[[Layers, Any, Array, Array, Array], Any]:
     """The epoch of `make_train_epoch(..., grad="fused")`: one kernel for all its steps,
-    over the batches `batches(key, n, batch_size)` of the other gradient paths."""
+    over the batches `batches(key, n, batch_size)` of the other gradient paths. Refuses
+    what `jaxbp._train.scan_epoch` refuses, with its messages."""
     _require_fused_sgd(optimizer)
+    _check_plain(config)
 
     def epoch(params: Layers, opt_state: Any, key: Array, x: Array, y: Array) -> Any:
-        fused = _fused_for(optimizer, config, params)
-        idx = batches(key, jnp.shape(x)[0], batch_size)
+        fused = _fused_for(optimizer, config, params, opt_state)
+        check_key(key)
+        x = check_x(x, fused.sizes[0])
+        n = check_epoch_data(x, y, batch_size)
+        idx = batches(key, n, batch_size)
         trace = _momentum_buffer(fused, opt_state)
-        params, trace, losses = _epoch(
-            fused, params, trace, jnp.asarray(x)[idx], jnp.asarray(y)[idx]
-        )
+        params, trace, losses = _epoch(fused, params, trace, x[idx], jnp.asarray(y)[idx])
         return params, _with_buffer(fused, opt_state, trace), {"loss": losses}
 
     return epoch

@@ -20,11 +20,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
@@ -65,10 +67,36 @@ def _dot(a: Array, b: Array, dims: Any, precision: Any) -> Array:
 
 
 def _sgd(rule: Rule, p: Array, t: Array | None, g: Array) -> tuple[Array, Array | None]:
-    """optax.sgd on one leaf: `t = g + mu t`, `p + (-lr) t`; plain `p + (-lr) g` without mu."""
+    """optax.sgd on one leaf: `t = g + mu t`, `p + (-lr) t`; plain `p + (-lr) g` without mu.
+    Results keep `p`'s dtype (as `optax.apply_updates` does), whatever a record promoted to."""
     if rule.momentum is not None:
-        g = t = g + rule.momentum * t
-    return p + (-rule.learning_rate) * g, t
+        g = t = (g + rule.momentum * t).astype(p.dtype)
+    return (p + (-rule.learning_rate) * g).astype(p.dtype), t
+
+
+_FIX = "Fix that function of the record (see jaxbp.Activation and jaxbp.Loss)."
+
+
+def _record(
+    value: Any, shape: tuple[int, ...], what: str, *, broadcast: bool = False, fix: str = _FIX
+) -> Array:
+    """`value`, a record function's result, if it has `shape` (or broadcasts to it), else a
+    ValueError naming the record and the function, at trace time: the kernel's masks and
+    batch sums would broadcast a wrong shape into a silently wrong step."""
+    got = jnp.shape(value)
+    if got != shape and not (broadcast and _broadcasts(got, shape)):
+        also = " (or one that broadcasts to it)" if broadcast else ""
+        raise ValueError(
+            f"{what} must return an array of shape {shape}{also}; got shape {got}. {fix}"
+        )
+    return value
+
+
+def _broadcasts(got: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    try:
+        return np.broadcast_shapes(got, shape) == shape
+    except ValueError:
+        return False
 
 
 def train_step(
@@ -88,15 +116,26 @@ def train_step(
     update, a scalar.
     """
     depth = len(params)
+    hidden, output, loss = (repr(r.name) for r in (rule.hidden, rule.output, rule.loss))
     zs, acts = [], [x]
     for l, layer in enumerate(params):  # eq. 1.1
         z = _dot(acts[-1], layer["W"], _NN, rule.precision) + layer["b"][None, :]
-        a = rule.output.fn(z) if l == depth - 1 else rule.hidden.fn(z) * units[l]
+        if l == depth - 1:
+            a = _record(rule.output.fn(z), z.shape, f"output_activation={output}: fn(z_L), a_L,")
+        else:
+            what = f"activation={hidden}: fn(z), phi(z) elementwise,"
+            a = _record(rule.hidden.fn(z), z.shape, what) * units[l]
         zs.append(z)
         acts.append(a)
     z_L, a_L = zs[-1], acts[-1]
-    value = rule.scale * jnp.sum(rule.loss.value(z_L, a_L, y)[:, None] * rows)
-    delta = rule.scale * rule.loss.delta(z_L, a_L, y, rule.output) * rows  # delta_L
+    n = (z_L.shape[0],)
+    value = rule.loss.value(z_L, a_L, y)
+    fix = "Sum over the output axis only, e.g. jnp.sum(..., axis=-1), not over the batch."
+    value = _record(value, n, f"loss={loss}: value(z, a, y), one loss a sample,", fix=fix)
+    value = rule.scale * jnp.sum(value[:, None] * rows)
+    delta = rule.loss.delta(z_L, a_L, y, rule.output)
+    delta = _record(delta, z_L.shape, f"loss={loss}: delta(z, a, y, output), dl/dz_L,")
+    delta = rule.scale * delta * rows  # delta_L
 
     new_params: Layers = [{} for _ in range(depth)]
     new_trace: Layers | None = None if trace is None else [{} for _ in range(depth)]
@@ -107,7 +146,9 @@ def train_step(
         }
         if l > 0:  # eq. 1.4, with the weights before this step's update
             g = _dot(delta, params[l]["W"], _NT, rule.precision)
-            delta = g * rule.hidden.deriv(zs[l - 1], acts[l])
+            deriv = rule.hidden.deriv(zs[l - 1], acts[l])
+            what = f"activation={hidden}: deriv(z, a), phi'(z) elementwise,"
+            delta = g * _record(deriv, g.shape, what, broadcast=True)
         for leaf in ("W", "b"):
             t = None if trace is None else trace[l][leaf]
             new_params[l][leaf], t = _sgd(rule, params[l][leaf], t, grads[leaf])
@@ -122,7 +163,7 @@ def _load(refs: Any) -> Any:
 
 def _store(refs: Any, values: Any) -> None:
     for ref, value in zip(jax.tree.leaves(refs), jax.tree.leaves(values), strict=True):
-        ref[...] = value
+        ref[...] = value.astype(ref.dtype)
 
 
 def step_kernel(
@@ -142,7 +183,7 @@ def step_kernel(
     )
     _store(params_out, params)
     _store(trace_out, trace)
-    loss_out[...] = jnp.reshape(value, (1, 1))
+    loss_out[...] = jnp.reshape(value, (1, 1)).astype(loss_out.dtype)
 
 
 def epoch_kernel(
@@ -155,7 +196,7 @@ def epoch_kernel(
 
     def body(i: Array, carry: tuple[Layers, Layers | None]) -> tuple[Layers, Layers | None]:
         params, trace, value = train_step(rule, *carry, xs_ref[i], ys_ref[i], rows, units)
-        losses_out[pl.ds(i, 1), :] = jnp.reshape(value, (1, 1))
+        losses_out[pl.ds(i, 1), :] = jnp.reshape(value, (1, 1)).astype(losses_out.dtype)
         return params, trace
 
     carry = (_load(params_ref), _load(trace_ref))
@@ -222,14 +263,26 @@ def launch(
     n_state = len(jax.tree.leaves(args[:2]))
     state_shape = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args[:2])
     losses = jax.ShapeDtypeStruct((math.prod(lead), 1), dtype)
-    new_params, new_trace, values = pl.pallas_call(
+    call = pl.pallas_call(
         functools.partial(kernel, fused.rule(batch)),
         out_shape=(*state_shape, losses),
         input_output_aliases={i: i for i in range(n_state)},  # update the weights in place
         interpret=fused.interpret,
         compiler_params=pltriton.CompilerParams(num_warps=fused.num_warps, num_stages=1),
         name=f"jaxbp_fused_{kernel.__name__}",
-    )(*args)
+    )
+    try:
+        new_params, new_trace, values = call(*args)
+    except ValueError as error:
+        if "captures constants" not in str(error):
+            raise
+        cfg = fused.config
+        raise ValueError(
+            f"a Pallas kernel takes no captured jax arrays, but a function of activation="
+            f"{cfg.activation.name!r}, output_activation={cfg.output.name!r} or loss="
+            f"{cfg.loss.name!r} closes over {_captured(str(error))}. Write its constants as "
+            f"Python numbers (2.0, not jnp.asarray(2.0)), or use grad='manual'."
+        ) from None
 
     def unpad(layers: Layers) -> Layers:
         return [
@@ -238,3 +291,9 @@ def launch(
         ]
 
     return unpad(new_params), None if trace is None else unpad(new_trace), values[:, 0]
+
+
+def _captured(message: str) -> str:
+    """The captured arrays Pallas names, e.g. `jax arrays [f32[1]]`."""
+    found = re.search(r"captures constants (\[.*\])", message)
+    return f"jax arrays {found.group(1)}" if found else "jax arrays"

@@ -41,6 +41,7 @@ import numpy as np
 
 from jaxbp._activations import Activation, Softmax, get_activation
 from jaxbp._init import check_init, init_weight
+from jaxbp._validate import is_int
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -96,10 +97,10 @@ class Dense:
     per_example = True
 
     def __post_init__(self) -> None:
-        if self.width is not None and (
-            isinstance(self.width, bool) or not isinstance(self.width, int) or self.width < 1
-        ):
-            raise ValueError(f"Dense width must be an integer >= 1; got {self.width!r}.")
+        if self.width is not None:
+            if not is_int(self.width) or self.width < 1:
+                raise ValueError(f"Dense width must be an integer >= 1; got {self.width!r}.")
+            object.__setattr__(self, "width", int(self.width))
         check_init(self.init_scheme, "Dense init_scheme")
 
     def init(self, key: Array, n_in: int, dtype: Any) -> tuple[Params, int]:

@@ -46,6 +46,7 @@ from jaxbp._activations import (
     record_owner,
 )
 from jaxbp._tasks import TASKS, Task
+from jaxbp._validate import is_real
 
 Array = jax.Array
 OutputActivation = Activation | Softmax
@@ -140,6 +141,27 @@ class Loss:
         """`y` checked and prepared by the task: float `(batch, n_L)` of `dtype`."""
         return self.task.prepare(y, batch, n_out, dtype, f"loss={self.name!r}")
 
+    def sample_losses(self, z: Array, a: Array, y: Array) -> Array:
+        """`value(z, a, y)`, checked to be one loss per sample, `(batch,)`."""
+        losses = self.value(z, a, y)
+        if jnp.shape(losses) != z.shape[:1]:
+            raise ValueError(
+                f"{record_owner('Loss', self.name)}: value must return one loss per sample, "
+                f"shape {z.shape[:1]}; it returned shape {jnp.shape(losses)}. Sum over the "
+                "output axis only, e.g. jnp.sum(..., axis=-1), not over the batch."
+            )
+        return losses
+
+    def output_delta(self, z: Array, a: Array, y: Array, output: OutputActivation) -> Array:
+        """`delta(z, a, y, output)`, checked to be `dl/dz_L` per sample, `(batch, n_L)`."""
+        delta = self.delta(z, a, y, output)
+        if jnp.shape(delta) != z.shape:
+            raise ValueError(
+                f"{record_owner('Loss', self.name)}: delta must return dl/dz_L per sample, "
+                f"shape {z.shape} (that of z_L); it returned shape {jnp.shape(delta)}."
+            )
+        return delta
+
     def accepts(self, output: OutputActivation) -> bool:
         """Whether this loss may sit on `output`."""
         return self.any_output or output == self.link
@@ -204,7 +226,7 @@ def huber(delta: float = 1.0) -> Loss:
     Its delta is `dl/dy_hat = clip(r, -d, d)` through the output's derivative (any output
     activation), its curvature in `y_hat` is `1{|r| <= d}`.
     """
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)):
+    if not is_real(delta):
         raise TypeError(f"huber delta must be a number > 0; got {delta!r}.")
     if not (math.isfinite(delta) and delta > 0):
         raise ValueError(f"huber delta must be finite and > 0, e.g. 1.0; got {delta!r}.")

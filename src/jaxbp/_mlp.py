@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jaxbp._config import NORMS, Config, Keywords, as_call, as_config, check_norm, check_params
 from jaxbp._init import check_init
 from jaxbp._layers import Context, Dense
-from jaxbp._validate import check_output_units, check_x
+from jaxbp._validate import check_key, check_output_units, check_x, is_int
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -118,14 +118,37 @@ def next_stats(flow: Flow, stats: Any) -> list[Any]:
     ]
 
 
+def evaluation_context(body: tuple[Any, ...], params: Params, stats: Any) -> Context:
+    """The `Context` of an evaluation, its `stats` checked against what
+    `init_stats(params, config)` builds: the same entries, keys and shapes."""
+    if stats is not None:
+        want = jax.eval_shape(
+            lambda: [
+                layer.init_state(p)
+                for layer, p in zip(body, per_layer(body, params), strict=True)
+                if has_state(layer)
+            ]
+        )
+        got = list(stats) if isinstance(stats, (list, tuple)) else stats
+        fits = jax.tree.structure(got) == jax.tree.structure(want) and [
+            jnp.shape(g) for g in jax.tree.leaves(got)
+        ] == [w.shape for w in jax.tree.leaves(want)]
+        if not fits:
+            shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
+            hint = " (a TrainState holds them in .stats)" if hasattr(stats, "stats") else ""
+            raise ValueError(
+                f"stats must be this network's running averages, as jaxbp.init_stats(params, "
+                f"config) builds them and the training steps return them{hint}: shapes "
+                f"{shapes(want)}; got {type(stats).__name__} {shapes(got)!s:.200}."
+            )
+    return context(body, False, stats=stats)
+
+
 def context(body: tuple[Any, ...], train: bool, key: Any = None, stats: Any = None) -> Context:
     """The call's `Context`, checked: a random layer in training needs a key, and an
     evaluation of a stateful network its states."""
-    if key is not None and not (
-        isinstance(key, jax.Array)
-        and (jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.dtype == jnp.uint32)
-    ):
-        raise TypeError(f"key must be a jax.random key such as jax.random.key(0); got {key!r}.")
+    if key is not None:
+        check_key(key)
     if train and key is None and any(is_random(layer) for layer in body):
         names = sorted({layer.name for layer in body if is_random(layer)})
         raise ValueError(
@@ -183,13 +206,14 @@ def init_mlp(
             f"got {type(sizes).__name__} {sizes!r}."
         )
     sizes = list(sizes)
+    check_key(key)
     if len(sizes) < 2:
         raise ValueError(
             "sizes must list at least two widths [n_0, ..., n_L] (input and output); "
             f"got {sizes!r}."
         )
     for i, n in enumerate(sizes):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if not is_int(n) or n < 1:
             raise ValueError(f"sizes must be integers >= 1; sizes[{i}] is {n!r} in {sizes!r}.")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype such as jnp.float32; got {dtype!r}.")
@@ -211,7 +235,8 @@ def init_layers(
     `n_in` is the input width `n_0`; `key` is split once per layer. Returns one entry per
     layer with parameters, in order: what `params` must be for those layers.
     """
-    if isinstance(n_in, bool) or not isinstance(n_in, int) or n_in < 1:
+    check_key(key)
+    if not is_int(n_in) or n_in < 1:
         raise ValueError(f"n_in must be the input width, an integer >= 1; got {n_in!r}.")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be a floating dtype such as jnp.float32; got {dtype!r}.")
@@ -241,7 +266,7 @@ def forward(
     """
     cfg = as_config(config, keywords, need_loss=False)
     body, x, _ = prepare(cfg, params, x)
-    return forward_flow(cfg, body, params, x, context(body, False, stats=stats)).a
+    return forward_flow(cfg, body, params, x, evaluation_context(body, params, stats)).a
 
 
 def loss_fn(
@@ -264,7 +289,7 @@ def loss_fn(
     body, x, n_out = prepare(cfg, params, x)
     flow = forward_flow(cfg, body, params, x, context(body, True, key))
     y = cfg.loss.targets(y, x.shape[0], n_out, flow.z.dtype)
-    return reduce(cfg, cfg.loss.value(flow.z, flow.a, y))
+    return reduce(cfg, cfg.loss.sample_losses(flow.z, flow.a, y))
 
 
 def reduce(config: Config, per_sample: Array) -> Array:

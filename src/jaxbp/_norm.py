@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp._layers import Context, check_floating, check_keys
+from jaxbp._validate import is_real
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -38,13 +39,10 @@ Params = dict[str, Array]
 __all__ = ["BatchNorm", "LayerNorm"]
 
 
-def _check_eps(owner: str, eps: Any) -> None:
-    if (
-        isinstance(eps, bool)
-        or not isinstance(eps, (int, float))
-        or not (math.isfinite(eps) and eps > 0)
-    ):
+def _check_eps(owner: str, eps: Any) -> float:
+    if not is_real(eps) or not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"{owner} eps must be a number > 0, e.g. 1e-5; got {eps!r}.")
+    return float(eps)
 
 
 def _init_affine(n: int, dtype: Any) -> Params:
@@ -92,7 +90,7 @@ class LayerNorm:
     per_example = True
 
     def __post_init__(self) -> None:
-        _check_eps("LayerNorm", self.eps)
+        object.__setattr__(self, "eps", _check_eps("LayerNorm", self.eps))
 
     def init(self, key: Array, n_in: int, dtype: Any) -> tuple[Params, int]:
         del key
@@ -141,13 +139,14 @@ class BatchNorm:
     zeroes_preceding_bias = True  # the batch mean removes it: its gradient is exactly 0
 
     def __post_init__(self) -> None:
-        _check_eps("BatchNorm", self.eps)
+        object.__setattr__(self, "eps", _check_eps("BatchNorm", self.eps))
         m = self.momentum
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m < 1:
+        if not is_real(m) or not 0 <= m < 1:
             raise ValueError(
                 f"BatchNorm momentum must lie in [0, 1) (the weight of the old running "
                 f"average), e.g. 0.9; got {m!r}."
             )
+        object.__setattr__(self, "momentum", float(m))
 
     def init(self, key: Array, n_in: int, dtype: Any) -> tuple[Params, int]:
         del key
@@ -162,6 +161,12 @@ class BatchNorm:
 
     def forward(self, params: Params, a: Array, ctx: Context) -> tuple[Array, Any]:
         if ctx.train:
+            if a.shape[0] < 2:
+                raise ValueError(
+                    "BatchNorm in training normalises over the batch and needs at least 2 "
+                    "samples; got a batch of 1 (its output would be the bias alone, the loss "
+                    "independent of x). Use batches of 2 or more, or norm='layer'."
+                )
             xhat, inv_std, mean, var = _normalise(a, 0, self.eps)
             cache = (xhat, inv_std, mean[0], var[0])
         else:

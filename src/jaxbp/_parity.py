@@ -19,6 +19,7 @@ along the step the loss is then smooth and the difference is meaningful.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -29,6 +30,7 @@ from jaxbp._backprop import manual_grad
 from jaxbp._config import Config, Keywords, as_config
 from jaxbp._layers import Activate
 from jaxbp._mlp import Params, context, forward_flow, is_random, loss_fn, prepare
+from jaxbp._validate import check_key, is_real
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -183,8 +185,9 @@ def check_parity(
       leaf whose step carries a pre-activation across a kink of its activation is
       reported as "skipped (kink)" instead (see the module docstring), and
       `report.kinks` counts those pre-activations per layer.
-    - `key`: for the random directions (default `jax.random.key(0)`); a network with
-      dropout draws both gradients' masks from it too (folded with 1), the same masks.
+    - `key`: a `jax.random` key (typed, or raw `uint32` data) for the random directions
+      (default `jax.random.key(0)`); a network with dropout draws both gradients' masks
+      from it too (folded with 1), the same masks. Checked even when nothing draws from it.
 
     Relative errors measure disagreement, and both paths round. In float32 a leaf whose
     gradient is a sum of nearly cancelling terms (the output bias of a well-trained
@@ -194,17 +197,28 @@ def check_parity(
     an accelerator's reduced-precision float32 matmuls do not blur the comparison.
     """
     cfg = as_config(config, keywords)
+    if not isinstance(finite_differences, (bool, np.bool_)):
+        raise TypeError(
+            f"finite_differences must be True or False; got {type(finite_differences).__name__} "
+            f"{finite_differences!r}. Pass finite_differences=True to add the float64 check."
+        )
+    if rtol is not None and not (is_real(rtol) and 0 <= rtol < math.inf):
+        raise (ValueError if is_real(rtol) else TypeError)(
+            f"rtol must be a finite number >= 0 (the bound on each leaf's relative error) or "
+            f"None (by dtype, DEFAULT_RTOL); got {rtol!r}. Pass e.g. rtol=1e-5."
+        )
+    rtol = None if rtol is None else float(rtol)
+    if key is not None:
+        check_key(key)
     if finite_differences and not jax.config.jax_enable_x64:
         raise ValueError(
             "finite_differences=True evaluates the loss in float64, which needs x64: call "
             "jax.config.update('jax_enable_x64', True) first."
         )
-    if atol != "auto" and (
-        isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0
-    ):
+    if not (atol == "auto" if isinstance(atol, str) else is_real(atol) and 0 <= atol < math.inf):
         raise ValueError(
-            f"atol must be a number >= 0 (0: purely relative) or 'auto' (rtol times the "
-            f"gradient's norm); got {atol!r}."
+            f"atol must be a finite number >= 0 (0: purely relative) or 'auto' (rtol times "
+            f"the gradient's norm); got {atol!r}. Pass e.g. atol='auto'."
         )
     # Full-precision matmuls: on GPUs and TPUs float32 products may otherwise run in
     # tf32/bf16 passes, whose error (~1e-3) would drown the comparison. No effect on CPU.

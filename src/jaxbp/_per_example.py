@@ -84,7 +84,26 @@ def flows(
 def check_per_example(config: Config, params: Params, what: str) -> None:
     """Refuse, by name, a network with a layer whose gradient has no per-example terms."""
     body = config.body(len(params) if isinstance(params, (list, tuple)) else 0)
-    coupled = [layer.name for layer in body if not getattr(layer, "per_example", False)]
+    for layer in body:
+        if not hasattr(layer, "per_example"):
+            raise ValueError(
+                f"{what} needs every layer to say whether its gradient is a sum of "
+                f"per-example terms: the layer {layer!r} has no per_example attribute (see "
+                "README, Extending jaxbp: per_example = True with per_example_grads and "
+                "per_example_sq_norms, or False)."
+            )
+        missing = [
+            method
+            for method in ("per_example_grads", "per_example_sq_norms")
+            if layer.per_example and layer.has_params and not hasattr(layer, method)
+        ]
+        if missing:
+            raise ValueError(
+                f"{what}: the layer {layer!r} says per_example = True but has no "
+                f"{' or '.join(missing)}; define them (see README, Extending jaxbp) or set "
+                "per_example = False."
+            )
+    coupled = [layer.name for layer in body if not layer.per_example]
     if coupled:
         raise ValueError(
             f"{what} is undefined for a network with {coupled[0]!r} layers: there an "

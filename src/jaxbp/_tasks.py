@@ -13,10 +13,12 @@ seen from the data side:
 `prepare(y, batch, n_out, dtype, owner)` checks `y` against the output layer and returns
 it as a float `(batch, n_L)` array of `dtype` (labels one-hot encoded); target values are
 checked only when they are concrete, i.e. outside a trace. Inside a trace (`jax.jit`, a
-training step) an out-of-range label cannot raise: its row becomes NaN, so the loss and
-the gradient are NaN, never a silent 0. `score(y_hat, y)` returns the
-metric on raw targets. `encode(labels, n_classes)` turns integer class labels into the
-targets this task's losses take, `(y, n_outputs)`.
+training step) a bad target cannot raise: the row of an out-of-range label, of a binary
+target outside [0, 1] or of a probability row that is no distribution becomes NaN, so
+the loss and the gradient are NaN, never a silently wrong finite number.
+`score(y_hat, y)` returns the metric of outputs on prepared targets. `encode(labels,
+n_classes)` turns integer class labels into the targets this task's losses take,
+`(y, n_outputs)`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxbp._validate import as_array
 
 Array = jax.Array
 
@@ -42,7 +46,8 @@ class Task:
     - `metric`: the name of the score `jaxbp.evaluate` reports ("r2", "accuracy").
     - `prepare(y, batch, n_out, dtype, owner) -> (batch, n_out)`: checked float targets;
       `owner` (e.g. "loss='mse'") names the caller in error messages.
-    - `score(y_hat, y) -> ()`: the metric of outputs `y_hat: (batch, n_L)` on raw targets.
+    - `score(y_hat, y) -> ()`: the metric of outputs `y_hat: (batch, n_L)` on targets
+      `y: (batch, n_L)` as the loss's task prepares them (labels one-hot).
     - `encode(labels, n_classes) -> (y, n_outputs)`: integer class labels as this task's
       targets (for `jaxbp train` on a classification dataset).
     """
@@ -76,7 +81,7 @@ def _check_real(y: Array, owner: str) -> None:
 
 def _real_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Array:
     """Real targets `(batch, n_out)`, or `(batch,)` for one output unit."""
-    y = jnp.asarray(y)
+    y = as_array(y, "y", "an array of targets, one row per sample")
     _check_batch(y, batch)
     if y.ndim == 1 and n_out == 1:
         y = y[:, None]
@@ -91,19 +96,32 @@ def _real_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Arr
 
 def _unit_interval_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Array:
     y = _real_targets(y, batch, n_out, dtype, owner)
-    if _is_concrete(y):
-        values = np.asarray(y)  # numpy: jnp ops on a closed-over constant would be traced
-        bad = (values < 0) | (values > 1)
-        if bad.any():
-            row = int(np.argwhere(bad)[0][0])
-            raise ValueError(
-                f"y for {owner} must lie in [0, 1]; row {row} is {values[row].tolist()}."
-            )
+    if not _is_concrete(y):  # as a traced label: a target outside [0, 1] makes its row NaN
+        bad = jnp.any((y < 0) | (y > 1), axis=1, keepdims=True)
+        return jnp.where(bad, jnp.nan, y)
+    values = np.asarray(y)  # numpy: jnp ops on a closed-over constant would be traced
+    bad = (values < 0) | (values > 1)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise ValueError(f"y for {owner} must lie in [0, 1]; row {row} is {values[row].tolist()}.")
     return y
 
 
+def _tol(dtype: Any) -> float:
+    """How far from 1 a probability row of `dtype` may sum."""
+    return min(1e-2, 1000 * float(jnp.finfo(dtype).eps))
+
+
+def _nan_unless_distributions(rows: Array, tol: float) -> Array:
+    """Traced rows cannot raise: a row that is no distribution (a negative entry, a sum
+    off 1 by more than `tol`) becomes NaN, so the loss and every gradient are NaN, which a
+    training loop sees (jaxbp train stops), never a silently wrong finite number."""
+    bad = jnp.any(rows < 0, axis=1) | (jnp.abs(jnp.sum(rows, axis=1) - 1) > tol)
+    return jnp.where(bad[:, None], jnp.nan, rows)
+
+
 def _class_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Array:
-    y = jnp.asarray(y)
+    y = as_array(y, "y", "an array of targets, one row per sample")
     _check_batch(y, batch)
     if jnp.issubdtype(y.dtype, jnp.integer):
         if y.ndim != 1:
@@ -119,11 +137,9 @@ def _class_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Ar
                     f"y[{bad[0]}] = {int(np.asarray(y)[bad[0]])}."
                 )
             return jax.nn.one_hot(y, n_out, dtype=dtype)
-        # Traced labels cannot be checked here. one_hot would make an out-of-range label a
-        # row of zeros: loss 0 and gradient 0, a silent no-op. A NaN row instead makes the
-        # loss and every gradient NaN, which a training loop sees (jaxbp train stops).
-        out_of_range = (y < 0) | (y >= n_out)
-        return jnp.where(out_of_range[:, None], jnp.nan, jax.nn.one_hot(y, n_out, dtype=dtype))
+        # Traced labels cannot be checked here. one_hot makes an out-of-range label a row
+        # of zeros (loss 0, gradient 0: a silent no-op), which is no distribution: NaN.
+        return _nan_unless_distributions(jax.nn.one_hot(y, n_out, dtype=dtype), _tol(dtype))
     if y.shape != (batch, n_out):
         fix = " Labels must have an integer dtype: y.astype(int)." if y.ndim == 1 else ""
         raise ValueError(
@@ -131,28 +147,33 @@ def _class_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Ar
             f"({batch}, {n_out}); got {y.dtype} of shape {y.shape}.{fix}"
         )
     _check_real(y, owner)
-    if _is_concrete(y):
-        rows = np.asarray(y, np.float64)
-        if np.any(rows < 0):
-            raise ValueError(f"probability rows in y for {owner} must be non-negative.")
-        mass = rows.sum(axis=1)
-        tol = min(1e-2, 1000 * float(jnp.finfo(y.dtype).eps))
-        off = np.flatnonzero(np.abs(mass - 1) > tol)
-        if off.size:
-            raise ValueError(
-                f"probability rows in y for {owner} must each sum to 1 (within {tol:.0e}); "
-                f"row {off[0]} sums to {mass[off[0]]:.6g}. Normalise them: y / y.sum(1, "
-                "keepdims=True)."
-            )
+    tol = _tol(y.dtype)
+    if not _is_concrete(y):  # the same ops as traced labels: the kernels match
+        return _nan_unless_distributions(y.astype(dtype), tol)
+    rows = np.asarray(y, np.float64)
+    if np.any(rows < 0):
+        raise ValueError(f"probability rows in y for {owner} must be non-negative.")
+    mass = rows.sum(axis=1)
+    off = np.flatnonzero(np.abs(mass - 1) > tol)
+    if off.size:
+        raise ValueError(
+            f"probability rows in y for {owner} must each sum to 1 (within {tol:.0e}); "
+            f"row {off[0]} sums to {mass[off[0]]:.6g}. Normalise them: y / y.sum(1, "
+            "keepdims=True)."
+        )
     return y.astype(dtype)
 
 
 def _r2(y_hat: Array, y: Array) -> Array:
-    """`1 - sum (y - y_hat)^2 / sum (y - mean y)^2` over all outputs."""
+    """`1 - sum (y - y_hat)^2 / sum (y - mean y)^2` over all outputs. A constant target
+    (one sample, say) leaves it undefined; as scikit-learn's `r2_score` does, it is then
+    1 for a perfect prediction and 0 otherwise, never -inf or NaN."""
     y = jnp.reshape(y, y_hat.shape).astype(y_hat.dtype)
     ss_res = jnp.sum((y - y_hat) ** 2)
     ss_tot = jnp.sum((y - jnp.mean(y, axis=0, keepdims=True)) ** 2)
-    return 1 - ss_res / ss_tot
+    constant = ss_tot == 0
+    r2 = 1 - ss_res / jnp.where(constant, 1, ss_tot)
+    return jnp.where(constant, jnp.where(ss_res == 0, 1.0, 0.0).astype(r2.dtype), r2)
 
 
 def _unit_accuracy(y_hat: Array, y: Array) -> Array:

@@ -14,10 +14,12 @@ from jaxbp._backprop import cast_like, gradient_flows, source, trace_of
 from jaxbp._config import Config, Keywords, as_config
 from jaxbp._diagnostics import PER_LAYER, backward_flow_stats
 from jaxbp._fused import FusedSGD, fused_epoch, fused_update
+from jaxbp._layers import Activate
 from jaxbp._mlp import (
     Flow,
     Params,
     context,
+    evaluation_context,
     forward_flow,
     has_state,
     init_stats,
@@ -29,6 +31,7 @@ from jaxbp._mlp import (
 from jaxbp._sharding import Mesh, data_parallel
 from jaxbp._shuffle import permutation
 from jaxbp._tasks import TASKS, Task
+from jaxbp._validate import check_epoch_data, check_key, is_int
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -127,7 +130,8 @@ def value_and_grad_fn(config: Config, options: StepOptions) -> Gradient:
         new_stats = None if stats is None else next_stats(flow, stats)
         if not options.diagnostics:
             return value, grads, {}, new_stats
-        diagnostics = backward_flow_stats(trace_of(flow, back), grads, config.activation)
+        hidden = [layer.activation for layer in flow.layers if isinstance(layer, Activate)]
+        diagnostics = backward_flow_stats(trace_of(flow, back), grads, hidden)
         return value, grads, diagnostics, new_stats
 
     return manual
@@ -179,10 +183,12 @@ def check_opt_state(optimizer: optax.GradientTransformation, opt_state: Any, par
     want_leaves, want_tree = jax.tree.flatten(want)
     shapes = [jnp.shape(v) for v in got_leaves], [v.shape for v in want_leaves]
     if got_tree != want_tree or shapes[0] != shapes[1]:
+        got, want = (shapes[0], shapes[1]) if shapes[0] != shapes[1] else (got_tree, want_tree)
         raise ValueError(
-            "opt_state does not fit params (another architecture or optimizer?): its leaf "
-            f"shapes are {shapes[0]}, optimizer.init(params) gives {shapes[1]}. Build it with "
-            "optimizer.init(params) (jax.vmap(optimizer.init)(params) for a sweep)."
+            "opt_state does not fit params (another architecture or optimizer?): it is "
+            f"{type(opt_state).__name__} {got!s:.300}, optimizer.init(params) gives {want!s:.300}. "
+            "Build it with optimizer.init(params) (jax.vmap(optimizer.init)(params) for a "
+            "sweep)."
         )
     injected = [
         node
@@ -313,15 +319,23 @@ def epoch_batches(key: Array, n: int, batch_size: int) -> Array:
     first indices of the same permutation, so every step sees a full batch and
     `n_steps * batch_size - n` samples appear twice in that epoch.
     """
+    check_key(key)
+    if not is_int(n) or n < 1:
+        raise ValueError(f"n must be the number of samples, an integer >= 1; got {n!r}.")
+    n, batch_size = int(n), check_batch_size(batch_size)
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size={batch_size} is more than the {n} samples; use a batch_size of at most n."
+        )
     steps = -(-n // batch_size)
     perm = permutation(key, n)
     return jnp.concatenate([perm, perm[: steps * batch_size - n]]).reshape(steps, batch_size)
 
 
 def check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
-    return batch_size
+    return int(batch_size)
 
 
 def scan_epoch(
@@ -339,17 +353,9 @@ def scan_epoch(
     def epoch(
         params: Params, opt_state: Any, key: Array, x: Array, y: Array
     ) -> tuple[Params, Any, Metrics]:
-        n = jnp.shape(x)[0]
-        if jnp.ndim(y) == 0 or jnp.shape(y)[0] != n:
-            raise ValueError(
-                f"x and y must hold the same number of samples; x has {n}, y has shape "
-                f"{jnp.shape(y)}."
-            )
-        if n < batch_size:
-            raise ValueError(
-                f"x holds {n} samples, fewer than one batch (batch_size={batch_size}); "
-                "use a smaller batch_size."
-            )
+        check_key(key)
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        n = check_epoch_data(x, y, batch_size)
 
         def body(carry: tuple[Params, Any], batch: tuple[Array, ...]) -> tuple[Any, Metrics]:
             *step_key, x_b, y_b = batch
@@ -377,7 +383,7 @@ def repeat_epochs(
     `jax.random.fold_in(key, e)`, exactly as the Python loop
     `for e in range(epochs): params, state, m = epoch(params, state, fold_in(key, e), x, y)`.
     Metrics gain a leading `(epochs,)` axis. One epoch is `epoch` itself."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+    if not is_int(epochs) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1; got {epochs!r}.")
     if epochs == 1:
         return epoch
@@ -385,6 +391,8 @@ def repeat_epochs(
     def many(
         params: Params, opt_state: Any, key: Array, x: Array, y: Array
     ) -> tuple[Params, Any, Metrics]:
+        check_key(key)
+
         def body(carry: tuple[Params, Any], e: Array) -> tuple[Any, Metrics]:
             params, opt_state, metrics = epoch(*carry, jax.random.fold_in(key, e), x, y)
             return (params, opt_state), metrics
@@ -500,7 +508,14 @@ def make_train_sweep(
                 f"keys must be {want} with shared_order={shared_order}; got keys of "
                 f"shape {jnp.shape(keys)} ({keys.dtype}). Make them with {fix}."
             )
-        models = jax.tree.leaves(params)[0].shape[0]
+        models = stacked_models(params, "params", "as make_train_sweep's docstring shows")
+        fix = "jax.vmap(optimizer.init)(params)"
+        if jax.tree.leaves(opt_state) and stacked_models(opt_state, "opt_state", fix) != models:
+            raise ValueError(
+                f"opt_state must stack one state per model like params ({models} models); "
+                "build it with jax.vmap(optimizer.init)(params)."
+            )
+        _refuse_per_model_constants(optimizer, params, opt_state, models)
         if not shared_order and key_shape[0] != models:
             raise ValueError(
                 f"keys must hold one key per model: params stack {models} models, "
@@ -509,6 +524,43 @@ def make_train_sweep(
         return jax.vmap(epoch, in_axes=(0, 0, key_axis, None, None))(params, opt_state, keys, x, y)
 
     return jax.jit(sweep, donate_argnums=options.donate_argnums)
+
+
+def stacked_models(tree: Any, what: str, fix: str) -> int:
+    """N, the models `tree` stacks along a leading axis of every leaf, or a `ValueError`."""
+    shapes = [jnp.shape(leaf) for leaf in jax.tree.leaves(tree)]
+    models = {shape[0] if shape else None for shape in shapes}
+    if len(models) != 1 or None in models:
+        raise ValueError(
+            f"{what} must stack N models along a leading axis of every leaf ({fix}); got "
+            f"leaves of shapes {shapes}."
+        )
+    return models.pop()
+
+
+def _refuse_per_model_constants(
+    optimizer: optax.GradientTransformation, params: Params, opt_state: Any, models: int
+) -> None:
+    """Refuse an optimizer closing over an `(N,)` array, such as `optax.sgd(rates)`: vmap
+    does not map a closure, so the array would broadcast against every parameter."""
+    if isinstance(opt_state, TrainState):
+        opt_state = opt_state.opt_state
+    one = lambda v: jax.ShapeDtypeStruct(jnp.shape(v)[1:], v.dtype)  # noqa: E731
+    params_1, state_1 = jax.tree.map(one, (params, opt_state))
+    try:  # rank promotion allowed: the broadcast it would refuse is the one looked for
+        with jax.numpy_rank_promotion("allow"):
+            traced = jax.make_jaxpr(optimizer.update)(params_1, state_1, params_1)
+    except Exception:  # a probe: the step itself then says what is wrong
+        return
+    for const in traced.consts:
+        if jnp.shape(const) == (models,):
+            raise ValueError(
+                f"the optimizer closes over an array of shape ({models},), one value per "
+                "model, which a sweep cannot map (it would broadcast against every "
+                "parameter): inject it instead, e.g. opt = optax.inject_hyperparams("
+                "optax.sgd)(learning_rate=0.1); state = jax.vmap(opt.init)(params); "
+                "state.hyperparams['learning_rate'] = rates."
+            )
 
 
 def evaluate(
@@ -534,8 +586,8 @@ def evaluate(
     cfg = as_config(config, keywords)
     scorer = _task(task, cfg)
     body, x, n_out = prepare(cfg, params, x)
-    flow = forward_flow(cfg, body, params, x, context(body, False, stats=stats))
-    y = jnp.asarray(y)
+    flow = forward_flow(cfg, body, params, x, evaluation_context(body, params, stats))
+    y = cfg.loss.targets(y, x.shape[0], n_out, flow.z.dtype)  # (batch, n_L), as the loss takes
     value = source(cfg, flow, y, n_out)[0]
     return {"loss": value, scorer.metric: scorer.score(flow.a, y)}
 
@@ -547,13 +599,7 @@ def evaluate_sweep(
     them): takes the arguments of `evaluate`, and every metric gains a leading `(N,)`
     axis. `x` and `y` are shared; `stats`, if any, are stacked like `params`."""
     stats = kwargs.pop("stats", None)
-    models = {jnp.shape(leaf)[0] if jnp.ndim(leaf) else None for leaf in jax.tree.leaves(params)}
-    if len(models) != 1 or None in models:
-        raise ValueError(
-            "params must stack N models along a leading axis of every leaf (as "
-            "make_train_sweep returns them); got leaves of shapes "
-            f"{[jnp.shape(leaf) for leaf in jax.tree.leaves(params)]}."
-        )
+    stacked_models(params, "params", "as make_train_sweep returns them")
     one = lambda p, s: evaluate(p, x, y, config, stats=s, **kwargs)  # noqa: E731
     return jax.vmap(one, in_axes=(0, None if stats is None else 0))(params, stats)
 

@@ -7,7 +7,8 @@ dataset knows its task and loss (`INFO[name]`), so `jaxbp train` picks them.
 - "digits": 1797 8x8 images of digits, 10 classes (scikit-learn's bundled copy).
 - "breast_cancer": 569 tumours, 30 features, 2 classes (scikit-learn).
 - "diabetes": 442 patients, 10 features, disease progression (regression; scikit-learn).
-- "xor", "moons", "spirals": 2-d, 2 classes, generated with `jax.random`.
+- "xor", "moons", "spirals": 2-d, 2 classes, generated with `jax.random` in float32,
+  so that a seed gives the same data with and without `jax_enable_x64`.
 
 `load_file(path, target=...)` reads a user's own `.npz` (arrays `x` and `y`), `.csv`
 (a header row; `target` names the label column) or IDX images (MNIST's format, gzipped or
@@ -262,31 +263,38 @@ def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float64), y
 
 
+F32 = jnp.float32
+HALF = np.float32(0.5)
+"""The generators draw in float32 whatever `jax_enable_x64` says (the default float dtype
+would change every draw, and `bernoulli` draws in its `p`'s dtype): a seed gives one
+dataset, the one it has always given without x64."""
+
+
 def _xor(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     """Uniform on [-1, 1]^2; the label is 1 where x_1 x_2 > 0 (XOR of the two signs)."""
-    x = jax.random.uniform(key, (n, 2), minval=-1.0, maxval=1.0)
+    x = jax.random.uniform(key, (n, 2), F32, minval=-1.0, maxval=1.0)
     return x, (x[:, 0] * x[:, 1] > 0).astype(jnp.int32)
 
 
 def _moons(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     """Two interleaving half circles with Gaussian noise (std 0.1)."""
     k_t, k_y, k_noise = jax.random.split(key, 3)
-    t = jax.random.uniform(k_t, (n,), maxval=math.pi)
-    y = jax.random.bernoulli(k_y, 0.5, (n,)).astype(jnp.int32)
+    t = jax.random.uniform(k_t, (n,), F32, maxval=math.pi)
+    y = jax.random.bernoulli(k_y, HALF, (n,)).astype(jnp.int32)
     upper = jnp.stack([jnp.cos(t), jnp.sin(t)], axis=1)
     lower = jnp.stack([1 - jnp.cos(t), 0.5 - jnp.sin(t)], axis=1)
     x = jnp.where(y[:, None] == 1, lower, upper)
-    return x + 0.1 * jax.random.normal(k_noise, (n, 2)), y
+    return x + 0.1 * jax.random.normal(k_noise, (n, 2), F32), y
 
 
 def _spirals(key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
     """Two interleaved spirals of 1.5 turns, radius growing with the angle, noise std 0.05."""
     k_t, k_y, k_noise = jax.random.split(key, 3)
-    t = jax.random.uniform(k_t, (n,), minval=0.1, maxval=1.0)
-    y = jax.random.bernoulli(k_y, 0.5, (n,)).astype(jnp.int32)
-    angle = 3 * math.pi * t + math.pi * y
+    t = jax.random.uniform(k_t, (n,), F32, minval=0.1, maxval=1.0)
+    y = jax.random.bernoulli(k_y, HALF, (n,)).astype(jnp.int32)
+    angle = 3 * math.pi * t + math.pi * y.astype(F32)  # int32 * float would be float64 in x64
     x = t[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
-    return x + 0.05 * jax.random.normal(k_noise, (n, 2)), y
+    return x + 0.05 * jax.random.normal(k_noise, (n, 2), F32), y
 
 
 _GENERATORS = {"xor": _xor, "moons": _moons, "spirals": _spirals}
@@ -298,6 +306,11 @@ def _infer_task(path: Path, y: np.ndarray, task: str | None) -> tuple[np.ndarray
         integral = np.all(y == np.round(y))
         task = "classification" if integral and classes.size <= MAX_CLASSES else "regression"
     if task == "regression":
+        if classes.size < 2:
+            raise ValueError(
+                f"{path}: the target is constant ({classes[0]:g}); regression needs at "
+                "least two values (a constant has no variance to explain: R^2 is undefined)."
+            )
         return y, DatasetInfo("regression", "mse", 1)
     if classes.size < 2:
         raise ValueError(

@@ -28,6 +28,7 @@ import dataclasses
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ CHECKPOINT, METRICS, SUMMARY, LOCK = (
     ".jaxbp.lock",
 )
 FIGURES = ("curves.png", "diagnostics.png")
+PREVIOUS, SET_ASIDE = ".jaxbp.previous", "set_aside.json"
 RUN_FILES = (METRICS, CHECKPOINT, SUMMARY, *FIGURES)
 
 OPTIMIZERS = {
@@ -138,6 +140,9 @@ def describe(folder: Path) -> str | None:
         return "an unfinished run with a checkpoint"
     if metrics.exists() and metrics.stat().st_size > 0:
         return "a run's metrics.jsonl"
+    present = [name for name in RUN_FILES if name != METRICS and (folder / name).exists()]
+    if present:
+        return f"files a run writes ({', '.join(present)})"
     return None
 
 
@@ -173,27 +178,93 @@ class RunFolder:
                 ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
-        for name in RUN_FILES:  # temporaries left by a run killed mid-write
-            for tmp in temporary_files(path / name):
-                tmp.unlink(missing_ok=True)
-        return cls(path, fd)
+        folder = cls(path, fd)
+        try:
+            folder._check_writable()
+            for name in RUN_FILES:  # temporaries left by a run killed mid-write
+                for tmp in temporary_files(path / name):
+                    tmp.unlink(missing_ok=True)
+            if (path / PREVIOUS).is_dir():  # a run killed before its first checkpoint
+                folder._settle_set_aside()
+        except BaseException:
+            folder.close()
+            raise
+        return folder
+
+    def _check_writable(self) -> None:
+        """Refuse, before anything trains, a folder (or log) this process cannot write."""
+        probe = self.path / f".jaxbp.probe.{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+            if (self.path / METRICS).exists():
+                with (self.path / METRICS).open("ab"):
+                    pass
+        except OSError as err:
+            raise RunError(
+                f"--out {self.path}: cannot write there ({err.strerror}: {err.filename}); "
+                "make it writable (chmod u+w) or choose another --out."
+            ) from None
 
     def close(self) -> None:
-        if self._lock_fd is not None:
+        """Let the folder go; files set aside for this run come back if it saved no
+        checkpoint (a replaced run, or a resumed run's summary, is never lost)."""
+        if self._lock_fd is None:
+            return
+        try:
+            if (self.path / PREVIOUS).is_dir():
+                self._settle_set_aside()
+        finally:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
+    def _set_aside(self, names: tuple[str, ...]) -> None:
+        """Move `names` (those present) into `.jaxbp.previous`, noting the checkpoint's
+        epoch then: until a new checkpoint, they are what the folder holds."""
+        present = [name for name in names if (self.path / name).exists()]
+        if not present:
+            return
+        previous = self.path / PREVIOUS
+        previous.mkdir()
+        for name in present:
+            os.replace(self.path / name, previous / name)
+        # The checkpoint the folder holds now: while it is the same, nothing new was saved.
+        write_atomic(previous / SET_ASIDE, json.dumps({"epoch": self._epoch()}).encode())
+
+    def _settle_set_aside(self) -> None:
+        """Bring the set-aside files back if no checkpoint was saved since, else drop them."""
+        previous = self.path / PREVIOUS
+        try:
+            saved_since = json.loads((previous / SET_ASIDE).read_text())["epoch"] != self._epoch()
+        except (OSError, ValueError, KeyError, TypeError):
+            saved_since = False  # killed while setting aside: nothing trained yet
+        if not saved_since:
+            for path in previous.iterdir():
+                if path.name != SET_ASIDE:
+                    os.replace(path, self.path / path.name)
+        shutil.rmtree(previous, ignore_errors=True)
+
+    def _epoch(self) -> int | None:
+        """The epoch of the folder's checkpoint, `None` without one (or unreadable)."""
+        try:
+            return read_meta(self.checkpoint).get("epoch") if self.checkpoint.exists() else None
+        except (OSError, ValueError):
+            return None
+
     def start_new(self) -> None:
-        """Remove a previous run's files (after `--overwrite`) and start an empty log."""
-        for name in RUN_FILES:
-            (self.path / name).unlink(missing_ok=True)
+        """Start an empty log. A previous run's files (after `--overwrite`) are set aside
+        until this run's first checkpoint, and come back if it ends before one."""
+        self._set_aside(RUN_FILES)
         write_atomic(self.path / METRICS, b"")
 
     def keep_epochs(self, history: list[dict[str, Any]], torn: bool) -> None:
-        """Cut the log back to `history` (a resumed run's epochs), atomically."""
+        """Cut the log back to `history` (a resumed run's epochs), atomically. The run is
+        unfinished again: its summary and figures are set aside until its next
+        checkpoint (and come back if it ends before one)."""
         metrics = self.path / METRICS
         if torn or len(read_metrics(metrics)[0]) != len(history):
             write_atomic(metrics, "".join(json.dumps(h) + "\n" for h in history).encode())
+        self._set_aside((SUMMARY, *FIGURES))
 
     @property
     def checkpoint(self) -> Path:
@@ -225,6 +296,8 @@ class RunFolder:
         "key"}`) after `epoch` epochs, atomically, with the run's `settings` (JSON) as
         its meta."""
         save_checkpoint(self.checkpoint, state, {"epoch": epoch, "config": settings})
+        if (self.path / PREVIOUS).is_dir():  # what was set aside is replaced for good
+            shutil.rmtree(self.path / PREVIOUS, ignore_errors=True)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write `summary.json` atomically: a finished run's last word."""

@@ -64,44 +64,32 @@ width_int = int_range(1, MAX_WIDTH, f"a positive integer up to {MAX_WIDTH:,}")
 F32_TINY, F32_MAX = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a positive number that float32 holds (a learning rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and F32_TINY <= value <= F32_MAX):
-        raise argparse.ArgumentTypeError(
-            f"expected a positive number from {F32_TINY:.1e} to {F32_MAX:.1e} (float32), "
-            f"got {text!r}"
-        )
-    return value
+def float_where(holds: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    """An argparse type: a number for which `holds` is true, described as `what`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not holds(value):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
 
 
-def dropout_rate(text: str) -> float:
-    """An argparse type: a dropout rate in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected a rate from 0 (no dropout) up to but excluding 1, e.g. 0.2; got {text!r}"
-        )
-    return value
-
-
-def probability(text: str) -> float:
-    """An argparse type: a probability strictly between 0 and 1 (a DP delta)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected a probability strictly between 0 and 1, e.g. 1e-5; got {text!r}"
-        )
-    return value
+positive_float = float_where(
+    lambda v: math.isfinite(v) and F32_TINY <= v <= F32_MAX,
+    f"a positive number from {F32_TINY:.1e} to {F32_MAX:.1e} (float32)",
+)
+"""A learning rate, a DP clip or noise: positive, and held by float32."""
+dropout_rate = float_where(
+    lambda v: 0 <= v < 1, "a rate from 0 (no dropout) up to but excluding 1, e.g. 0.2"
+)
+probability = float_where(
+    lambda v: 0 < v < 1, "a probability strictly between 0 and 1, e.g. 1e-5 (a DP delta)"
+)
 
 
 def widths(text: str) -> tuple[int, ...]:
@@ -215,7 +203,16 @@ def _train(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from jaxbp.app import check_table
+    from jaxbp.app.settings import JobError
 
+    for flag in ("dtypes", "depths", "norms", "dropouts"):
+        values = list(getattr(args, flag))
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:
+            raise JobError(
+                f"--{flag} {' '.join(map(str, values))}: {', '.join(map(str, repeated))} "
+                "given twice; each configuration is checked once, name each value once."
+            )
     return check_table.run(
         tuple(args.dtypes),
         tuple(args.depths),
@@ -308,13 +305,13 @@ def expected_message(err: BaseException) -> str | None:
     """The one line for a failure a user can cause or fix, or `None` for a bug."""
     from jaxbp.app.settings import JobError
 
+    if isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in str(err):  # XLA's: ValueError
+        return "out of memory; use a smaller --hidden or --batch-size."
     if isinstance(err, (JobError, ValueError)):
         return str(err)
     if isinstance(err, OSError):
         where = f"{err.filename}: " if err.filename else ""
         return f"{where}{err.strerror or err}"
-    if isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in str(err):
-        return "out of memory; use a smaller --hidden or --batch-size."
     return None
 
 

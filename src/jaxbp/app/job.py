@@ -6,6 +6,7 @@ A user's mistake raises `JobError`; a damaged checkpoint `CheckpointError`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -116,6 +117,7 @@ def prepare(settings: Settings) -> Job:
     _check_size(settings, sizes)
     privacy = _privacy(settings, n_train) if settings.dp else None
     config = settings.config(loss, None if privacy is None else privacy.delta)
+    config["data_sha256"] = _fingerprint(settings)
     model = jaxbp.Config(
         activation=settings.activation, loss=loss, norm=settings.norm, dropout=settings.dropout
     )
@@ -190,6 +192,19 @@ def _privacy(settings: Settings, n_train: int) -> Privacy:
     return Privacy(settings.dp_clip, settings.dp_noise, delta, *sampling, epsilon)
 
 
+def _fingerprint(settings: Settings) -> str | None:
+    """The SHA-256 of a `--data` file (and its `--labels`), which a resumed run must
+    match; `None` for a built-in dataset (it is the same wherever it loads)."""
+    if settings.data is None:
+        return None
+    digest = hashlib.sha256()
+    for path in (settings.data, settings.labels):
+        if path is not None and Path(path).is_file():
+            with Path(path).open("rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
 def _load(settings: Settings) -> tuple[datasets.Dataset, datasets.DatasetInfo]:
     try:
         if settings.data is not None:
@@ -260,7 +275,13 @@ def _resume(
     if found is None:
         raise JobError(f"--resume: no checkpoint in {folder.path} (expected {folder.checkpoint}).")
     epoch, saved = found
-    saved = {**ADDED_SETTINGS, **saved}
+    saved = {**ADDED_SETTINGS, "data_sha256": config["data_sha256"], **saved}  # older: unknown
+    if saved["data_sha256"] != config["data_sha256"]:
+        raise JobError(
+            f"--resume: {settings.source} changed since the checkpoint (its SHA-256 differs); "
+            "resume with the data the run trained on, or start a new run (--overwrite or "
+            "another --out)."
+        )
     differs = [k for k, v in config.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
     if differs:
         detail = ", ".join(

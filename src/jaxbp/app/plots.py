@@ -61,8 +61,10 @@ def training_curves(
 
 
 def backward_flow(history: list[dict[str, Any]], path: str | Path, title: str) -> None:
-    """Per-layer ||delta_l|| and fraction of saturated hidden units, per epoch."""
+    """Per-layer ||delta_l|| and fraction of saturated hidden units, per epoch (the
+    epochs that logged them: a resumed run may have added or dropped `--diagnostics`)."""
     plt = pyplot()
+    history = [h for h in history if "delta_norm" in h]
     epochs = [h["epoch"] for h in history]
     fig, (ax_delta, ax_sat) = plt.subplots(1, 2, figsize=(9, 3.4))
     for l in range(len(history[0]["delta_norm"])):

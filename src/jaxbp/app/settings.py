@@ -140,6 +140,18 @@ class Settings:
                 "--diagnostics reads the backward flow delta_l, which manual_grad keeps and "
                 "jax.grad does not expose: use --grad manual."
             )
+        if not self.hidden and (self.norm or self.dropout):
+            flag = f"--norm {self.norm}" if self.norm else f"--dropout {self.dropout:g}"
+            raise JobError(
+                f"{flag} acts after each hidden layer, and --hidden gives none; add a hidden "
+                "layer (e.g. --hidden 32) or drop the flag."
+            )
+        if self.norm == "batch" and self.batch_size < 2:
+            raise JobError(
+                "--norm batch normalises over the batch and needs --batch-size 2 or more "
+                f"(got {self.batch_size}: one sample normalises to 0, the output no longer "
+                "depends on x); use a larger batch or --norm layer."
+            )
         self._check_dp()
 
     @property

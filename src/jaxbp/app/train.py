@@ -62,7 +62,8 @@ def _run(job: Job) -> int:
     score = job.metric
     print(f"{'':<10}{'train':>10}{'test':>10}")
     for metric in ("loss", score):
-        print(f"{metric:<10}{last[f'train_{metric}']:>10.4f}{last[f'test_{metric}']:>10.4f}")
+        train, test = (_number(last[f"{split}_{metric}"]) for split in ("train", "test"))
+        print(f"{metric:<10}{train:>10}{test:>10}")
     privacy = None
     if job.privacy is not None:
         privacy = _privacy_summary(job.privacy, history)
@@ -98,6 +99,11 @@ def _run(job: Job) -> int:
         title = f"{s.source}: {arch} {cfg['activation']}{_layers(s)}, {cfg['grad']} gradients"
         _figures(job, history, title)
     return 0 if passed else 1
+
+
+def _number(value: float) -> str:
+    """A table entry of at most 9 characters: 4 decimals, or 4 digits when that is wider."""
+    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
 
 
 def _layers(settings: Settings) -> str:
@@ -241,7 +247,8 @@ def _stop(job: Job, epoch: int, what: str) -> None:
         if job.out and epoch > 1
         else "no checkpoint was written"
     )
-    print(f"jaxbp train: {what}; stopped ({kept}). Try a smaller --lr.", file=sys.stderr)
+    fix = "--lr, --dp-clip or --dp-noise" if job.privacy is not None else "--lr"
+    print(f"jaxbp train: {what}; stopped ({kept}). Try a smaller {fix}.", file=sys.stderr)
 
 
 class _Progress:
@@ -340,5 +347,5 @@ def _figures(job: Job, history: list[dict[str, Any]], title: str) -> None:
     assert job.out is not None
     curves, diagnostics = (job.out / name for name in FIGURES)
     training_curves(history, curves, title, job.metric)
-    if "delta_norm" in history[0]:
+    if any("delta_norm" in h for h in history):
         backward_flow(history, diagnostics, title)

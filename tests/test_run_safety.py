@@ -1,0 +1,133 @@
+"""A run folder is never lost or silently overwritten, and what a run cannot do is
+refused up front (issues found by an outside review of `jaxbp train`): a replacing or
+resumed run that ends before its first checkpoint gives the folder back as it was, a
+resumed run refuses changed data, and a user's own files are not replaced unasked."""
+
+import os
+import shutil
+import struct
+
+import pytest
+
+from conftest import run_train
+from jaxbp import runs
+from jaxbp.app.cli import expected_message
+
+XOR = ["--dataset", "xor", "--hidden", "3", "--batch-size", "50", "--quiet"]
+
+
+def files(folder):
+    """Every file of the folder but the lock, by name: its bytes."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != ".jaxbp.lock"}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    from jaxbp.app.cli import main
+
+    assert main(["train", *XOR, "--epochs", "2", "--out", str(out), "--diagnostics"]) == 0
+    return out
+
+
+def test_a_replacing_run_that_diverges_gives_the_old_run_back(finished, tmp_path, capsys):
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    before = files(out)
+    code, _, err = run_train(capsys, *XOR, "--epochs", "2", "--out", str(out), "--overwrite",
+                             "--lr", "3e38")  # fmt: skip
+    assert code == 1 and "no checkpoint was written" in err
+    assert files(out) == before
+
+
+def test_a_resumed_run_that_diverges_keeps_its_summary(finished, tmp_path, capsys):
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    before = files(out)
+    code, _, err = run_train(capsys, *XOR, "--epochs", "4", "--out", str(out), "--resume",
+                             "--diagnostics", "--lr", "3e38")  # fmt: skip
+    assert code == 1 and "epoch 3" in err
+    after = files(out)
+    del before["metrics.jsonl"], after["metrics.jsonl"]  # may log the diverged epoch
+    assert after == before and runs.load_run(out).summary["epochs"] == 2
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_undone_by_the_next(finished, tmp_path):
+    """`kill -9` after --overwrite set the old run aside: the next hold brings it back."""
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    before = files(out)
+    folder = runs.RunFolder.hold(out)
+    folder.start_new()
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')  # a half-done first epoch
+    os.close(folder._lock_fd)  # the process dies: no close(), no settling
+    folder._lock_fd = None
+    assert (out / runs.PREVIOUS).is_dir() and not (out / "checkpoint.jaxbp").exists()
+    runs.RunFolder.hold(out).close()
+    assert files(out) == before
+
+
+def test_a_resumed_run_whose_data_changed_is_refused(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    rows = [f"{i % 7 / 7:.3f},{(i * 3) % 5 / 5:.3f},{i % 2}" for i in range(40)]
+    data.write_text("a,b,y\n" + "\n".join(rows) + "\n")
+    args = ["--data", str(data), "--target", "y", "--hidden", "2", "--batch-size", "8",
+            "--quiet", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert run_train(capsys, *args, "--epochs", "1")[0] == 0
+    data.write_text("a,b,y\n" + "\n".join(rows[::-1]) + "\n")  # same shape, other rows
+    code, _, err = run_train(capsys, *args, "--epochs", "2", "--resume")
+    assert code == 2 and "d.csv changed since the checkpoint" in err
+    assert runs.load_run(tmp_path / "r").epoch == 1
+
+
+def test_a_users_figure_in_the_folder_is_not_replaced_unasked(tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "curves.png").write_bytes(b"my own figure")
+    code, _, err = run_train(capsys, *XOR, "--epochs", "1", "--out", str(out))
+    assert code == 2 and "files a run writes (curves.png)" in err and "--overwrite" in err
+    assert (out / "curves.png").read_bytes() == b"my own figure"
+
+
+def test_resuming_without_diagnostics_draws_what_was_logged(finished, tmp_path, capsys):
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    code, _, err = run_train(capsys, *XOR, "--epochs", "3", "--out", str(out), "--resume")
+    assert code == 0, err
+    assert (out / "diagnostics.png").is_file() and runs.load_run(out).epoch == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--hidden", "", "--norm", "layer"], "--norm layer acts after each hidden layer"),
+        (["--hidden", "", "--dropout", "0.5"], "--dropout 0.5 acts after each hidden layer"),
+        (["--norm", "batch", "--batch-size", "1"], "needs --batch-size 2 or more (got 1"),
+    ],
+    ids=["norm-without-hidden", "dropout-without-hidden", "batch-norm-of-one"],
+)
+def test_layers_that_would_do_nothing_or_harm_are_refused(capsys, args, fragment):
+    code, _, err = run_train(capsys, "--dataset", "xor", "--epochs", "1", *args)
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unwritable_folder_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    def refuse(self, data):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(runs.Path, "write_bytes", refuse)
+    code, _, err = run_train(capsys, *XOR, "--epochs", "1", "--out", str(tmp_path / "r"))
+    assert code == 2 and "cannot write there (Permission denied" in err and "chmod" in err
+
+
+def test_an_idx_file_of_no_images_names_the_file(tmp_path, capsys):
+    images, labels = tmp_path / "x-images-idx3-ubyte", tmp_path / "x-labels-idx1-ubyte"
+    images.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3i", 0, 28, 28))
+    labels.write_bytes(bytes([0, 0, 8, 1]) + struct.pack(">i", 0))
+    code, _, err = run_train(capsys, "--data", str(images), "--epochs", "1")
+    assert code == 2 and f"{images}: its IDX header says (0, 28, 28): no images" in err
+
+
+def test_out_of_memory_from_xla_gets_its_hint():
+    err = ValueError("RESOURCE_EXHAUSTED: Out of memory allocating 576000000 bytes.")
+    assert expected_message(err) == "out of memory; use a smaller --hidden or --batch-size."

@@ -1,0 +1,333 @@
+"""What a user can get wrong in the public API, found by an outside review: each mistake
+is refused with one message naming the argument and the fix, or given a defined value
+checked against an independent reference (numpy, scikit-learn, the equivalent network)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from sklearn.metrics import r2_score
+
+import jaxbp
+from conftest import make_problem
+
+KW = dict(activation="tanh", loss="cross_entropy")
+KEY = jax.random.key(0)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return make_problem(0, [4, 5, 3], 8, "cross_entropy", jnp.float64)
+
+
+# -- training: sweeps, keys, epochs ---------------------------------------------------
+
+
+def test_a_sweep_refuses_an_optimizer_closing_over_per_model_rates():
+    """`optax.sgd(rates)` would broadcast the rates against every parameter (silently,
+    when the widths equal N); the fix, inject_hyperparams, trains each model at its rate."""
+    params, x, y = make_problem(0, [4, 4, 4], 16, "cross_entropy")
+    stack = jax.tree.map(lambda v: jnp.stack([v] * 4), params)
+    rates = jnp.array([0.0, 0.1, 0.2, 0.3])
+    bad = optax.sgd(rates)
+    sweep = jaxbp.make_train_sweep(bad, batch_size=8, shared_order=True, donate=False, **KW)
+    with pytest.raises(ValueError, match=r"closes over an array of shape \(4,\).*inject"):
+        sweep(stack, jax.vmap(bad.init)(stack), KEY, x, y)
+    good = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
+    state = jax.vmap(good.init)(stack)
+    state.hyperparams["learning_rate"] = rates
+    sweep = jaxbp.make_train_sweep(good, batch_size=8, shared_order=True, donate=False, **KW)
+    trained, _, _ = sweep(stack, state, KEY, x, y)
+    jax.tree.map(lambda t, p: np.testing.assert_array_equal(t[0], p[0]), trained, stack)
+    for i in (1, 3):  # each model as a single run at its own rate
+        one = jaxbp.make_train_epoch(optax.sgd(float(rates[i])), batch_size=8, donate=False, **KW)
+        alone, _, _ = one(params, optax.sgd(0.0).init(params), KEY, x, y)
+        jax.tree.map(
+            lambda t, a, i=i: np.testing.assert_allclose(t[i], a, rtol=1e-5, atol=1e-7),
+            trained,
+            alone,
+        )
+
+
+def test_a_sweep_refuses_an_unstacked_optimizer_state():
+    params, x, y = make_problem(0, [4, 5, 3], 16, "cross_entropy")
+    stack = jax.tree.map(lambda v: jnp.stack([v] * 2), params)
+    opt = optax.adam(0.1)
+    sweep = jaxbp.make_train_sweep(opt, batch_size=8, shared_order=True, donate=False, **KW)
+    with pytest.raises(ValueError, match=r"opt_state must stack N models.*jax\.vmap\(optimizer"):
+        sweep(stack, opt.init(stack), KEY, x, y)
+
+
+BAD_KEYS = [
+    ("int", 0, TypeError, "must be a jax.random key such as jax.random.key(0); got "),
+    ("float-array", np.zeros(2, np.float32), TypeError, "got an array of dtype float32 and shape"),
+    ("three-uint32", jnp.zeros(3, jnp.uint32), ValueError, "got uint32 data of shape (3,)"),
+    ("split", jax.random.split(KEY, 3), ValueError, "must be a single key"),
+]
+KEY_USERS = {
+    "init_mlp": lambda k, p, x, y: jaxbp.init_mlp(k, [4, 5, 3]),
+    "init_layers": lambda k, p, x, y: jaxbp.init_layers(k, [jaxbp.Dense(3)], 4),
+    "loss_fn": lambda k, p, x, y: jaxbp.loss_fn(p, x, y, key=k, dropout=0.5, **KW),
+    "epoch": lambda k, p, x, y: jaxbp.make_train_epoch(
+        optax.sgd(0.1), batch_size=4, donate=False, **KW
+    )(p, optax.sgd(0.1).init(p), k, x, y),
+    "epochs": lambda k, p, x, y: jaxbp.make_train_epoch(
+        optax.sgd(0.1), batch_size=4, epochs=2, donate=False, **KW
+    )(p, optax.sgd(0.1).init(p), k, x, y),
+    "dp": lambda k, p, x, y: jaxbp.dp_value_and_grad(
+        p, k, x, y, l2_clip=1.0, noise_multiplier=1.0, **KW
+    ),
+    "epoch_batches": lambda k, p, x, y: jaxbp.epoch_batches(k, 8, 4),
+}
+
+
+@pytest.mark.parametrize("user", list(KEY_USERS))
+@pytest.mark.parametrize(
+    ("key", "exc", "fragment"),
+    [case[1:] for case in BAD_KEYS],
+    ids=[case[0] for case in BAD_KEYS],
+)
+def test_a_key_that_is_no_key_is_refused_by_name(problem, user, key, exc, fragment):
+    params, x, y = problem
+    with pytest.raises(exc, match="key") as err:
+        KEY_USERS[user](key, params, x, y)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("n", "batch_size", "exc", "fragment"),
+    [
+        (8, 32, ValueError, "batch_size=32 is more than the 8 samples"),
+        (8, 0, ValueError, "batch_size must be an integer >= 1; got 0"),
+        (8.0, 4, ValueError, "n must be the number of samples, an integer >= 1; got 8.0"),
+        (0, 4, ValueError, "n must be the number of samples"),
+    ],
+    ids=["batch-past-n", "batch-zero", "float-n", "no-samples"],
+)
+def test_epoch_batches_refuses_what_cannot_be_cut(n, batch_size, exc, fragment):
+    with pytest.raises(exc) as err:
+        jaxbp.epoch_batches(KEY, n, batch_size)
+    assert fragment in str(err.value)
+
+
+def test_epoch_batches_takes_numpy_integers():
+    got = jaxbp.epoch_batches(KEY, np.int64(10), np.int32(4))
+    np.testing.assert_array_equal(got, jaxbp.epoch_batches(KEY, 10, 4))
+
+
+def test_a_jitted_epoch_takes_python_lists_as_the_step_does(problem):
+    params, x, y = problem
+    opt = optax.sgd(0.1)
+    epoch = jaxbp.make_train_epoch(opt, batch_size=4, donate=False, **KW)
+    want = epoch(params, opt.init(params), KEY, x, y)
+    got = epoch(params, opt.init(params), KEY, np.asarray(x).tolist(), np.asarray(y).tolist())
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_an_opt_state_of_none_says_what_to_pass(problem):
+    params, x, y = problem
+    step = jaxbp.make_train_step(optax.sgd(0.1), **KW)
+    with pytest.raises(ValueError, match=r"it is NoneType.*optimizer\.init\(params\)"):
+        step(params, None, x, y)
+
+
+# -- numbers from numpy are numbers ----------------------------------------------------
+
+
+def test_numpy_scalars_are_accepted_wherever_python_numbers_are():
+    same = jaxbp.init_mlp(KEY, [np.int64(4), np.int32(5), 3])
+    jax.tree.map(np.testing.assert_array_equal, same, jaxbp.init_mlp(KEY, [4, 5, 3]))
+    assert jaxbp.Config(dropout=np.float32(0.25), **KW) == jaxbp.Config(dropout=0.25, **KW)
+    assert jaxbp.Dense(np.int64(3)) == jaxbp.Dense(3)
+    assert type(jaxbp.Dense(np.int64(3)).width) is int
+    assert jaxbp.LayerNorm(eps=np.float64(1e-5)) == jaxbp.LayerNorm(eps=1e-5)
+    assert jaxbp.BatchNorm(momentum=np.float64(0.8)) == jaxbp.BatchNorm(momentum=0.8)
+    assert jaxbp.Dropout(np.float64(0.5)) == jaxbp.Dropout(0.5)
+    assert jaxbp.huber(np.float32(2.0)).name == jaxbp.huber(2.0).name
+    with pytest.raises(ValueError, match="sizes must be integers >= 1; sizes\\[0\\] is True"):
+        jaxbp.init_mlp(KEY, [True, 5, 3])
+
+
+# -- losses and targets ----------------------------------------------------------------
+
+
+def test_a_loss_whose_value_sums_over_the_batch_is_refused(problem):
+    params, x, y = problem
+    summed = jaxbp.Loss(
+        "summed",
+        value=lambda z, a, y: jnp.sum((a - y) ** 2),
+        delta=lambda z, a, y, output: output.backward(z, a, 2 * (a - y)),
+    )
+    onehot = jax.nn.one_hot(y, 3)
+    for fn in (jaxbp.loss_fn, jaxbp.manual_grad, jaxbp.backprop):
+        with pytest.raises(ValueError, match=r"Loss 'summed'.*one loss per sample, shape \(8,\)"):
+            fn(params, x, onehot, activation="tanh", loss=summed)
+
+
+def test_a_loss_whose_delta_has_the_wrong_shape_is_refused(problem):
+    params, x, y = problem
+    flat = jaxbp.Loss(
+        "flat",
+        value=lambda z, a, y: jnp.sum((a - y) ** 2, axis=-1),
+        delta=lambda z, a, y, output: jnp.sum(a - y, axis=-1),
+    )
+    with pytest.raises(ValueError, match=r"delta must return dl/dz_L per sample, shape \(8, 3\)"):
+        jaxbp.manual_grad(params, x, jax.nn.one_hot(y, 3), activation="tanh", loss=flat)
+
+
+BAD_TRACED_TARGETS = [
+    ("rows-not-summing-to-1", "cross_entropy", lambda y: jax.nn.one_hot(y, 3).at[0, 0].add(0.5)),
+    ("negative-row", "cross_entropy", lambda y: jax.nn.one_hot(y, 3).at[1].set([1.5, -0.5, 0])),
+    ("bce-target-2", "binary_cross_entropy", lambda y: jax.nn.one_hot(y, 3).at[2, 1].set(2.0)),
+]
+
+
+@pytest.mark.parametrize(
+    ("loss", "make"),
+    [case[1:] for case in BAD_TRACED_TARGETS],
+    ids=[case[0] for case in BAD_TRACED_TARGETS],
+)
+def test_bad_targets_under_jit_give_nan_as_bad_labels_do(problem, loss, make):
+    params, x, y = problem
+    kw = dict(activation="tanh", loss=loss)
+    good = jax.nn.one_hot(y, 3)
+    fn = jax.jit(lambda p, x, t: (jaxbp.loss_fn(p, x, t, **kw), jaxbp.manual_grad(p, x, t, **kw)))
+    value, grads = fn(params, x, good)
+    assert np.isfinite(float(value))
+    np.testing.assert_allclose(value, jaxbp.loss_fn(params, x, good, **kw), rtol=1e-12)
+    value, grads = fn(params, x, make(y))
+    assert np.isnan(float(value)) and all(np.isnan(g).any() for g in jax.tree.leaves(grads))
+
+
+def test_a_traced_negative_clip_gives_nan_not_a_flipped_gradient(problem):
+    params, x, y = problem
+
+    def dp(clip):
+        return jaxbp.dp_value_and_grad(params, KEY, x, y, l2_clip=clip, noise_multiplier=0.0, **KW)[
+            1
+        ]
+
+    grads = jax.vmap(dp)(jnp.array([1.0, -1.0]))
+    want = dp(1.0)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g[0], w, rtol=1e-12), grads, want)
+    assert all(np.isnan(g[1]).all() for g in jax.tree.leaves(grads))
+
+
+# -- evaluation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 5], ids=["one-sample", "constant-target"])
+def test_r2_of_a_constant_target_is_scikit_learns(rows):
+    """Undefined as a ratio (0/0 or x/0): scikit-learn's r2_score gives 0 for an imperfect
+    prediction of a constant target and 1 for a perfect one; so does evaluate, never -inf
+    or NaN. One sample is a constant target (scikit-learn's reference: it twice)."""
+    params, x, _ = make_problem(1, [3, 4, 1], rows, "mse", jnp.float64)
+    kw = dict(activation="tanh", loss="mse")
+    y = jnp.full((rows,), 0.25)
+    y_hat = np.asarray(jaxbp.forward(params, x, **kw))[:, 0]
+    constant = [*params[:-1], {"W": 0 * params[-1]["W"], "b": jnp.full((1,), 0.25)}]
+    reps = 2 if rows == 1 else 1
+    y_ref = np.tile(np.asarray(y), reps)
+    assert float(jaxbp.evaluate(params, x, y, **kw)["r2"]) == 0.0
+    assert r2_score(y_ref, np.tile(y_hat, reps)) == 0.0
+    assert float(jaxbp.evaluate(constant, x, y, **kw)["r2"]) == 1.0
+    assert r2_score(y_ref, np.full(len(y_ref), 0.25)) == 1.0
+
+
+@pytest.mark.parametrize("task", ["regression", "binary"])
+def test_scoring_labels_on_another_task_uses_the_prepared_targets(problem, task):
+    params, x, y = problem
+    got = jaxbp.evaluate(params, x, y, task=task, **KW)
+    y_hat = np.asarray(jaxbp.forward(params, x, **KW))
+    onehot = np.eye(3)[np.asarray(y)]
+    if task == "regression":
+        pooled = 1 - ((onehot - y_hat) ** 2).sum() / ((onehot - onehot.mean(0)) ** 2).sum()
+        np.testing.assert_allclose(got["r2"], pooled, rtol=1e-12)
+    else:
+        np.testing.assert_allclose(got["accuracy"], np.mean((y_hat > 0.5) == (onehot > 0.5)))
+
+
+BAD_STATS = [
+    ("train-state", lambda st, good: st, "a TrainState holds them in .stats"),
+    ("wrong-keys", lambda st, good: [{"mu": g["mean"], "var": g["var"]} for g in good], "mu"),
+    ("wrong-width", lambda st, good: [{k: jnp.zeros(7) for k in g} for g in good], "(7,)"),
+    ("scalars", lambda st, good: [{"mean": 0.0, "var": 1.0}], "'mean': ()"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"), [c[1:] for c in BAD_STATS], ids=[c[0] for c in BAD_STATS]
+)
+def test_evaluate_refuses_stats_of_another_shape(make, fragment):
+    cfg = jaxbp.Config(norm="batch", **KW)
+    params = jaxbp.init_mlp(KEY, [4, 5, 3], norm="batch")
+    x, y = jnp.ones((6, 4)), jnp.array([0, 1, 2, 0, 1, 2])
+    good = jaxbp.init_stats(params, cfg)
+    bad = make(jaxbp.init_train_state(optax.sgd(0.1), params, cfg), good)
+    for fn in (
+        lambda s: jaxbp.evaluate(params, x, y, cfg, stats=s),
+        lambda s: jaxbp.forward(params, x, cfg, stats=s),
+    ):
+        with pytest.raises(ValueError, match="stats must be this network") as err:
+            fn(bad)
+        assert fragment in str(err.value) and "'mean': (5,)" in str(err.value)
+
+
+# -- layers ----------------------------------------------------------------------------
+
+
+def test_batch_norm_refuses_to_train_on_one_sample():
+    cfg = jaxbp.Config(norm="batch", **KW)
+    params = jaxbp.init_mlp(KEY, [4, 5, 3], norm="batch")
+    x, y = jnp.ones((1, 4)), jnp.array([2])
+    with pytest.raises(ValueError, match=r"BatchNorm in training .* at least 2 samples"):
+        jaxbp.loss_fn(params, x, y, cfg)
+    opt = optax.sgd(0.1)
+    step = jaxbp.make_train_step(opt, cfg)
+    with pytest.raises(ValueError, match="got a batch of 1"):
+        step(params, jaxbp.init_train_state(opt, params, cfg), x, y)
+    stats = jaxbp.init_stats(params, cfg)  # evaluation of one sample is fine
+    assert jaxbp.forward(params, x, cfg, stats=stats).shape == (1, 3)
+
+
+def test_diagnostics_of_a_layer_list_equal_those_of_its_keyword_network(problem):
+    params, x, y = problem
+    layers = [jaxbp.Dense(5), jaxbp.Activate("tanh"), jaxbp.Dense(3)]
+    opt = optax.sgd(0.0)
+    by_layers = jaxbp.make_train_step(
+        opt, jaxbp.Config(layers=layers, loss="cross_entropy"), diagnostics=True, donate=False
+    )
+    by_keywords = jaxbp.make_train_step(opt, diagnostics=True, donate=False, **KW)
+    got = by_layers(params, opt.init(params), x, y)[2]
+    want = by_keywords(params, opt.init(params), x, y)[2]
+    assert got.keys() == want.keys() >= {"saturated", "delta_norm"}
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_a_custom_layer_that_says_nothing_of_per_example_terms_is_told_what_to_define(problem):
+    params, x, y = problem
+
+    @dataclasses.dataclass(frozen=True)
+    class Silent:
+        name = "silent"
+        has_params = False
+        random = False
+
+        def init(self, key, n_in, dtype):
+            return None, n_in
+
+        def check(self, params, n_in, where):
+            return n_in
+
+        def forward(self, params, a, ctx):
+            return a, None
+
+        def backward(self, params, cache, g):
+            return g, None
+
+    cfg = jaxbp.Config(layers=[jaxbp.Dense(5), Silent(), jaxbp.Dense(3)], loss="cross_entropy")
+    with pytest.raises(ValueError, match="has no per_example attribute"):
+        jaxbp.per_example_grads(params, x, y, cfg)
