@@ -172,7 +172,7 @@ def test_parameters_turning_nan_in_the_last_step_are_not_checkpointed(
     err = capsys.readouterr().err
     assert code == 1
     assert "the parameters became non-finite in the last step of epoch 2" in err
-    assert "the last good checkpoint (epoch 1) is kept" in err
+    assert "the last good checkpoint of epoch 1 is kept" in err
     meta, leaves = read_arrays(out / "checkpoint.jaxbp")
     assert meta["epoch"] == 1 and all(jnp.all(jnp.isfinite(leaf)) for leaf in leaves)
     assert len(metrics(out)) == 1

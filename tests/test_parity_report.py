@@ -91,11 +91,15 @@ def test_float64_needs_x64_rather_than_running_float32():
             ["tanh"], [("mse", "identity")], dtypes=["float32"], depths=[2]
         )
         assert record["dtype"] == "float32" and record["passed"]
+        (default,) = jaxbp.parity_grid(["tanh"], [("mse", "identity")], depths=[2])
+        assert default == record  # the default dtypes: float32 alone without x64
     finally:
         jax.config.update("jax_enable_x64", True)
     # With x64 the same grid runs in float64, at float64's tolerance.
     (record,) = jaxbp.parity_grid(["tanh"], [("mse", "identity")], dtypes=["float64"], depths=[2])
     assert record["dtype"] == "float64" and record["rtol"] == 1e-12 and record["passed"]
+    both = jaxbp.parity_grid(["tanh"], [("mse", "identity")], depths=[2])
+    assert [r["dtype"] for r in both] == ["float32", "float64"]  # the default with x64
 
 
 @pytest.mark.parametrize("loss", list(jaxbp.LOSSES))

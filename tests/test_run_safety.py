@@ -7,8 +7,10 @@ import os
 import shutil
 import struct
 
+import numpy as np
 import pytest
 
+import jaxbp
 from conftest import run_train
 from jaxbp import runs
 from jaxbp.app.cli import expected_message
@@ -131,3 +133,47 @@ def test_an_idx_file_of_no_images_names_the_file(tmp_path, capsys):
 def test_out_of_memory_from_xla_gets_its_hint():
     err = ValueError("RESOURCE_EXHAUSTED: Out of memory allocating 576000000 bytes.")
     assert expected_message(err) == "out of memory; use a smaller --hidden or --batch-size."
+
+
+def kill(folder):
+    """The process dies: its lock goes with it, nothing is settled."""
+    os.close(folder._lock_fd)
+    folder._lock_fd = None
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["setting-aside", "restoring-half-done", "after-the-new-checkpoint", "discarding-half-done"],
+)
+def test_a_kill_at_any_step_of_a_set_aside_loses_nothing(finished, tmp_path, moment):
+    """Each step of --overwrite's set-aside is a rename: whatever step a `kill -9` interrupts,
+    the next hold finishes it, and the folder holds the old run or the new one, whole."""
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    old = files(out)
+    folder = runs.RunFolder.hold(out)
+    if moment == "setting-aside":  # killed after moving two files of five
+        filling = out / runs.SETTING_ASIDE
+        filling.mkdir()
+        (filling / runs.SET_ASIDE).write_text('{"epoch": null}')
+        for name in ("checkpoint.jaxbp", "summary.json"):
+            os.replace(out / name, filling / name)
+        kill(folder)
+        want = old
+    else:
+        folder.start_new()
+        if moment == "restoring-half-done":  # the decision taken, one file moved back
+            os.replace(out / runs.PREVIOUS, out / runs.RESTORING)
+            os.replace(out / runs.RESTORING / "checkpoint.jaxbp", out / "checkpoint.jaxbp")
+            kill(folder)
+            want = old
+        else:
+            new_state = {"w": np.arange(3.0)}
+            jaxbp.save_checkpoint(folder.checkpoint, new_state, {"epoch": 1, "config": {}})
+            if moment == "discarding-half-done":
+                os.replace(out / runs.PREVIOUS, out / runs.DISCARD)
+                (out / runs.DISCARD / runs.SET_ASIDE).unlink()
+            kill(folder)
+            want = {**{"metrics.jsonl": b""}, "checkpoint.jaxbp": folder.checkpoint.read_bytes()}
+    runs.RunFolder.hold(out).close()
+    assert files(out) == want

@@ -100,7 +100,7 @@ def test_divergence_stops_with_a_message(tmp_path, capsys):
         capsys, *args, "--epochs", "3", "--lr", "1e30", "--out", str(tmp_path), "--resume"
     )
     assert code == 1
-    assert "at epoch 2, step" in err and "the last good checkpoint (epoch 1) is kept" in err
+    assert "at epoch 2, step" in err and "the last good checkpoint of epoch 1 is kept" in err
     assert (tmp_path / "checkpoint.jaxbp").read_bytes() == good
 
 

@@ -3,6 +3,7 @@ is refused with one message naming the argument and the fix, or given a defined 
 checked against an independent reference (numpy, scikit-learn, the equivalent network)."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -237,12 +238,22 @@ def test_r2_of_a_constant_target_is_scikit_learns(rows):
     assert r2_score(y_ref, np.full(len(y_ref), 0.25)) == 1.0
 
 
-@pytest.mark.parametrize("task", ["regression", "binary"])
-def test_scoring_labels_on_another_task_uses_the_prepared_targets(problem, task):
+@pytest.mark.parametrize(
+    ("task", "fragment"),
+    [
+        ("regression", "of shape (8,)) cannot be scored as task='regression' on an output"),
+        ("binary", "of shape (8,)) cannot be scored as task='binary' on an output layer of 3"),
+    ],
+)
+def test_scoring_labels_on_a_task_that_takes_no_labels_names_the_task(problem, task, fragment):
+    """Labels scored as another task's targets: refused naming that task, not a reshape
+    error from inside its score; one-hot rows (what that task takes) are scored."""
     params, x, y = problem
-    got = jaxbp.evaluate(params, x, y, task=task, **KW)
-    y_hat = np.asarray(jaxbp.forward(params, x, **KW))
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        jaxbp.evaluate(params, x, y, task=task, **KW)
     onehot = np.eye(3)[np.asarray(y)]
+    got = jaxbp.evaluate(params, x, onehot, task=task, **KW)
+    y_hat = np.asarray(jaxbp.forward(params, x, **KW))
     if task == "regression":
         pooled = 1 - ((onehot - y_hat) ** 2).sum() / ((onehot - onehot.mean(0)) ** 2).sum()
         np.testing.assert_allclose(got["r2"], pooled, rtol=1e-12)
@@ -331,3 +342,14 @@ def test_a_custom_layer_that_says_nothing_of_per_example_terms_is_told_what_to_d
     cfg = jaxbp.Config(layers=[jaxbp.Dense(5), Silent(), jaxbp.Dense(3)], loss="cross_entropy")
     with pytest.raises(ValueError, match="has no per_example attribute"):
         jaxbp.per_example_grads(params, x, y, cfg)
+
+
+def test_float64_probability_rows_train_a_float32_network_under_jit():
+    """Soft targets are checked in their own dtype, traced or not: float64 rows that sum to
+    1 are no NaN after the cast to a float32 network's dtype."""
+    params, x, _ = make_problem(0, [4, 5, 3], 64, "cross_entropy", jnp.float32)
+    rows = jax.nn.softmax(jax.random.normal(KEY, (64, 3), jnp.float64) * 3, axis=1)
+    eager = jaxbp.loss_fn(params, x, rows, **KW)
+    traced = jax.jit(lambda p, x, t: jaxbp.loss_fn(p, x, t, **KW))(params, x, rows)
+    assert np.isfinite(float(traced))
+    np.testing.assert_allclose(traced, eager, rtol=1e-6)

@@ -99,7 +99,7 @@ def parity_grid(
     activations: Sequence[str | Activation] | None = None,
     losses: Sequence[str | Loss | tuple[str | Loss, Any]] | None = None,
     *,
-    dtypes: Sequence[str] = ("float32", "float64"),
+    dtypes: Sequence[str] | None = None,
     depths: Sequence[int] = (1, 2, 3, 4, 5),
     norms: Sequence[str | None] = (None,),
     dropouts: Sequence[float] = (0.0,),
@@ -126,7 +126,8 @@ def parity_grid(
     - `dtypes`, `depths`, `batch`, `seed`: the problems, random (`random_problem`) with
       widths `6-9-...-9-4`. `dtypes` are names or dtypes among "float16", "bfloat16",
       "float32" and "float64" (those with a default tolerance, `DEFAULT_RTOL`); float64
-      needs `jax_enable_x64` (refused without it, rather than run in float32). `depths`
+      needs `jax_enable_x64` (refused without it, rather than run in float32). The default,
+      `None`, is float32, and float64 too when x64 is on. `depths`
       are integers >= 1 (dense layers; 1 has no hidden layer), `batch` >= 1, `seed` >= 0.
 
     Every argument is checked, and each loss paired with its output, when `parity_grid`
@@ -145,6 +146,8 @@ def parity_grid(
         )
     ]
     pairs = _loss_outputs(losses, acts[0])
+    if dtypes is None:
+        dtypes = ("float32", "float64") if jax.config.jax_enable_x64 else ("float32",)
     dtype_names = [
         _float_dtype(f"dtypes[{i}]", d, known=True).name
         for i, d in enumerate(_items("dtypes", dtypes, "dtype names, e.g. ('float32', 'float64')"))

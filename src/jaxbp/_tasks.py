@@ -16,7 +16,7 @@ checked only when they are concrete, i.e. outside a trace. Inside a trace (`jax.
 training step) a bad target cannot raise: the row of an out-of-range label, of a binary
 target outside [0, 1] or of a probability row that is no distribution becomes NaN, so
 the loss and the gradient are NaN, never a silently wrong finite number.
-`score(y_hat, y)` returns the metric of outputs on prepared targets. `encode(labels,
+`score(y_hat, y)` returns the metric of outputs on raw targets. `encode(labels,
 n_classes)` turns integer class labels into the targets this task's losses take,
 `(y, n_outputs)`.
 """
@@ -46,8 +46,8 @@ class Task:
     - `metric`: the name of the score `jaxbp.evaluate` reports ("r2", "accuracy").
     - `prepare(y, batch, n_out, dtype, owner) -> (batch, n_out)`: checked float targets;
       `owner` (e.g. "loss='mse'") names the caller in error messages.
-    - `score(y_hat, y) -> ()`: the metric of outputs `y_hat: (batch, n_L)` on targets
-      `y: (batch, n_L)` as the loss's task prepares them (labels one-hot).
+    - `score(y_hat, y) -> ()`: the metric of outputs `y_hat: (batch, n_L)` on raw targets
+      (those `prepare` accepts).
     - `encode(labels, n_classes) -> (y, n_outputs)`: integer class labels as this task's
       targets (for `jaxbp train` on a classification dataset).
     """
@@ -137,9 +137,11 @@ def _class_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Ar
                     f"y[{bad[0]}] = {int(np.asarray(y)[bad[0]])}."
                 )
             return jax.nn.one_hot(y, n_out, dtype=dtype)
-        # Traced labels cannot be checked here. one_hot makes an out-of-range label a row
-        # of zeros (loss 0, gradient 0: a silent no-op), which is no distribution: NaN.
-        return _nan_unless_distributions(jax.nn.one_hot(y, n_out, dtype=dtype), _tol(dtype))
+        # Traced labels cannot be checked here. one_hot would make an out-of-range label a
+        # row of zeros: loss 0 and gradient 0, a silent no-op. A NaN row instead makes the
+        # loss and every gradient NaN, which a training loop sees (jaxbp train stops).
+        out_of_range = (y < 0) | (y >= n_out)
+        return jnp.where(out_of_range[:, None], jnp.nan, jax.nn.one_hot(y, n_out, dtype=dtype))
     if y.shape != (batch, n_out):
         fix = " Labels must have an integer dtype: y.astype(int)." if y.ndim == 1 else ""
         raise ValueError(
@@ -148,8 +150,8 @@ def _class_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Ar
         )
     _check_real(y, owner)
     tol = _tol(y.dtype)
-    if not _is_concrete(y):  # the same ops as traced labels: the kernels match
-        return _nan_unless_distributions(y.astype(dtype), tol)
+    if not _is_concrete(y):  # checked in y's own dtype, as a concrete y is
+        return _nan_unless_distributions(y, tol).astype(dtype)
     rows = np.asarray(y, np.float64)
     if np.any(rows < 0):
         raise ValueError(f"probability rows in y for {owner} must be non-negative.")

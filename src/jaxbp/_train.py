@@ -317,7 +317,8 @@ def epoch_batches(key: Array, n: int, batch_size: int) -> Array:
     `jax.random.permutation`, with a sort that is faster on CPU). Every sample appears
     once; when `batch_size` does not divide `n`, the last batch is filled up with the
     first indices of the same permutation, so every step sees a full batch and
-    `n_steps * batch_size - n` samples appear twice in that epoch.
+    `n_steps * batch_size - n` samples appear twice in that epoch. A `batch_size` above
+    `n` is refused (a batch would repeat samples within itself).
     """
     check_key(key)
     if not is_int(n) or n < 1:
@@ -587,9 +588,17 @@ def evaluate(
     scorer = _task(task, cfg)
     body, x, n_out = prepare(cfg, params, x)
     flow = forward_flow(cfg, body, params, x, evaluation_context(body, params, stats))
-    y = cfg.loss.targets(y, x.shape[0], n_out, flow.z.dtype)  # (batch, n_L), as the loss takes
     value = source(cfg, flow, y, n_out)[0]
-    return {"loss": value, scorer.metric: scorer.score(flow.a, y)}
+    y = jnp.asarray(y)
+    try:
+        score = scorer.score(flow.a, y)
+    except (TypeError, ValueError) as err:  # another task's score on targets it cannot read
+        raise ValueError(
+            f"y ({y.dtype} of shape {y.shape}) cannot be scored as task={scorer.name!r} on an "
+            f"output layer of {n_out} units ({str(err).splitlines()[0]}); pass targets that "
+            f"task reads (e.g. one-hot rows for regression), or task=None for the loss's own."
+        ) from None
+    return {"loss": value, scorer.metric: score}
 
 
 def evaluate_sweep(

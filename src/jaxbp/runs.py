@@ -10,8 +10,10 @@ checkpoint file) is repaired or ignored, never trusted.
 `jaxbp train` is one client of this module; a training loop of one's own writes a folder
 that `load_run` reads by the same calls, when the settings it saves name the network as
 `jaxbp train`'s do (`hidden`, `activation`, `loss`, `optimizer`, `lr`, `seed`, `dataset`
-or `data`; `Run.config` of a `jaxbp train` run shows them all). `jaxbp train --resume`
-continues it when, besides, every logged epoch holds what `jaxbp train` logs:
+or `data`). `jaxbp train --resume` continues it only when the settings are all those
+`jaxbp train` stores for the command (`Run.config` of a `jaxbp train` run shows them:
+`init`, `batch_size`, `grad`, `data_sha256`, ...) and every logged epoch holds what
+`jaxbp train` logs:
 
     folder = RunFolder.hold(Path("runs/mine"))
     folder.start_new()
@@ -76,6 +78,7 @@ CHECKPOINT, METRICS, SUMMARY, LOCK = (
 )
 FIGURES = ("curves.png", "diagnostics.png")
 PREVIOUS, SET_ASIDE = ".jaxbp.previous", "set_aside.json"
+SETTING_ASIDE, RESTORING, DISCARD = ".jaxbp.setting-aside", ".jaxbp.restoring", ".jaxbp.discard"
 RUN_FILES = (METRICS, CHECKPOINT, SUMMARY, *FIGURES)
 
 OPTIMIZERS = {
@@ -184,8 +187,7 @@ class RunFolder:
             for name in RUN_FILES:  # temporaries left by a run killed mid-write
                 for tmp in temporary_files(path / name):
                     tmp.unlink(missing_ok=True)
-            if (path / PREVIOUS).is_dir():  # a run killed before its first checkpoint
-                folder._settle_set_aside()
+            folder._settle()  # what a run killed before its next checkpoint set aside
         except BaseException:
             folder.close()
             raise
@@ -212,37 +214,53 @@ class RunFolder:
         if self._lock_fd is None:
             return
         try:
-            if (self.path / PREVIOUS).is_dir():
-                self._settle_set_aside()
+            self._settle()
         finally:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
+    # Files set aside (by --overwrite, or a resumed run's summary and figures) move through
+    # folders whose names say what is to happen to them; each step is an atomic rename, and
+    # `_settle` finishes whatever step a killed process left, whatever the point it died at.
+    #   SETTING_ASIDE  being filled: nothing has trained yet, so it all goes back;
+    #   PREVIOUS       complete, with the checkpoint epoch the folder held when it was made:
+    #                  back if the folder still holds that epoch, gone once a new one is saved;
+    #   RESTORING / DISCARD  the decision taken: finish moving back, or finish deleting.
+
     def _set_aside(self, names: tuple[str, ...]) -> None:
-        """Move `names` (those present) into `.jaxbp.previous`, noting the checkpoint's
-        epoch then: until a new checkpoint, they are what the folder holds."""
+        """Move `names` (those present) aside until this run's next checkpoint."""
+        self._settle()
         present = [name for name in names if (self.path / name).exists()]
         if not present:
             return
-        previous = self.path / PREVIOUS
-        previous.mkdir()
+        filling = self.path / SETTING_ASIDE
+        filling.mkdir()
+        epoch = None if CHECKPOINT in present else self._epoch()  # what the folder will hold
+        write_atomic(filling / SET_ASIDE, json.dumps({"epoch": epoch}).encode())
         for name in present:
-            os.replace(self.path / name, previous / name)
-        # The checkpoint the folder holds now: while it is the same, nothing new was saved.
-        write_atomic(previous / SET_ASIDE, json.dumps({"epoch": self._epoch()}).encode())
+            os.replace(self.path / name, filling / name)
+        os.replace(filling, self.path / PREVIOUS)
 
-    def _settle_set_aside(self) -> None:
-        """Bring the set-aside files back if no checkpoint was saved since, else drop them."""
-        previous = self.path / PREVIOUS
-        try:
-            saved_since = json.loads((previous / SET_ASIDE).read_text())["epoch"] != self._epoch()
-        except (OSError, ValueError, KeyError, TypeError):
-            saved_since = False  # killed while setting aside: nothing trained yet
-        if not saved_since:
-            for path in previous.iterdir():
+    def _settle(self) -> None:
+        """Finish what a set-aside left: restore its files if no checkpoint was saved
+        since, else delete them (see the comment above)."""
+        for name, action in ((SETTING_ASIDE, RESTORING), (PREVIOUS, None)):
+            folder = self.path / name
+            if folder.is_dir():
+                if action is None:
+                    try:
+                        then = json.loads((folder / SET_ASIDE).read_text())["epoch"]
+                    except (OSError, ValueError, KeyError, TypeError):
+                        then = self._epoch()  # unreadable: keep the old run (nothing lost)
+                    action = RESTORING if then == self._epoch() else DISCARD
+                os.replace(folder, self.path / action)
+        restoring = self.path / RESTORING
+        if restoring.is_dir():
+            for path in restoring.iterdir():
                 if path.name != SET_ASIDE:
                     os.replace(path, self.path / path.name)
-        shutil.rmtree(previous, ignore_errors=True)
+            shutil.rmtree(restoring)
+        shutil.rmtree(self.path / DISCARD, ignore_errors=True)
 
     def _epoch(self) -> int | None:
         """The epoch of the folder's checkpoint, `None` without one (or unreadable)."""
@@ -297,7 +315,8 @@ class RunFolder:
         its meta."""
         save_checkpoint(self.checkpoint, state, {"epoch": epoch, "config": settings})
         if (self.path / PREVIOUS).is_dir():  # what was set aside is replaced for good
-            shutil.rmtree(self.path / PREVIOUS, ignore_errors=True)
+            os.replace(self.path / PREVIOUS, self.path / DISCARD)
+            shutil.rmtree(self.path / DISCARD, ignore_errors=True)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write `summary.json` atomically: a finished run's last word."""
@@ -441,7 +460,14 @@ def load_run(out_dir: str | Path) -> Run:
     path = Path(out_dir)
     ckpt = path / CHECKPOINT
     if not ckpt.is_file():
-        raise RunError(f"out_dir {path}: no {CHECKPOINT} there; is it a jaxbp train --out folder?")
+        aside = [name for name in (PREVIOUS, SETTING_ASIDE) if (path / name).is_dir()]
+        hint = (
+            f"; a run killed before its first checkpoint left the previous run in {aside[0]}: "
+            "holding the folder (jaxbp train --resume, or RunFolder.hold) puts it back"
+            if aside
+            else "; is it a jaxbp train --out folder?"
+        )
+        raise RunError(f"out_dir {path}: no {CHECKPOINT} there{hint}.")
     meta, stored = read_arrays(ckpt)
     epoch, config = _check_meta(ckpt, meta)
     network = _network(ckpt, config)

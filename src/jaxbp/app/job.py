@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import optax
 
 import jaxbp
@@ -117,7 +118,7 @@ def prepare(settings: Settings) -> Job:
     _check_size(settings, sizes)
     privacy = _privacy(settings, n_train) if settings.dp else None
     config = settings.config(loss, None if privacy is None else privacy.delta)
-    config["data_sha256"] = _fingerprint(settings)
+    config["data_sha256"] = None if settings.out is None else _fingerprint(data)
     model = jaxbp.Config(
         activation=settings.activation, loss=loss, norm=settings.norm, dropout=settings.dropout
     )
@@ -192,16 +193,14 @@ def _privacy(settings: Settings, n_train: int) -> Privacy:
     return Privacy(settings.dp_clip, settings.dp_noise, delta, *sampling, epsilon)
 
 
-def _fingerprint(settings: Settings) -> str | None:
-    """The SHA-256 of a `--data` file (and its `--labels`), which a resumed run must
-    match; `None` for a built-in dataset (it is the same wherever it loads)."""
-    if settings.data is None:
-        return None
+def _fingerprint(data: datasets.Dataset) -> str:
+    """The SHA-256 of the split a run trains and scores on (values, shapes and dtypes), which
+    a resumed run must match: a changed data or labels file, or another version's data."""
     digest = hashlib.sha256()
-    for path in (settings.data, settings.labels):
-        if path is not None and Path(path).is_file():
-            with Path(path).open("rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
+    for array in data:
+        array = np.asarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
 
@@ -276,18 +275,19 @@ def _resume(
         raise JobError(f"--resume: no checkpoint in {folder.path} (expected {folder.checkpoint}).")
     epoch, saved = found
     saved = {**ADDED_SETTINGS, "data_sha256": config["data_sha256"], **saved}  # older: unknown
-    if saved["data_sha256"] != config["data_sha256"]:
-        raise JobError(
-            f"--resume: {settings.source} changed since the checkpoint (its SHA-256 differs); "
-            "resume with the data the run trained on, or start a new run (--overwrite or "
-            "another --out)."
-        )
-    differs = [k for k, v in config.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+    same = (*RESUMABLE_CHANGES, "data_sha256")
+    differs = [k for k, v in config.items() if k not in same and saved.get(k) != v]
     if differs:
         detail = ", ".join(
             f"{k}: {saved.get(k)!r} in the checkpoint, {config[k]!r} now" for k in differs
         )
         raise JobError(f"--resume: the settings differ from the checkpoint's ({detail}).")
+    if saved["data_sha256"] != config["data_sha256"]:
+        raise JobError(
+            f"--resume: {settings.source} changed since the checkpoint (the data it holds "
+            "differs); resume with the data the run trained on, or start a new run "
+            "(--overwrite or another --out)."
+        )
     if settings.epochs < epoch:
         raise JobError(
             f"--resume: the checkpoint in {folder.path} has trained {epoch} epochs, more than "

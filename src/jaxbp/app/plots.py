@@ -41,12 +41,14 @@ def save(fig: Any, path: str | Path) -> None:
 
 
 def training_curves(
-    history: list[dict[str, Any]], path: str | Path, title: str, metric: str = "accuracy"
+    history: list[dict[str, Any]], path: str | Path, title: str, metric: str | None = None
 ) -> None:
     """Loss (train and test) and the task's `metric` (test; "accuracy" or "r2", the
-    `jaxbp.Task.metric`) per epoch, side by side."""
+    `jaxbp.Task.metric`; by default whichever the history logs) per epoch, side by side."""
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
+    if metric is None:  # the histories of earlier versions name no metric
+        metric = "accuracy" if "test_accuracy" in history[0] else "r2"
     score = f"test_{metric}"
     fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(9, 3.4))
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")

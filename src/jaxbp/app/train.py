@@ -102,8 +102,9 @@ def _run(job: Job) -> int:
 
 
 def _number(value: float) -> str:
-    """A table entry of at most 9 characters: 4 decimals, or 4 digits when that is wider."""
-    return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    """A table entry of at most 9 characters: 4 decimals, or 3 digits where those are wider."""
+    text = f"{value:.4f}"
+    return text if len(text) <= 9 else f"{value:.3g}"
 
 
 def _layers(settings: Settings) -> str:
@@ -228,25 +229,26 @@ def _save(job: Job, epoch: int, row: dict[str, Any], state: dict[str, Any]) -> N
         job.folder.append(row)
         job.folder.save(epoch, state, job.config)
     except OSError as err:
-        kept = (
-            f"the checkpoint of epoch {epoch - 1} is kept"
-            if epoch > 1
-            else "no checkpoint was written"
-        )
+        kept, fix = _kept(job, epoch)
         raise OSError(
             err.errno,
-            f"{err.strerror or err} while saving epoch {epoch} ({kept}; free space and "
-            "continue with --resume)",
+            f"{err.strerror or err} while saving epoch {epoch} ({kept}; free space and {fix})",
             str(job.out),
         ) from None
 
 
+def _kept(job: Job, epoch: int, good: str = "") -> tuple[str, str]:
+    """What a run stopped during `epoch` leaves in `--out` (`good`: a word for the
+    checkpoint), and how to go on from there."""
+    if job.out is not None and epoch > 1:
+        kept = f"the {good}checkpoint of epoch {epoch - 1} is kept in {job.out}"
+        return kept, "continue with --resume"
+    replaced = " (any run it was replacing is put back)" if job.settings.overwrite else ""
+    return f"no checkpoint was written{replaced}", "run it again"
+
+
 def _stop(job: Job, epoch: int, what: str) -> None:
-    kept = (
-        f"the last good checkpoint (epoch {epoch - 1}) is kept in {job.out}"
-        if job.out and epoch > 1
-        else "no checkpoint was written"
-    )
+    kept, _ = _kept(job, epoch, "last good ")
     fix = "--lr, --dp-clip or --dp-noise" if job.privacy is not None else "--lr"
     print(f"jaxbp train: {what}; stopped ({kept}). Try a smaller {fix}.", file=sys.stderr)
 
