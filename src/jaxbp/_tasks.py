@@ -107,19 +107,6 @@ def _unit_interval_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: st
     return y
 
 
-def _tol(dtype: Any) -> float:
-    """How far from 1 a probability row of `dtype` may sum."""
-    return min(1e-2, 1000 * float(jnp.finfo(dtype).eps))
-
-
-def _nan_unless_distributions(rows: Array, tol: float) -> Array:
-    """Traced rows cannot raise: a row that is no distribution (a negative entry, a sum
-    off 1 by more than `tol`) becomes NaN, so the loss and every gradient are NaN, which a
-    training loop sees (jaxbp train stops), never a silently wrong finite number."""
-    bad = jnp.any(rows < 0, axis=1) | (jnp.abs(jnp.sum(rows, axis=1) - 1) > tol)
-    return jnp.where(bad[:, None], jnp.nan, rows)
-
-
 def _class_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Array:
     y = as_array(y, "y", "an array of targets, one row per sample")
     _check_batch(y, batch)
@@ -149,9 +136,10 @@ def _class_targets(y: Any, batch: int, n_out: int, dtype: Any, owner: str) -> Ar
             f"({batch}, {n_out}); got {y.dtype} of shape {y.shape}.{fix}"
         )
     _check_real(y, owner)
-    tol = _tol(y.dtype)
-    if not _is_concrete(y):  # checked in y's own dtype, as a concrete y is
-        return _nan_unless_distributions(y, tol).astype(dtype)
+    tol = min(1e-2, 1000 * float(jnp.finfo(y.dtype).eps))  # in y's own dtype, as below
+    if not _is_concrete(y):  # as a traced label: a row that is no distribution becomes NaN
+        bad = jnp.any(y < 0, axis=1) | (jnp.abs(jnp.sum(y, axis=1) - 1) > tol)
+        return jnp.where(bad[:, None], jnp.nan, y).astype(dtype)
     rows = np.asarray(y, np.float64)
     if np.any(rows < 0):
         raise ValueError(f"probability rows in y for {owner} must be non-negative.")
