@@ -29,7 +29,14 @@ import numpy as np
 
 from jaxbp._config import Config, Keywords, as_config, check_params
 from jaxbp._fused_kernel import Layers, Rule, epoch_kernel, launch, step_kernel
-from jaxbp._validate import check_epoch_data, check_key, check_output_units, check_x
+from jaxbp._validate import (
+    check_epoch_data,
+    check_key,
+    check_output_units,
+    check_x,
+    is_int,
+    is_real,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -76,7 +83,7 @@ class Fused:
 
 
 def _real(name: str, value: Any, rule: str, fix: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_real(value):
         raise TypeError(
             f"{name} must be a Python number ({rule}); got {type(value).__name__} {value!r}. {fix}"
         )
@@ -129,9 +136,7 @@ def _check_sizes(sizes: Any) -> tuple[int, ...]:
         sizes = sizes.tolist()
     if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
         raise TypeError(f"{rule}; got {type(sizes).__name__} {sizes!r}.")
-    if len(sizes) < 2 or any(
-        isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) for n in sizes
-    ):
+    if len(sizes) < 2 or not all(is_int(n) for n in sizes):
         raise ValueError(f"{rule}; got {list(sizes)!r}.")
     return tuple(int(n) for n in sizes)
 
@@ -200,11 +205,7 @@ def check_fused_supported(
             f"to pad every width and the batch to a power of two >= 16."
         )
     _check_precision(precision)
-    if num_warps is not None and (
-        isinstance(num_warps, bool)
-        or not isinstance(num_warps, int)
-        or num_warps not in (1, 2, 4, 8, 16)
-    ):
+    if num_warps is not None and (not is_int(num_warps) or num_warps not in (1, 2, 4, 8, 16)):
         raise ValueError(f"num_warps must be None or one of 1, 2, 4, 8, 16; got {num_warps!r}.")
     check_output_units(cfg.output, sizes[-1])
     fused = Fused(
@@ -215,7 +216,7 @@ def check_fused_supported(
         interpret,
         (not interpret) if pad is None else pad,
         precision,
-        num_warps,
+        None if num_warps is None else int(num_warps),
     )
     if not interpret:
         probe_gpu_lowering(fused)
