@@ -1,6 +1,9 @@
 """Issue 15, item 3: the fused Pallas training step against XLA's paths, on a lent GPU.
 
-    python experiments/gpu_fused.py [--smoke] [--out DIR]
+    PYTHONPATH=src python3 experiments/gpu_fused.py [--smoke] [--warps N ...] [--out DIR]
+    PYTHONPATH=src python3 experiments/gpu_fused.py --envelope [--out DIR]
+    PYTHONPATH=src ncu --clock-control none -k regex:fused -c 2 --metrics METRICS \
+        python3 experiments/gpu_fused.py --profile
 
 One run measures, per training step (median over repeated calls, each blocking on its
 result): the fused step (`jaxbp.fused_step_fn`, one jitted call a step) and the
@@ -9,22 +12,28 @@ grad="manual" and grad="autodiff" one jitted step at a time, `make_train_epoch` 
 `lax.scan`) for both, and a 32-model `make_train_sweep` (per model). All use
 optax.sgd(0.01, momentum=0.9), tanh, softmax cross-entropy, float32 at default matmul
 precision (TF32 on the GPU, in XLA and in Triton alike). It does so on the small
-configuration (64-128-128-10, batch 128) and along a curve over width (32, 64, 128, 256;
-batch 128) and batch (64, 128, 256, 512; width 128). It also checks, on the device, the
-fused parameters against manual_grad + optax after 1 and 50 steps (matmuls at "highest"
-precision on both sides), in float32 and float64.
+configuration (64-128-128-10, batch 128) and along a curve over width (32, 64, 256;
+batch 128) and batch (64, 256, 512; width 128), and first checks, on the device, the
+fused parameters against manual_grad + optax after 1 and 50 steps: exactly ("highest",
+IEEE products on both sides) at 32-64-64-10, batch 64, in float32 and float64, and at
+default precision (TF32 rounding) on the small configuration. `--warps` also times
+those Triton num_warps on the small configuration; `--envelope` records which points one
+`make_train_step(grad="fused")` step takes or refuses; `--profile` runs one fused epoch
+each of 64-128-128-10 and 64-64-64-10 for a profiler.
 
-Writes gpu_fused.json and gpu_fused.md under --out (default experiments/results).
-A point that fails to compile (Triton's shared memory or registers) is recorded with its
-error, not fatal. --smoke runs tiny sizes in interpret mode on the CPU in seconds.
+Writes gpu_fused.json and gpu_fused.md under --out (default experiments/results), after
+every point, so a run cut off keeps what it measured. A point that fails is recorded with
+its error, not fatal. --smoke runs tiny sizes in interpret mode on the CPU in seconds.
 """
 
 import argparse
+import functools
 import itertools
 import json
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -33,6 +42,7 @@ import optax
 
 import jaxbp
 from jaxbp import fused_epoch_fn, fused_step_fn
+from jaxbp._fused import DEFAULT_WARPS
 
 RESULTS = Path(__file__).parent / "results"
 # NVIDIA H200 SXM datasheet (nvidia.com/en-us/data-center/h200): TF32 tensor core 989
@@ -63,6 +73,26 @@ def median_s(call, budget_s, max_reps, warmup=2):
     return statistics.median(times)
 
 
+def dispatch_floor_ms(timing):
+    """ms of one jitted call that does almost nothing (x + 1 on 16 floats), blocking on its
+    result: what any one-call-a-step path pays before its kernels run."""
+    add = jax.jit(lambda v: v + 1)
+    box = [jnp.zeros(16, jnp.float32)]
+
+    def call(i):
+        box[0] = add(box[0])
+        box[0].block_until_ready()
+
+    return 1e3 * median_s(call, *timing)
+
+
+def failure(error):
+    """A compile failure is a result here: one line for the table, the traceback's tail in
+    the log."""
+    log("".join(traceback.format_exception(error)[-12:]))
+    return f"error: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+
+
 def data(sizes, n, seed=1):
     kx, ky = jax.random.split(jax.random.key(seed))
     return (
@@ -71,22 +101,27 @@ def data(sizes, n, seed=1):
     )
 
 
+def eight_batches(sizes, batch):
+    """Eight (x, y) batches, sliced once, so a timed call is the step's one dispatch alone."""
+    x, y = data(sizes, 8 * batch)
+    return [(x[j : j + batch], y[j : j + batch]) for j in range(0, 8 * batch, batch)]
+
+
 def fused_step_call(sizes, batch, **kw):
     step = fused_step_fn(sizes, **KW, learning_rate=LR, momentum=MOMENTUM, **kw)
     params = jaxbp.init_mlp(jax.random.key(0), sizes)
     state = [params, jax.tree.map(jnp.zeros_like, params)]
-    x, y = data(sizes, 8 * batch)
+    batches = eight_batches(sizes, batch)
 
     def call(i):
-        j = (i % 8) * batch
-        state[0], state[1], loss = step(*state, x[j : j + batch], y[j : j + batch])
+        state[0], state[1], loss = step(*state, *batches[i % 8])
         loss.block_until_ready()
 
     return call
 
 
-def fused_epoch_call(sizes, batch, steps):
-    epoch = fused_epoch_fn(sizes, **KW, learning_rate=LR, momentum=MOMENTUM)
+def fused_epoch_call(sizes, batch, steps, **kw):
+    epoch = fused_epoch_fn(sizes, **KW, learning_rate=LR, momentum=MOMENTUM, **kw)
     x, y = data(sizes, steps * batch)
 
     @jax.jit
@@ -109,11 +144,10 @@ def xla_step_call(sizes, batch, grad):
     step = jaxbp.make_train_step(opt, grad=grad, **KW)
     params = jaxbp.init_mlp(jax.random.key(0), sizes)
     state = [params, opt.init(params)]
-    x, y = data(sizes, 8 * batch)
+    batches = eight_batches(sizes, batch)
 
     def call(i):
-        j = (i % 8) * batch
-        state[0], state[1], metrics = step(*state, x[j : j + batch], y[j : j + batch])
+        state[0], state[1], metrics = step(*state, *batches[i % 8])
         metrics["loss"].block_until_ready()
 
     return call
@@ -141,7 +175,7 @@ def xla_epoch_call(sizes, batch, steps, grad, models=None):
     return call
 
 
-def point(sizes, batch, steps, models, timing, extra=False):
+def point(sizes, batch, steps, models, timing, warps=()):
     """ms per step of every path at one configuration; errors recorded, not raised."""
     paths = {
         "fused_step": (lambda: fused_step_call(sizes, batch), 1),
@@ -155,14 +189,21 @@ def point(sizes, batch, steps, models, timing, extra=False):
             steps * models,
         ),
     }
-    if extra:  # Triton's launch shape, on the small configuration only
-        paths["fused_step_8_warps"] = (lambda: fused_step_call(sizes, batch, num_warps=8), 1)
+    for n in warps:  # Triton's launch shape (registers per program)
+        paths[f"fused_step_{n}_warps"] = (
+            functools.partial(fused_step_call, sizes, batch, num_warps=n),
+            1,
+        )
+        paths[f"fused_epoch_{n}_warps"] = (
+            functools.partial(fused_epoch_call, sizes, batch, steps, num_warps=n),
+            steps,
+        )
     row = {"sizes": list(sizes), "batch": batch}
     for name, (make, per_call) in paths.items():
         try:
             row[name] = 1e3 * median_s(make(), *timing) / per_call
-        except Exception as error:  # a compile failure is a result here
-            row[name] = f"error: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+        except Exception as error:
+            row[name] = failure(error)
         value = row[name]
         log(
             f"{sizes} batch {batch}: {name} "
@@ -208,16 +249,17 @@ def worst_rel(a, b):
     )
 
 
-def parity(sizes, batch, dtype, steps=50):
+def parity(sizes, batch, dtype, precision, steps=50):
     """Fused step (1 and `steps` calls) and fused epoch (`steps` steps) against the manual
     path; the keys say 50, the number of steps of a full run."""
     params = jaxbp.init_mlp(jax.random.key(0), sizes, dtype=dtype)
     x, y = data(sizes, steps * batch)
     xs, ys = x.astype(dtype).reshape(steps, batch, -1), y.reshape(steps, batch)
-    kw = dict(**KW, learning_rate=LR, momentum=MOMENTUM, precision="highest")
+    kw = dict(**KW, learning_rate=LR, momentum=MOMENTUM, precision=precision)
     step = fused_step_fn(sizes, **kw)
     out = {"dtype": jnp.dtype(dtype).name, "sizes": list(sizes), "batch": batch}
-    with jax.default_matmul_precision("highest"):
+    out["precision"] = precision or "default"
+    with jax.default_matmul_precision(precision or "default"):
         state = (params, jax.tree.map(jnp.zeros_like, params))
         for s in range(steps):
             state = step(*state, xs[s], ys[s])[:2]
@@ -241,15 +283,18 @@ def markdown(result):
         "",
         "## Parity on the device (worst per-leaf relative error, params and trace)",
         "",
-        "| dtype | fused step, 1 step | fused step, 50 steps | fused epoch, 50 steps |",
-        "|---|---|---|---|",
+        "| sizes | batch | dtype | precision | fused step, 1 step | fused step, 50 steps "
+        "| fused epoch, 50 steps |",
+        "|---|---|---|---|---|---|---|",
     ]
     for p in result["parity"]:
+        head = f"| {'-'.join(map(str, p['sizes']))} | {p['batch']} | {p['dtype']} "
+        head += f"| {p['precision']} "
         if "error" in p:
-            lines.append(f"| {p['dtype']} | {p['error']} | | |")
+            lines.append(f"{head}| {p['error']} | | |")
             continue
         lines.append(
-            f"| {p['dtype']} | {p['fused_step_after_1']:.1e} | {p['fused_step_after_50']:.1e} "
+            f"{head}| {p['fused_step_after_1']:.1e} | {p['fused_step_after_50']:.1e} "
             f"| {p['fused_epoch_after_50']:.1e} |"
         )
     names = [
@@ -286,6 +331,18 @@ def markdown(result):
             f"{row['fused_epoch_of_tf32_peak']:.2%} | {row['fused_epoch_of_one_sm_tf32']:.1%} | "
             f"{row['fused_epoch_of_bandwidth']:.2%} |"
         )
+    warps = [(n, v) for r in result["points"] for n, v in r.items() if "_warps" in n]
+    if warps:
+        lines += ["", "## Triton's num_warps on the small configuration (ms per step)", ""]
+        lines += ["| variant | ms per step |", "|---|---|"]
+        lines += [f"| {n} | {fmt(v)} |" for n, v in warps]
+    if "dispatch_floor_ms" in result:
+        lines += [
+            "",
+            f"Dispatch floor: one jitted call that adds 1 to 16 floats, blocking on its result, "
+            f"takes {result['dispatch_floor_ms']:.4f} ms (median): every one-call-a-step path "
+            f"pays it.",
+        ]
     errors = [
         f"- {'-'.join(map(str, r['sizes']))} batch {r['batch']}, {n}: {v}"
         for r in result["points"]
@@ -304,43 +361,110 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
+def envelope(out):
+    """Which points of the curve the fused path takes on this GPU: one `make_train_step(...,
+    grad="fused")` step each, or the one-line error it ends in (never a raw XLA error)."""
+    rows = []
+    points = [([64, w, w, 10], 128, "float32") for w in (32, 64, 128, 256)]
+    points += [([64, 128, 128, 10], b, "float32") for b in (64, 256, 512)]
+    points += [([32, 64, 64, 10], 64, "float64"), ([64, 128, 128, 10], 128, "float64")]
+    for sizes, batch, dtype in points:
+        jax.config.update("jax_enable_x64", dtype == "float64")
+        opt = jaxbp.fused_sgd(LR, MOMENTUM)
+        step = jaxbp.make_train_step(opt, grad="fused", **KW)
+        params = jaxbp.init_mlp(jax.random.key(0), sizes, dtype=dtype)
+        x, y = data(sizes, batch)
+        try:
+            _, _, metrics = step(params, opt.init(params), x.astype(dtype), y)
+            outcome = f"runs, loss {float(metrics['loss']):.4f}"
+        except Exception as error:
+            outcome = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        rows.append({"sizes": sizes, "batch": batch, "dtype": dtype, "outcome": outcome})
+        log(f"{sizes} batch {batch} {dtype}: {outcome}")
+    jax.config.update("jax_enable_x64", False)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_fused_envelope.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def profile():
+    """One fused epoch each of 64-128-128-10 and 64-64-64-10 (batch 128), for a profiler:
+    one launch of the kernel each."""
+    for sizes in ([64, 128, 128, 10], [64, 64, 64, 10]):
+        fused_epoch_call(sizes, 128, 50)(0)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, interpret mode")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    parser.add_argument(
+        "--warps", type=int, nargs="*", default=[], help="also time these num_warps (small)"
+    )
+    parser.add_argument("--envelope", action="store_true", help="which sizes fit, then stop")
+    parser.add_argument("--profile", action="store_true", help="two fused epochs, then stop")
     args = parser.parse_args()
+    if args.envelope:
+        return envelope(args.out)
+    if args.profile:
+        return profile()
     if args.smoke:  # interpret mode on the CPU, in seconds
-        small, widths, batches = ([8, 16, 16, 4], 16), [], []
+        small, mid, widths, batches = ([8, 16, 16, 4], 16), ([8, 16, 16, 4], 16), [], []
         steps, models, timing, deadline_s = 3, 2, (0.0, 2), 60.0
-    else:  # the width curve at batch 128, the batch curve at width 128
-        small, widths, batches = ([64, 128, 128, 10], 128), [32, 64, 256], [64, 256, 512]
-        steps, models, timing, deadline_s = 50, 32, (0.5, 200), 210.0
+    else:  # the width curve at batch 128, the batch curve at width 128, widest last
+        small, mid = ([64, 128, 128, 10], 128), ([32, 64, 64, 10], 64)
+        widths, batches = [32, 64, 256], [64, 256, 512]
+        steps, models, timing, deadline_s = 50, 32, (0.3, 200), 290.0
     result = {"device": str(jax.devices()[0]), "jax": jax.__version__, "smoke": args.smoke}
+    result["num_warps"] = DEFAULT_WARPS
     log(f"device {result['device']}, backend {jax.default_backend()}")
+    result["dispatch_floor_ms"] = dispatch_floor_ms(timing)
+    log(f"dispatch floor {result['dispatch_floor_ms']:.4f} ms a call")
+    result["points"] = []
     result["parity"] = []
-    for dtype in (jnp.float32,) if args.smoke else (jnp.float32, jnp.float64):
+    # Exact parity ("highest": IEEE float32 products on both sides) where the kernel's
+    # shared memory allows it, then the timed configuration at default precision (TF32 in
+    # Triton and in XLA alike, so its error is TF32 rounding, about 1e-3).
+    checks = [(*mid, jnp.float32, "highest")]
+    checks += [] if args.smoke else [(*mid, jnp.float64, "highest"), (*small, jnp.float32, None)]
+    for sizes, batch, dtype, precision in checks:
         jax.config.update("jax_enable_x64", dtype == jnp.float64)
         try:
-            result["parity"].append(parity(*small, dtype, steps))
+            result["parity"].append(parity(sizes, batch, dtype, precision, steps))
         except Exception as error:
-            result["parity"].append({"dtype": jnp.dtype(dtype).name, "error": str(error)[:200]})
+            result["parity"].append(
+                {
+                    "sizes": sizes,
+                    "batch": batch,
+                    "dtype": jnp.dtype(dtype).name,
+                    "precision": precision or "default",
+                    "error": failure(error),
+                }
+            )
+        save(result, args.out)
         log(f"parity {result['parity'][-1]}")
     jax.config.update("jax_enable_x64", False)
 
-    configs = [(small, True)]
-    configs += [(([small[0][0], w, w, small[0][-1]], small[1]), False) for w in widths]
-    configs += [((small[0], b), False) for b in batches]
-    result["points"] = []
-    for (sizes, batch), extra in configs:
+    configs = [(small, args.warps)]
+    configs += [(([small[0][0], w, w, small[0][-1]], small[1]), ()) for w in widths[:2]]
+    configs += [((small[0], b), ()) for b in batches[:2]]
+    configs += [(([small[0][0], w, w, small[0][-1]], small[1]), ()) for w in widths[2:]]
+    configs += [((small[0], b), ()) for b in batches[2:]]
+    for (sizes, batch), warps in configs:
         if time.perf_counter() - START > deadline_s:
             log(f"deadline: skipping {sizes} batch {batch}")
             continue
-        result["points"].append(point(sizes, batch, steps, models, timing, extra))
+        result["points"].append(point(sizes, batch, steps, models, timing, warps))
+        save(result, args.out)
+    print(markdown(save(result, args.out)))
+
+
+def save(result, out):
+    """Write what is measured so far (a run cut off at its time limit keeps its points)."""
     result["wall_s"] = time.perf_counter() - START
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_fused.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "gpu_fused.md").write_text(markdown(result))
-    print(markdown(result))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_fused.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "gpu_fused.md").write_text(markdown(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ import pytest
 
 import jaxbp
 from conftest import rel_err
+from jaxbp import _fused
 from jaxbp._fused import (
     MAX_BATCH,
     MAX_WIDTH,
+    Explained,
     check_fused_supported,
     fused_epoch_fn,
     fused_step_fn,
@@ -205,6 +207,116 @@ def test_triton_lowering_of_the_small_configuration():
     gelu = check_fused_supported([4, 3], activation="gelu", loss="mse", learning_rate=LR)
     with pytest.raises(ValueError, match=r"activation='gelu'.*erfc.*grad='manual'"):
         probe_gpu_lowering(gelu)
+
+
+# Shared memory Triton asked for on an H200 (compute capability 9.0, 232,448 bytes a block)
+# at float32, default precision: the three it refused (experiments/results/gpu_fused.json)
+# and the one it launched, as Nsight Compute read it (gpu_fused_ncu.txt: 196.61 KB).
+H200_SHARED_MEMORY = [
+    ([64, 128, 128, 10], 256, 327_680),
+    ([64, 256, 256, 10], 128, 524_288),
+    ([64, 128, 128, 10], 512, 589_824),
+    ([64, 128, 128, 10], 128, 196_608),
+]
+
+
+@pytest.mark.parametrize(("sizes", "batch", "measured"), H200_SHARED_MEMORY)
+def test_shared_memory_model_gives_what_triton_asked_for(sizes, batch, measured):
+    fused = check_fused_supported(sizes, activation="tanh", loss="cross_entropy", learning_rate=LR)
+    fused = dataclasses.replace(fused, pad=True)
+    assert fused.modelled("float32")
+    assert fused.shared_memory(batch, itemsize=4) == measured
+
+
+def gpu_trace(sizes, batch, dtype=jnp.float32, epoch=False, **options):
+    """Trace (not run) the compiled-for-GPU step or epoch on this machine."""
+    fused = check_fused_supported(
+        sizes, activation="tanh", loss="cross_entropy", learning_rate=LR, momentum=0.9, **options
+    )
+    fused = dataclasses.replace(fused, interpret=False, pad=True)
+    params = jaxbp.init_mlp(jax.random.key(0), sizes, dtype=dtype)
+    x = jax.ShapeDtypeStruct((3, batch, sizes[0]) if epoch else (batch, sizes[0]), dtype)
+    y = jax.ShapeDtypeStruct(x.shape[:-1], jnp.int32)
+    run = _fused._epoch if epoch else _fused._step
+    return jax.eval_shape(lambda *a: run(fused, *a), params, params, x, y)
+
+
+@pytest.mark.parametrize("epoch", [False, True], ids=["step", "epoch"])
+def test_refuses_at_trace_time_a_batch_the_gpu_cannot_hold(monkeypatch, epoch):
+    monkeypatch.setattr(_fused, "_shared_memory_limit", lambda: ("9.0", 232_448))
+    gpu_trace([64, 128, 128, 10], 128, epoch=epoch)  # 196,608 bytes: fits
+    gpu_trace([64, 128, 128, 10], 100, epoch=epoch)  # padded to 128: fits
+    match = (
+        r"sizes=\[64, 128, 128, 10\] with a batch of 129 in float32 needs 327,680 bytes of "
+        r"shared memory .* padded to \[64, 128, 128, 16\] and 256\), more than the 232,448 "
+        r"this GPU offers \(compute capability 9.0\)\. Use a batch_size of at most 128, "
+        r"narrower layers, or grad='manual'\."
+    )
+    with pytest.raises(ValueError, match=match):
+        gpu_trace([64, 128, 128, 10], 129, epoch=epoch)
+    with pytest.raises(ValueError, match=r"needs 524,288 bytes .* Use narrower layers, or"):
+        gpu_trace([64, 256, 256, 10], 128, epoch=epoch)  # no batch fits at width 256
+
+
+def test_shared_memory_check_keeps_to_what_it_models(monkeypatch):
+    """float64 and precision="highest" take Triton's other matrix-product path, whose needs
+    the model does not give (an H200 asked for less than it in float64): no refusal at trace
+    time; a compile that does not fit is explained by `Explained` instead."""
+    monkeypatch.setattr(_fused, "_shared_memory_limit", lambda: ("9.0", 232_448))
+    with jax.enable_x64(True):
+        gpu_trace([64, 128, 128, 10], 256, jnp.float64)
+    gpu_trace([64, 128, 128, 10], 256, precision="highest")
+    monkeypatch.setattr(_fused, "_shared_memory_limit", lambda: ("7.5", 65_536))
+    with pytest.raises(ValueError, match=r"capability 7.5\)\. Use a batch_size of at most 64,"):
+        gpu_trace([64, 64, 64, 10], 128)
+
+
+def test_unknown_gpus_get_the_largest_shared_memory(monkeypatch):
+    class Device:
+        compute_capability = "99.9"
+
+    monkeypatch.setattr(jax, "devices", lambda *a: [Device()])
+    assert _fused._shared_memory_limit() == ("99.9", max(_fused.SHARED_MEMORY.values()))
+
+
+def test_explained_names_a_kernel_that_does_not_fit():
+    fused = check_fused_supported(SIZES, activation="tanh", loss="mse", learning_rate=LR)
+    failure = (  # what an H200 said for 64-128-128-10, batch 128, float64
+        "RESOURCE_EXHAUSTED: Shared memory size limit exceeded: requested 344064, "
+        "available: 232448, context: []"
+    )
+
+    def compile_fails(*args):
+        raise jax.errors.JaxRuntimeError(failure)
+
+    match = (
+        r"the fused kernel for sizes=\[5, 12, 9, 3\] does not fit on one GPU multiprocessor: "
+        r"Triton asks for 344,064 bytes of shared memory and this GPU offers 232,448\. Use a "
+        r"smaller batch_size or narrower layers .*grad='manual'\.$"
+    )
+    with pytest.raises(ValueError, match=match):
+        Explained(compile_fails, fused)(1, 2)
+
+    def other_failure(*args):
+        raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
+    with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
+        Explained(other_failure, fused)()
+
+
+def test_explained_is_the_jitted_function_otherwise():
+    """Results, `lower` and the name pass through; grad="fused" steps and epochs are wrapped."""
+    jitted = jax.jit(lambda v: 2 * v)
+    wrapped = Explained(jitted)
+    assert wrapped(3.0) == 6.0
+    assert "mul" in wrapped.lower(1.0).as_text()
+    assert wrapped.__name__ == jitted.__name__
+    opt, net = jaxbp.fused_sgd(LR), dict(activation="tanh", loss="mse")
+    assert isinstance(jaxbp.make_train_step(opt, grad="fused", **net), Explained)
+    assert isinstance(jaxbp.make_train_epoch(opt, batch_size=4, grad="fused", **net), Explained)
+    assert not isinstance(jaxbp.make_train_step(optax.sgd(LR), **net), Explained)
+    assert isinstance(fused_step_fn(SIZES, **KW), Explained)
+    assert isinstance(fused_epoch_fn(SIZES, **KW), Explained)
 
 
 KW = dict(activation="tanh", loss="cross_entropy", learning_rate=LR)

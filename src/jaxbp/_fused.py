@@ -13,13 +13,21 @@ kernel loads or stores to have a power-of-two size, and every matrix product at 
 and the batch to `max(16, next power of two)`; padding is masked so it never reaches a
 gradient, and sliced off afterwards. On any other backend the same kernel runs in
 Pallas's interpret mode, which is how the tests check it on the CPU.
+
+One program holds the network and one batch's flows, so one multiprocessor's shared
+memory bounds what fits (`Fused.shared_memory`, checked at trace time; `Explained` for
+what the model does not cover). Measured on an H200 (experiments/results/gpu_fused.md):
+the fused epoch is 1.3-1.4x faster than `jax.grad`'s scanned step at widths 32-64 and
+slower at 128, spilling registers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,7 +55,18 @@ MAX_WIDTH = 256
 256 the stretch; the whole network, its trace and one batch's flows live on one chip."""
 MAX_BATCH = 512
 DTYPES = ("float32", "float64")
+DEFAULT_WARPS = 8
+"""Triton warps for the one program when `num_warps` is None. Measured on an H200 (64-128-
+128-10, batch 128, fused epoch, one run): 8 warps 0.072 ms a step, 4 (Triton's default)
+0.122, 16 0.099, 2 1.149. The network and one batch's flows live in the program's registers
+(255 a thread at 8 warps, and still spilling: experiments/results/gpu_fused_ncu.txt), so
+more warps hold more, until 16 (experiments/results/gpu_fused_run1.md)."""
 _MIN_BLOCK = 16  # Triton's tl.dot needs M, N, K >= 16
+SHARED_MEMORY = {"7.0": 98_304, "7.5": 65_536, "8.0": 166_912, "8.6": 101_376, "8.7": 166_912}
+SHARED_MEMORY |= {"8.9": 101_376, "9.0": 232_448, "10.0": 232_448, "12.0": 101_376}
+"""Shared memory one thread block may use, by CUDA compute capability (NVIDIA's CUDA C++
+Programming Guide; 232,448 bytes on the H200 is what Triton reported there). An unknown
+GPU is taken to have the largest, so the check below never refuses what might fit."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,9 +96,34 @@ class Fused:
             self.precision,
         )
 
+    @property
+    def warps(self) -> int:
+        return DEFAULT_WARPS if self.num_warps is None else self.num_warps
+
     def width(self, n: int) -> int:
         """`n` padded for the GPU lowering: a power of two, at least 16 (unchanged without pad)."""
         return max(_MIN_BLOCK, 1 << (n - 1).bit_length()) if self.pad else n
+
+    def modelled(self, dtype: str) -> bool:
+        """Whether `shared_memory` models this kernel: float32 matrix products on the tensor
+        cores (default precision). float64 and precision="highest" take Triton's other
+        matrix-product path, which asks for other amounts (fewer bytes for float64 on the
+        H200, more for "highest")."""
+        default = self.precision in (None, "default", jax.lax.Precision.DEFAULT)
+        return dtype == "float32" and default
+
+    def shared_memory(self, batch: int, itemsize: int) -> int:
+        """Bytes of shared memory Triton asks for to compile the kernel for `batch` samples.
+
+        A model: for each layer `l` the operands of eqs. 1.3 and 1.4's products, `a_{l-1}:
+        (n_p, n_{l-1})`, `delta_l: (n_p, n_l)` and `W_l: (n_{l-1}, n_l)` (padded), are staged
+        at once, and the widest layer sets the need. On an H200 it gives, to the byte, the
+        three requests Triton refused at default precision (experiments/results/gpu_fused.md);
+        precision="highest" asks for more (239,616 bytes where this gives 196,608).
+        """
+        rows, wide = self.width(batch), [self.width(n) for n in self.sizes]
+        need = max(rows * (a + b) + a * b for a, b in itertools.pairwise(wide))
+        return itemsize * need
 
 
 def _real(name: str, value: Any, rule: str, fix: str) -> float:
@@ -301,19 +345,73 @@ def _check_call(fused: Fused, params: Any, trace: Any) -> str:
     return dtypes.pop()
 
 
-def _check_batch(x: Array, batch: int, batch_axis: int) -> None:
+def _check_batch(fused: Fused, x: Array, batch: int, batch_axis: int, dtype: str) -> None:
+    """Refuse, at trace time, a batch the kernel cannot hold: over `MAX_BATCH`, or, compiling
+    for a GPU, one whose flows need more shared memory than the GPU has."""
     if not 1 <= batch <= MAX_BATCH:
         raise ValueError(
             f"the fused kernel holds one batch's flows on chip, so the batch must lie in "
             f"[1, {MAX_BATCH}]; x has shape {x.shape} (batch axis {batch_axis}). Use a "
             f"smaller batch_size."
         )
+    if fused.interpret or not fused.modelled(dtype):
+        return  # outside the model, a compile that does not fit is explained by `explained`
+    itemsize, (capability, limit) = jnp.dtype(dtype).itemsize, _shared_memory_limit()
+    need = fused.shared_memory(batch, itemsize)
+    if need <= limit:
+        return
+    fits = [b for b in (2**k for k in range(4, 10)) if fused.shared_memory(b, itemsize) <= limit]
+    fix = f"a batch_size of at most {fits[-1]}, " if fits else ""
+    raise ValueError(
+        f"the fused kernel holds one batch's flows on chip: sizes={list(fused.sizes)} with a "
+        f"batch of {batch} in {dtype} needs {need:,} bytes of shared memory (widths and batch "
+        f"padded to {[fused.width(n) for n in fused.sizes]} and {fused.width(batch)}), more "
+        f"than the {limit:,} this GPU offers (compute capability {capability}). Use "
+        f"{fix}narrower layers, or grad='manual'."
+    )
+
+
+class Explained:
+    """A jitted function of the fused path whose Triton compile failure for lack of shared
+    memory (outside the model of `Fused.shared_memory`) ends in one ValueError naming the
+    network and the fix. Everything else, `lower` and `trace` included, is the function's."""
+
+    def __init__(self, fn: Callable[..., Any], fused: Fused | None = None) -> None:
+        self._fn, self._fused = fn, fused
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._fn(*args, **kwargs)
+        except jax.errors.JaxRuntimeError as error:
+            found = re.search(
+                r"Shared memory size limit exceeded: requested (\d+), available: (\d+)", str(error)
+            )
+            if found is None:
+                raise
+            need, limit = (int(v) for v in found.groups())
+            what = "" if self._fused is None else f" for sizes={list(self._fused.sizes)}"
+            raise ValueError(
+                f"the fused kernel{what} does not fit on one GPU multiprocessor: Triton asks for "
+                f"{need:,} bytes of shared memory and this GPU offers {limit:,}. Use a smaller "
+                f"batch_size or narrower layers (float32 at default precision needs the "
+                f"least), or grad='manual'."
+            ) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fn, name)
+
+
+def _shared_memory_limit() -> tuple[str, int]:
+    """The default GPU's compute capability and its shared memory per block (`SHARED_MEMORY`)."""
+    capability = str(getattr(jax.devices()[0], "compute_capability", "unknown"))
+    return capability, SHARED_MEMORY.get(capability, max(SHARED_MEMORY.values()))
 
 
 def _step(fused: Fused, params: Layers, trace: Any, x: Any, y: Any) -> tuple[Layers, Any, Array]:
     dtype = _check_call(fused, params, trace)
     x = check_x(x, fused.sizes[0])
-    _check_batch(x, x.shape[0], 0)
+    _check_batch(fused, x, x.shape[0], 0, dtype)
     x = x.astype(dtype)
     y = fused.config.loss.targets(y, x.shape[0], fused.sizes[-1], x.dtype)
     new_params, new_trace, values = launch(fused, step_kernel, params, trace, x, y)
@@ -329,7 +427,7 @@ def _epoch(fused: Fused, params: Layers, trace: Any, xs: Any, ys: Any) -> tuple[
             f"{xs.shape}. Stack pre-shuffled batches: x[idx] with idx of shape (steps, batch)."
         )
     steps, batch = xs.shape[:2]
-    _check_batch(xs, batch, 1)
+    _check_batch(fused, xs, batch, 1, dtype)
     xs = check_x(xs.reshape(steps * batch, xs.shape[2]), fused.sizes[0]).astype(dtype)
     xs = xs.reshape(steps, batch, -1)
     ys = jnp.asarray(ys)
@@ -359,15 +457,16 @@ def fused_step_fn(
     - `interpret`: `None` compiles with Triton on a GPU and interprets elsewhere.
     - `pad`: pad widths and batch to powers of two >= 16, as Triton needs; default on a GPU.
     - `precision`: for every matrix product (`"highest"`: IEEE float32 on the GPU, not TF32).
-    - `num_warps`: Triton's warps for the one program (Triton's default is 4).
+    - `num_warps`: Triton's warps for the one program (default `DEFAULT_WARPS`, 8).
 
     **Call:** `params` as `jaxbp.init_mlp` returns (float32 or float64), `trace` the momentum
     buffer shaped like `params` (`None` without momentum), `x: (batch, n_0)` (cast to the
-    parameters' dtype), `y` as for `jaxbp.loss_fn`, `batch <= MAX_BATCH`. `loss` is the loss
-    on the batch before the update. Nothing is donated.
+    parameters' dtype), `y` as for `jaxbp.loss_fn`, `batch <= MAX_BATCH` (on a GPU, also
+    within its shared memory: refused at trace time, naming the largest batch that fits).
+    `loss` is the loss on the batch before the update. Nothing is donated.
     """
     fused = check_fused_supported(sizes, config, **options)
-    return jax.jit(functools.partial(_step, fused))
+    return Explained(jax.jit(functools.partial(_step, fused)), fused)
 
 
 def fused_epoch_fn(
@@ -382,7 +481,7 @@ def fused_epoch_fn(
     the fused step; `losses: (steps,)` holds each step's loss before its update.
     """
     fused = check_fused_supported(sizes, config, **options)
-    return jax.jit(functools.partial(_epoch, fused))
+    return Explained(jax.jit(functools.partial(_epoch, fused)), fused)
 
 
 class FusedSGD(NamedTuple):

@@ -268,7 +268,7 @@ def launch(
         out_shape=(*state_shape, losses),
         input_output_aliases={i: i for i in range(n_state)},  # update the weights in place
         interpret=fused.interpret,
-        compiler_params=pltriton.CompilerParams(num_warps=fused.num_warps, num_stages=1),
+        compiler_params=pltriton.CompilerParams(num_warps=fused.warps, num_stages=1),
         name=f"jaxbp_fused_{kernel.__name__}",
     )
     try:

@@ -13,7 +13,7 @@ import optax
 from jaxbp._backprop import cast_like, gradient_flows, source, trace_of
 from jaxbp._config import Config, Keywords, as_config
 from jaxbp._diagnostics import PER_LAYER, backward_flow_stats
-from jaxbp._fused import FusedSGD, fused_epoch, fused_update
+from jaxbp._fused import Explained, FusedSGD, fused_epoch, fused_update
 from jaxbp._layers import Activate
 from jaxbp._mlp import (
     Flow,
@@ -295,7 +295,8 @@ def make_train_step(
         ) -> tuple[Params, Any, Metrics]:
             return update(params, opt_state, key, x, y)
 
-        return jax.jit(step, donate_argnums=options.donate_argnums)
+        step = jax.jit(step, donate_argnums=options.donate_argnums)
+        return Explained(step) if options.grad == "fused" else step
     _refuse_fused(options, "a mesh")
     shard = data_parallel(mesh)
 
@@ -443,7 +444,8 @@ def make_train_epoch(
     cfg, options = as_config(config, keywords), StepOptions(grad, diagnostics, grad_norm, donate)
     if options.check().grad == "fused" and mesh is None:
         epoch = fused_epoch(optimizer, cfg, check_batch_size(batch_size), epoch_batches)
-        return jax.jit(repeat_epochs(epoch, epochs), donate_argnums=options.donate_argnums)
+        epoch = repeat_epochs(epoch, epochs)
+        return Explained(jax.jit(epoch, donate_argnums=options.donate_argnums))
     update = _make_update(optimizer, cfg, options)
     if mesh is None:
         epoch = scan_epoch(update, batch_size, keyed=_random_body(cfg))
