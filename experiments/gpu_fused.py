@@ -32,6 +32,7 @@ import itertools
 import json
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -396,13 +397,20 @@ def profile():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, interpret mode")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"folder for the results (default {RESULTS}; with --smoke a temporary folder, so "
+        "a smoke run never replaces the GPU's numbers)",
+    )
     parser.add_argument(
         "--warps", type=int, nargs="*", default=[], help="also time these num_warps (small)"
     )
     parser.add_argument("--envelope", action="store_true", help="which sizes fit, then stop")
     parser.add_argument("--profile", action="store_true", help="two fused epochs, then stop")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="gpu_fused_")) if args.smoke else RESULTS
     if args.envelope:
         return envelope(args.out)
     if args.profile:
@@ -414,7 +422,9 @@ def main():
         small, mid = ([64, 128, 128, 10], 128), ([32, 64, 64, 10], 64)
         widths, batches = [32, 64, 256], [64, 256, 512]
         steps, models, timing, deadline_s = 50, 32, (0.3, 200), 290.0
-    result = {"device": str(jax.devices()[0]), "jax": jax.__version__, "smoke": args.smoke}
+    device = jax.devices()[0]
+    result = {"device": f"{device} ({device.device_kind})", "jax": jax.__version__}
+    result["smoke"] = args.smoke
     result["num_warps"] = DEFAULT_WARPS
     log(f"device {result['device']}, backend {jax.default_backend()}")
     result["dispatch_floor_ms"] = dispatch_floor_ms(timing)

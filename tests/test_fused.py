@@ -5,6 +5,7 @@ JAX, i.e. an independent path through the library's unfused code and optax's own
 Every comparison is per leaf, `||fused - reference|| / ||reference||`.
 """
 
+import copy
 import dataclasses
 import re
 
@@ -246,29 +247,43 @@ def test_refuses_at_trace_time_a_batch_the_gpu_cannot_hold(monkeypatch, epoch):
     monkeypatch.setattr(_fused, "_shared_memory_limit", lambda: ("9.0", 232_448))
     gpu_trace([64, 128, 128, 10], 128, epoch=epoch)  # 196,608 bytes: fits
     gpu_trace([64, 128, 128, 10], 100, epoch=epoch)  # padded to 128: fits
+    shape = r"\(3, 129, 64\) \(batch axis 1\)" if epoch else r"\(129, 64\) \(batch axis 0\)"
     match = (
-        r"sizes=\[64, 128, 128, 10\] with a batch of 129 in float32 needs 327,680 bytes of "
-        r"shared memory .* padded to \[64, 128, 128, 16\] and 256\), more than the 232,448 "
-        r"this GPU offers \(compute capability 9.0\)\. Use a batch_size of at most 128, "
-        r"narrower layers, or grad='manual'\."
+        rf"x has shape {shape}, and sizes=\[64, 128, 128, 10\] with a batch of 129 in float32 "
+        r"need 327,680 bytes of shared memory .* padded to \[64, 128, 128, 16\] and 256\), "
+        r"more than the 232,448 this GPU offers \(compute capability 9.0\)\. Use a batch of at "
+        r"most 128 \(batch_size\), narrower layers, or grad='manual'\."
     )
     with pytest.raises(ValueError, match=match):
         gpu_trace([64, 128, 128, 10], 129, epoch=epoch)
-    with pytest.raises(ValueError, match=r"needs 524,288 bytes .* Use narrower layers, or"):
+    with pytest.raises(ValueError, match=r"need 524,288 bytes .* Use narrower layers, or"):
         gpu_trace([64, 256, 256, 10], 128, epoch=epoch)  # no batch fits at width 256
 
 
 def test_shared_memory_check_keeps_to_what_it_models(monkeypatch):
-    """float64 and precision="highest" take Triton's other matrix-product path, whose needs
-    the model does not give (an H200 asked for less than it in float64): no refusal at trace
-    time; a compile that does not fit is explained by `Explained` instead."""
+    """Measured: float32 at default precision and 8 warps. float64 and precision="highest"
+    take Triton's other matrix-product path, whose needs the model does not give (an H200
+    asked for less than it in float64), and other warps were not measured: no refusal at
+    trace time there (a compile that does not fit is told by `Explained` instead), none in
+    interpret mode, and only a lower bound for the first layer, which has no product
+    through `W_1` in eq. 1.4."""
     monkeypatch.setattr(_fused, "_shared_memory_limit", lambda: ("9.0", 232_448))
     with jax.enable_x64(True):
         gpu_trace([64, 128, 128, 10], 256, jnp.float64)
     gpu_trace([64, 128, 128, 10], 256, precision="highest")
+    gpu_trace([64, 128, 128, 10], 256, num_warps=4)
+    gpu_trace([256, 128, 10], 128)  # x and delta_1: 196,608 bytes (W_1 would add 131,072)
+    with pytest.raises(ValueError, match=r"need 262,144 bytes"):
+        gpu_trace([256, 256, 10], 128)
     monkeypatch.setattr(_fused, "_shared_memory_limit", lambda: ("7.5", 65_536))
-    with pytest.raises(ValueError, match=r"capability 7.5\)\. Use a batch_size of at most 64,"):
+    with pytest.raises(ValueError, match=r"capability 7.5\)\. Use a batch of at most 64 "):
         gpu_trace([64, 64, 64, 10], 128)
+    monkeypatch.setattr(_fused, "_shared_memory_limit", lambda: ("tiny", 1))
+    fused = check_fused_supported(SIZES, activation="tanh", loss="mse", learning_rate=LR)
+    params = jaxbp.init_mlp(jax.random.key(0), SIZES)
+    fused_run = fused_step_fn(SIZES, activation="tanh", loss="mse", learning_rate=LR)
+    assert fused.interpret and fused.modelled("float32")
+    fused_run(params, None, jnp.ones((BATCH, SIZES[0])), jnp.ones((BATCH, SIZES[-1])))
 
 
 def test_unknown_gpus_get_the_largest_shared_memory(monkeypatch):
@@ -317,6 +332,7 @@ def test_explained_is_the_jitted_function_otherwise():
     assert not isinstance(jaxbp.make_train_step(optax.sgd(LR), **net), Explained)
     assert isinstance(fused_step_fn(SIZES, **KW), Explained)
     assert isinstance(fused_epoch_fn(SIZES, **KW), Explained)
+    assert copy.copy(wrapped)(3.0) == 6.0  # no recursion through __getattr__
 
 
 KW = dict(activation="tanh", loss="cross_entropy", learning_rate=LR)

@@ -57,10 +57,11 @@ MAX_BATCH = 512
 DTYPES = ("float32", "float64")
 DEFAULT_WARPS = 8
 """Triton warps for the one program when `num_warps` is None. Measured on an H200 (64-128-
-128-10, batch 128, fused epoch, one run): 8 warps 0.072 ms a step, 4 (Triton's default)
-0.122, 16 0.099, 2 1.149. The network and one batch's flows live in the program's registers
-(255 a thread at 8 warps, and still spilling: experiments/results/gpu_fused_ncu.txt), so
-more warps hold more, until 16 (experiments/results/gpu_fused_run1.md)."""
+128-10, batch 128, one run, experiments/results/gpu_fused_run1.md): the fused epoch takes
+0.072 ms a step at 8 warps, 0.122 at 4 (Triton's default), 0.099 at 16 and 1.149 at 2.
+One step a call was dispatch-bound there (0.89 ms at 4 warps, 1.14 at 8, a noisy harness).
+At 8 warps the kernel still runs at 255 registers a thread and spills
+(experiments/results/gpu_fused_ncu.txt)."""
 _MIN_BLOCK = 16  # Triton's tl.dot needs M, N, K >= 16
 SHARED_MEMORY = {"7.0": 98_304, "7.5": 65_536, "8.0": 166_912, "8.6": 101_376, "8.7": 166_912}
 SHARED_MEMORY |= {"8.9": 101_376, "9.0": 232_448, "10.0": 232_448, "12.0": 101_376}
@@ -105,25 +106,29 @@ class Fused:
         return max(_MIN_BLOCK, 1 << (n - 1).bit_length()) if self.pad else n
 
     def modelled(self, dtype: str) -> bool:
-        """Whether `shared_memory` models this kernel: float32 matrix products on the tensor
-        cores (default precision). float64 and precision="highest" take Triton's other
-        matrix-product path, which asks for other amounts (fewer bytes for float64 on the
-        H200, more for "highest")."""
+        """Whether `shared_memory` models this kernel: float32 products on the tensor cores
+        (default precision) at `DEFAULT_WARPS`, where it was measured. float64 and
+        precision="highest" take Triton's other matrix-product path, which asks for other
+        amounts (on the H200, 344,064 bytes in float64 where the model gives 393,216)."""
         default = self.precision in (None, "default", jax.lax.Precision.DEFAULT)
-        return dtype == "float32" and default
+        return dtype == "float32" and default and self.warps == DEFAULT_WARPS
 
     def shared_memory(self, batch: int, itemsize: int) -> int:
         """Bytes of shared memory Triton asks for to compile the kernel for `batch` samples.
 
-        A model: for each layer `l` the operands of eqs. 1.3 and 1.4's products, `a_{l-1}:
-        (n_p, n_{l-1})`, `delta_l: (n_p, n_l)` and `W_l: (n_{l-1}, n_l)` (padded), are staged
-        at once, and the widest layer sets the need. On an H200 it gives, to the byte, the
-        three requests Triton refused at default precision (experiments/results/gpu_fused.md);
-        precision="highest" asks for more (239,616 bytes where this gives 196,608).
+        A model: for each layer `l > 1` the operands of eqs. 1.3 and 1.4's products,
+        `a_{l-1}: (n_p, n_{l-1})`, `delta_l: (n_p, n_l)` and `W_l: (n_{l-1}, n_l)` (padded),
+        are staged at once; the first layer stages `x` and `delta_1` (no backward product
+        through `W_1`), a lower bound; the layer that needs most sets the need. On an H200
+        at 8 warps it gives, to the byte, the three requests Triton refused at default
+        precision and the one Nsight Compute read on a launch
+        (experiments/results/gpu_fused.md, gpu_fused_ncu.txt), each set by a layer `l > 1`.
         """
         rows, wide = self.width(batch), [self.width(n) for n in self.sizes]
-        need = max(rows * (a + b) + a * b for a, b in itertools.pairwise(wide))
-        return itemsize * need
+        need = [
+            rows * (a + b) + (l > 0) * a * b for l, (a, b) in enumerate(itertools.pairwise(wide))
+        ]
+        return itemsize * max(need)
 
 
 def _real(name: str, value: Any, rule: str, fix: str) -> float:
@@ -355,19 +360,20 @@ def _check_batch(fused: Fused, x: Array, batch: int, batch_axis: int, dtype: str
             f"smaller batch_size."
         )
     if fused.interpret or not fused.modelled(dtype):
-        return  # outside the model, a compile that does not fit is explained by `explained`
+        return  # outside the model, a compile that does not fit is told by `Explained`
     itemsize, (capability, limit) = jnp.dtype(dtype).itemsize, _shared_memory_limit()
     need = fused.shared_memory(batch, itemsize)
     if need <= limit:
         return
     fits = [b for b in (2**k for k in range(4, 10)) if fused.shared_memory(b, itemsize) <= limit]
-    fix = f"a batch_size of at most {fits[-1]}, " if fits else ""
+    fix = f"a batch of at most {fits[-1]} (batch_size), " if fits else ""
     raise ValueError(
-        f"the fused kernel holds one batch's flows on chip: sizes={list(fused.sizes)} with a "
-        f"batch of {batch} in {dtype} needs {need:,} bytes of shared memory (widths and batch "
-        f"padded to {[fused.width(n) for n in fused.sizes]} and {fused.width(batch)}), more "
-        f"than the {limit:,} this GPU offers (compute capability {capability}). Use "
-        f"{fix}narrower layers, or grad='manual'."
+        f"the fused kernel holds one batch's flows on chip: x has shape {x.shape} (batch axis "
+        f"{batch_axis}), and sizes={list(fused.sizes)} with a batch of {batch} in {dtype} "
+        f"need {need:,} bytes of shared memory (widths and batch padded to "
+        f"{[fused.width(n) for n in fused.sizes]} and {fused.width(batch)}), more than the "
+        f"{limit:,} this GPU offers (compute capability {capability}). Use {fix}narrower "
+        f"layers, or grad='manual'."
     )
 
 
@@ -399,6 +405,8 @@ class Explained:
             ) from None
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("_fn", "_fused"):  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self._fn, name)
 
 
