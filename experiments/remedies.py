@@ -28,6 +28,8 @@ without a layer of their own (init, inputs, momentum) run through the same progr
 Writes under `--out` (default experiments/results): remedies.png, .json, .md.
 
 Usage: python experiments/remedies.py [--smoke] [--out DIR]
+       python experiments/remedies.py --replot [--out DIR]  (redraws remedies.png from
+       DIR/remedies.json without training)
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import argparse
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,9 +49,12 @@ import optax
 import jaxbp
 from jaxbp.app.plots import pyplot
 
+sys.path.insert(0, str(Path(__file__).parent))
+# The conventions shared with the vanishing-gradients experiment: the underflow-safe norm,
+# 4 significant digits in the JSON, the per-layer geometric mean, what counts as level.
+from vanishing_gradients import LEVEL, geo, norm, rounded
+
 RESULTS = Path(__file__).parent / "results"
-LEVEL = 10.0
-"""A ||delta_1|| / ||delta_L|| within [1/LEVEL, LEVEL] counts as a level backward flow."""
 
 
 class Variant(NamedTuple):
@@ -97,14 +101,6 @@ def load(name: str, seed: int) -> dict[str, jaxbp.datasets.Dataset]:
         "raw": jaxbp.datasets.load(name, seed=seed, standardise=False),
         "standardised": jaxbp.datasets.load(name, seed=seed),
     }
-
-
-def norm(x: jax.Array) -> jax.Array:
-    """The Frobenius norm, scaled by max |x| first so that float32 entries near 1e-25
-    (deep sigmoid nets) do not underflow when squared."""
-    m = jnp.max(jnp.abs(x))
-    safe = jnp.where(m > 0, m, 1)
-    return m * jnp.sqrt(jnp.sum((x / safe) ** 2))
 
 
 def make_flow_norms(config: jaxbp.Config):
@@ -195,11 +191,6 @@ def run_variant(prog: Program, variant: Variant, sizes, data, cfg, key, lr=None)
     return record
 
 
-def rounded(a: np.ndarray) -> list:
-    """Nested lists of floats to 4 significant digits (keeps the JSON small)."""
-    return np.vectorize(lambda v: float(f"{v:.4g}"), otypes=[float])(a).tolist()
-
-
 def ratios(norms: np.ndarray) -> list[float | None]:
     """||first layer|| / ||last layer|| per seed; None where it is 0, inf or nan."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -209,7 +200,8 @@ def ratios(norms: np.ndarray) -> list[float | None]:
 
 def spread(values: list[float | None]) -> dict:
     """Geometric mean, min and max over the seeds with a positive finite value, and how
-    many seeds had none (the first layer's norm underflowed float32, or 0/0)."""
+    many seeds had none (`missing`: the first layer's norm underflowed float32 to 0, or
+    a ratio 0/0 or inf)."""
     good = np.array([v for v in values if v is not None], np.float64)
     if good.size == 0:
         return {"geomean": None, "min": None, "max": None, "missing": len(values)}
@@ -222,10 +214,12 @@ def spread(values: list[float | None]) -> dict:
 
 
 def fmt_ratio(s: dict) -> str:
+    """`geomean [min, max]`, and how many seeds it leaves out as `zero/nan` (as
+    vanishing_gradients.py labels them)."""
     if s["geomean"] is None:
-        return "0 or nan"
+        return f"n/a ({s['missing']} zero/nan)"
     text = f"{s['geomean']:.1e} [{s['min']:.0e}, {s['max']:.0e}]"
-    return text + (f" ({s['missing']} zero)" if s["missing"] else "")
+    return text + (f" ({s['missing']} zero/nan)" if s["missing"] else "")
 
 
 def fmt_acc(r: dict) -> str:
@@ -299,12 +293,14 @@ def chance(data) -> float:
 
 def verdict(records, dataset, activation, names, depth, chance_acc) -> list[str]:
     """Computed from the numbers: at `depth`, which variants have a level backward flow
-    at initialisation and which learn (test accuracy at least 0.1 above chance)."""
+    at initialisation (every seed has a ratio, none lost to zero/nan, and their
+    geometric mean lies within [1/LEVEL, LEVEL]) and which learn (mean test accuracy at
+    least 0.1 above chance)."""
     level, learns = [], []
     for name in names:
         r = find(records, dataset, activation, name, depth)
-        g = r["at_init"]["delta_ratio_summary"]["geomean"]
-        if g is not None and 1 / LEVEL <= g <= LEVEL:
+        s = r["at_init"]["delta_ratio_summary"]
+        if s["missing"] == 0 and 1 / LEVEL <= s["geomean"] <= LEVEL:
             level.append(name)
         if r["test_accuracy_summary"]["mean"] >= chance_acc + 0.1:
             learns.append(name)
@@ -314,15 +310,6 @@ def verdict(records, dataset, activation, names, depth, chance_acc) -> list[str]
         f"learns (mean test accuracy >= chance {chance_acc:.2f} + 0.1): "
         f"{', '.join(learns) or 'none'}."
     ]
-
-
-def geo(norms: list[list[float]]) -> np.ndarray:
-    """Geometric mean over seeds, per layer (zeros and nans left out)."""
-    a = np.asarray(norms, np.float64)
-    a = np.where(np.isfinite(a) & (a > 0), a, np.nan)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a layer with no finite norm: nan
-        return np.exp(np.nanmean(np.log(a), axis=0))
 
 
 def figure(records, datasets, activations, names, depths, path: Path) -> None:

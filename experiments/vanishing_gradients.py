@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -295,7 +296,8 @@ def geo(norms: list[list[float]]) -> np.ndarray:
     """Geometric mean over seeds, per layer (zeros and nans left out)."""
     a = np.asarray(norms, np.float64)
     a = np.where(np.isfinite(a) & (a > 0), a, np.nan)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a layer with no finite norm: nan
         return np.exp(np.nanmean(np.log(a), axis=0))
 
 

@@ -6,6 +6,15 @@
 - Warnings are errors (pyproject.toml), deprecated JAX APIs included.
 """
 
+import contextlib
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,6 +22,7 @@ import pytest
 
 from jaxbp import ACTIVATIONS, random_problem
 from jaxbp import LOSS_OUTPUTS as _LOSS_OUTPUTS
+from jaxbp._checkpoint import MAGIC
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -44,16 +54,106 @@ def rel_err(a, b):
     return 0.0 if diff == 0 else float(diff / ref)
 
 
-def run_train(capsys, *args):
-    """`jaxbp train ARGS` in this process: `(exit status, stdout, stderr)`."""
+def run_cli(capsys, argv):
+    """`jaxbp ARGV` in this process: `(exit status, stdout, stderr)`."""
     from jaxbp.app.cli import main
 
     try:
-        code = main(["train", *args])
+        code = main(argv)
     except SystemExit as exit_:  # argparse's own exit
         code = exit_.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def run_train(capsys, *args):
+    """`jaxbp train ARGS` in this process: `(exit status, stdout, stderr)`."""
+    return run_cli(capsys, ["train", *args])
+
+
+TIMING = frozenset({"seconds", "samples_per_s"})
+"""The fields of a metrics.jsonl record that differ between two runs of the same epochs."""
+
+
+def metrics_without_timing(out):
+    """The records of `out`/metrics.jsonl, one dict an epoch, without their `TIMING`."""
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+@contextlib.contextmanager
+def x64_off():
+    """jax's default 32-bit mode inside the block, as a user runs it (this suite turns
+    64-bit on above); 64-bit comes back on however the block ends."""
+    jax.config.update("jax_enable_x64", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", True)
+
+
+def sealed(payload):
+    """A checkpoint file around `payload` with the right checksum."""
+    return MAGIC + hashlib.sha256(payload).digest() + payload
+
+
+def archive(leaves, meta, **entries):
+    """An `.npz` checkpoint payload written by hand, as an older or a buggy writer might:
+    `leaf_i` for each of `leaves`, raw `entries`, and a `meta` entry that is `meta` as JSON
+    (a dict or a list), its bytes as they are (`bytes`), an array stored as it is, or no
+    `meta` entry at all (None)."""
+    arrays = {f"leaf_{i}": a for i, a in enumerate(leaves)} | entries
+    if isinstance(meta, (dict, list)):
+        meta = json.dumps(meta).encode()
+    if isinstance(meta, bytes):
+        meta = np.frombuffer(meta, np.uint8)
+    if meta is not None:
+        arrays["meta"] = meta
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+EXPERIMENTS = Path(__file__).parent.parent / "experiments"
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+"""XLA flags that trade run-time speed for compile speed, which is what the experiments'
+small test runs spend their time on."""
+
+
+def run_script(name, *args, timeout=300, progress=""):
+    """`python experiments/NAME.py ARGS` in a fresh interpreter, as a user runs it (with
+    `FAST_COMPILE`): it must exit 0 and report its progress on stderr (containing
+    `progress`). Returns the `subprocess.CompletedProcess`."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+    result = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / f"{name}.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    shown = " ".join([f"{name}.py", *args])
+    assert result.returncode == 0, f"{shown} failed:\n{result.stderr[-3000:]}"
+    assert result.stderr.strip(), f"{shown} shows no progress on stderr"
+    assert progress in result.stderr, f"{shown} does not report {progress!r} on stderr"
+    return result
+
+
+def run_smoke(name, out, md_starts=None, progress=""):
+    """`experiments/NAME.py --smoke --out OUT` (`run_script`): it writes NAME.png (a PNG),
+    NAME.json and NAME.md (starting with `md_starts`, a string or a tuple of them, where
+    given), none empty. Returns the parsed JSON."""
+    run_script(name, "--smoke", "--out", str(out), progress=progress)
+    for suffix in ("png", "json", "md"):
+        path = out / f"{name}.{suffix}"
+        assert path.is_file() and path.stat().st_size > 0, f"{name}.py did not write {path.name}"
+    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if md_starts is not None:
+        md = (out / f"{name}.md").read_text()
+        assert md.startswith(md_starts), f"{name}.md starts {md[:60]!r}"
+    return json.loads((out / f"{name}.json").read_text())
 
 
 @pytest.fixture

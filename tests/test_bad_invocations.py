@@ -1,7 +1,7 @@
 """Issue 13, classes 1 and 2: every bad invocation of `jaxbp` ends in one line on stderr
 and exit status 2, naming the flag or file, before anything is trained or allocated.
 
-Most rows run in-process (`main([...])`); a few run the console script as a user would.
+Most rows run in-process (`conftest.run_cli`); a few run the console script as a user would.
 """
 
 import shutil
@@ -11,19 +11,10 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import run_cli
 from jaxbp.app import cli
-from jaxbp.app.cli import main
 
 XOR = ["train", "--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
-
-
-def run(capsys, argv):
-    try:
-        code = main(argv)
-    except SystemExit as exit_:  # argparse's own exit
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def files(tmp_path):
@@ -115,9 +106,9 @@ def test_bad_invocation(tmp_path, capsys, argv, fragment):
     tmp = str(files(tmp_path))
     argv = [a.replace("{tmp}", tmp) for a in argv]
     if argv[-1] == "cross_entropy":  # the control row trains (1 epoch): it must succeed
-        assert run(capsys, [*argv, "--epochs", "1"])[0] == 0
+        assert run_cli(capsys, [*argv, "--epochs", "1"])[0] == 0
         return
-    code, out, err = run(capsys, argv)
+    code, out, err = run_cli(capsys, argv)
     assert code == 2, err
     assert fragment.replace("{tmp}", tmp) in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -158,14 +149,14 @@ def test_unexpected_failure_is_one_line_and_debug_shows_the_traceback(monkeypatc
         raise RuntimeError("something jaxbp did not expect")
 
     monkeypatch.setattr("jaxbp.app.train.run", broken)
-    code, _, err = run(capsys, XOR)
+    code, _, err = run_cli(capsys, XOR)
     assert code == 3 and len(err.strip().splitlines()) == 1
     assert "internal error: RuntimeError: something jaxbp did not expect" in err
     assert "--debug" in err and "Traceback" not in err
-    code, _, err = run(capsys, ["train", "--debug"])
+    code, _, err = run_cli(capsys, ["train", "--debug"])
     assert code == 3 and "Traceback (most recent call last)" in err
     assert err.strip().splitlines()[-1].startswith("jaxbp train: internal error")
-    code, _, err = run(capsys, ["--debug", "train"])
+    code, _, err = run_cli(capsys, ["--debug", "train"])
     assert code == 3 and "Traceback" in err
 
 
@@ -174,7 +165,7 @@ def test_interrupt_is_one_line(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr("jaxbp.app.train.run", interrupted)
-    code, _, err = run(capsys, ["train"])
+    code, _, err = run_cli(capsys, ["train"])
     assert code == 130 and err == "jaxbp train: interrupted.\n"
 
 

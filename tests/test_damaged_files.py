@@ -2,7 +2,6 @@
 but whose content is not, and damaged metrics logs. `jaxbp train --resume` refuses each
 with one `CheckpointError`-style line and exit status 2, and changes nothing on disk."""
 
-import hashlib
 import io
 import json
 import shutil
@@ -10,7 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxbp._checkpoint import MAGIC, read_arrays
+from conftest import archive, sealed
+from jaxbp._checkpoint import read_arrays
 from jaxbp.app.cli import main
 
 XOR = ["train", "--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
@@ -22,22 +22,6 @@ def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     assert main([*XOR, "--epochs", "2", "--out", str(out)]) == 0
     return out
-
-
-def archive(meta, leaves, meta_bytes=None, **extra):
-    """An .npz payload as a buggy writer might produce it."""
-    buf = io.BytesIO()
-    arrays = {f"leaf_{i}": leaf for i, leaf in enumerate(leaves)} | extra
-    if meta is not None or meta_bytes is not None:
-        raw = meta_bytes if meta_bytes is not None else json.dumps(meta).encode()
-        arrays["meta"] = np.frombuffer(raw, np.uint8) if isinstance(raw, bytes) else raw
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def sealed(payload):
-    """A checkpoint file around `payload` with the right checksum."""
-    return MAGIC + hashlib.sha256(payload).digest() + payload
 
 
 def npy_bytes():
@@ -59,38 +43,38 @@ def nan_params(leaves):
 CHECKPOINTS = {
     "payload-not-archive": (lambda m, l: b"hello", "payload is unreadable"),
     "payload-npy": (lambda m, l: npy_bytes(), "payload is unreadable"),
-    "no-meta": (lambda m, l: archive(None, l), "meta entry is missing"),
-    "meta-not-json": (lambda m, l: archive(None, l, b"{oops"), "its meta is not JSON"),
-    "meta-not-utf8": (lambda m, l: archive(None, l, b"\xff\xfe"), "its meta is not JSON"),
-    "meta-list": (lambda m, l: archive([1, 2], l), "its meta is a JSON list, not an object"),
-    "meta-floats": (lambda m, l: archive(None, l, np.zeros(3)), "missing or not JSON bytes"),
-    "no-config": (lambda m, l: archive(with_meta(m, config=...), l), "its config is NoneType"),
-    "config-list": (lambda m, l: archive(with_meta(m, config=[]), l), "its config is list"),
-    "no-epoch": (lambda m, l: archive(with_meta(m, epoch=...), l), "its epoch is None"),
-    "epoch-string": (lambda m, l: archive(with_meta(m, epoch="2"), l), "its epoch is '2'"),
-    "epoch-bool": (lambda m, l: archive(with_meta(m, epoch=True), l), "its epoch is True"),
-    "epoch-zero": (lambda m, l: archive(with_meta(m, epoch=0), l), "its epoch is 0, not a"),
-    "epoch-negative": (lambda m, l: archive(with_meta(m, epoch=-1), l), "its epoch is -1"),
-    "epoch-float": (lambda m, l: archive(with_meta(m, epoch=2.0), l), "its epoch is 2.0"),
+    "no-meta": (lambda m, l: archive(l, None), "meta entry is missing"),
+    "meta-not-json": (lambda m, l: archive(l, b"{oops"), "its meta is not JSON"),
+    "meta-not-utf8": (lambda m, l: archive(l, b"\xff\xfe"), "its meta is not JSON"),
+    "meta-list": (lambda m, l: archive(l, [1, 2]), "its meta is a JSON list, not an object"),
+    "meta-floats": (lambda m, l: archive(l, np.zeros(3)), "missing or not JSON bytes"),
+    "no-config": (lambda m, l: archive(l, with_meta(m, config=...)), "its config is NoneType"),
+    "config-list": (lambda m, l: archive(l, with_meta(m, config=[])), "its config is list"),
+    "no-epoch": (lambda m, l: archive(l, with_meta(m, epoch=...)), "its epoch is None"),
+    "epoch-string": (lambda m, l: archive(l, with_meta(m, epoch="2")), "its epoch is '2'"),
+    "epoch-bool": (lambda m, l: archive(l, with_meta(m, epoch=True)), "its epoch is True"),
+    "epoch-zero": (lambda m, l: archive(l, with_meta(m, epoch=0)), "its epoch is 0, not a"),
+    "epoch-negative": (lambda m, l: archive(l, with_meta(m, epoch=-1)), "its epoch is -1"),
+    "epoch-float": (lambda m, l: archive(l, with_meta(m, epoch=2.0)), "its epoch is 2.0"),
     "epoch-past-log": (
-        lambda m, l: archive(with_meta(m, epoch=3), l),
+        lambda m, l: archive(l, with_meta(m, epoch=3)),
         "logs 2 epochs, the checkpoint 3",
     ),
     "leaf-missing": (
-        lambda m, l: archive(m, [], **{f"leaf_{i}": a for i, a in enumerate(l) if i != 1}),
+        lambda m, l: archive([], m, **{f"leaf_{i}": a for i, a in enumerate(l) if i != 1}),
         "not leaf_0 to leaf_",
     ),
-    "leaf-extra": (lambda m, l: archive(m, [*l, np.zeros(2)]), "arrays but the template"),
+    "leaf-extra": (lambda m, l: archive([*l, np.zeros(2)], m), "arrays but the template"),
     "leaf-object": (
-        lambda m, l: archive(m, [np.array([{"x": 1}], dtype=object), *l[1:]]),
+        lambda m, l: archive([np.array([{"x": 1}], dtype=object), *l[1:]], m),
         "payload is unreadable",
     ),
     "leaf-strings": (
-        lambda m, l: archive(m, [np.array(["a"]), *l[1:]]),
+        lambda m, l: archive([np.array(["a"]), *l[1:]], m),
         "has dtype <U1, not numbers",
     ),
-    "leaf-shape": (lambda m, l: archive(m, [*l[:-1], l[-1][:0]]), "but the template expects"),
-    "params-nan": (lambda m, l: archive(m, nan_params(l)), "holds NaN or inf"),
+    "leaf-shape": (lambda m, l: archive([*l[:-1], l[-1][:0]], m), "but the template expects"),
+    "params-nan": (lambda m, l: archive(nan_params(l), m), "holds NaN or inf"),
 }
 
 

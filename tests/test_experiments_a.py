@@ -4,33 +4,10 @@ Each script runs in a subprocess, as a user would run it (`python experiments/NA
 with `--smoke --out <tmp_path>`.
 """
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 import jaxbp
-
-EXPERIMENTS = Path(__file__).parent.parent / "experiments"
-
-
-def run_smoke(name, out):
-    result = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.strip(), "experiments report their progress on stderr"
-    for ext in ("png", "json", "md"):
-        path = out / f"{name}.{ext}"
-        assert path.is_file() and path.stat().st_size > 0, f"{path} missing or empty"
-    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return json.loads((out / f"{name}.json").read_text())
+from conftest import run_smoke
 
 
 def test_fig_activations(tmp_path):

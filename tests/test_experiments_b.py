@@ -1,43 +1,17 @@
 """Experiments 4-6 run end to end at their --smoke size and write what they promise.
 
-Each script runs in a fresh interpreter (as a user would run it) into a temporary folder.
-The smoke sizes only exercise the plumbing; the XLA flags below trade run-time speed for
-compile speed, which is what a run this small spends its time on.
+Each script runs in a fresh interpreter (as a user would run it) into a temporary folder
+(`conftest.run_smoke`). The smoke sizes only exercise the plumbing.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
+from conftest import run_smoke
 
-EXPERIMENTS = Path(__file__).parent.parent / "experiments"
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def run_smoke(name, out):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
-    result = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--smoke", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, f"{name}.py --smoke failed:\n{result.stderr[-3000:]}"
-    assert result.stderr.strip(), f"{name}.py shows no progress on stderr"
-    for suffix in ("png", "json", "md"):
-        path = out / f"{name}.{suffix}"
-        assert path.is_file() and path.stat().st_size > 0, f"{name}.py did not write {path.name}"
-    assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / f"{name}.md").read_text().startswith(("|", "Median"))
-    return json.loads((out / f"{name}.json").read_text())
+MD_STARTS = ("|", "Median")
+"""How these scripts' tables begin."""
 
 
 def test_two_paths(tmp_path):
-    result = run_smoke("two_paths", tmp_path)
+    result = run_smoke("two_paths", tmp_path, MD_STARTS)
     assert {"experiment", "optimizer", "batch_size", "seeds", "smoke", "wall_s", "datasets"} <= set(
         result
     )
@@ -60,7 +34,7 @@ def test_two_paths(tmp_path):
 
 
 def test_why_cross_entropy(tmp_path):
-    result = run_smoke("why_cross_entropy", tmp_path)
+    result = run_smoke("why_cross_entropy", tmp_path, MD_STARTS)
     keys = {"experiment", "smoke", "wall_s", "settings", "unit_deltas", "sigmoid_delta_at_z"}
     assert keys | {"training"} <= set(result)
     deltas = result["unit_deltas"]
@@ -85,7 +59,7 @@ def test_why_cross_entropy(tmp_path):
 
 
 def test_capacity(tmp_path):
-    result = run_smoke("capacity", tmp_path)
+    result = run_smoke("capacity", tmp_path, MD_STARTS)
     assert {"experiment", "smoke", "wall_s", "settings", "results"} <= set(result)
     names = {r["dataset"] for r in result["results"]}
     assert names == {"xor", "moons", "spirals"}

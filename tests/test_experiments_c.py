@@ -1,28 +1,12 @@
 """The benchmark, the Hessian experiment and the default-settings run at their --smoke size."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-EXPERIMENTS = Path(__file__).parent.parent / "experiments"
-
-
-def run(name, *args):
-    result = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / f"{name}.py"), "--smoke", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, f"{name}.py --smoke failed:\n{result.stderr[-3000:]}"
-    assert result.stderr.strip(), f"{name}.py shows no progress on stderr"
-    return result
+from conftest import run_script
 
 
 def test_hessian_spectrum(tmp_path):
-    run("hessian_spectrum", "--out", str(tmp_path))
+    run_script("hessian_spectrum", "--smoke", "--out", str(tmp_path))
     result = json.loads((tmp_path / "hessian_spectrum.json").read_text())
     # Power iteration on jaxbp.hvp finds the dense Hessian's top eigenvalue.
     assert result["dense_check"]["rel_err"] < 1e-6
@@ -31,7 +15,7 @@ def test_hessian_spectrum(tmp_path):
 
 
 def test_benchmark(tmp_path):
-    run("benchmark", "--out", str(tmp_path))
+    run_script("benchmark", "--smoke", "--out", str(tmp_path))
     result = json.loads((tmp_path / "benchmark.json").read_text())
     row = result["bench"]["rows"][0]
     assert row["config"] == "small" and row["manual_ms"] > 0 and row["autodiff_memory_mib"] > 0
@@ -49,5 +33,5 @@ def test_benchmark(tmp_path):
 
 
 def test_default_settings():
-    out = run("default_settings").stderr
+    out = run_script("default_settings", "--smoke").stderr
     assert out.count("seed 100") == 6  # 3 datasets x 2 gradient paths

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxbp
+from conftest import metrics_without_timing, x64_off
 from jaxbp._checkpoint import read_arrays, read_meta
 from jaxbp.app.cli import main
 
@@ -27,19 +28,12 @@ EPOCHS = 120
 XOR = ["train", "--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
 
 
-def metrics(out):
-    timing = {"seconds", "samples_per_s"}
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in timing} for row in rows]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def as_a_user_runs_it():
     """In-process runs here must match the subprocess ones: jax's default, 32-bit mode
     (conftest turns 64-bit on for the rest of the suite)."""
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", True)
+    with x64_off():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,7 @@ def straight(tmp_path_factory):
 
 
 def assert_same_run(out, straight):
-    got, want = metrics(out), metrics(straight)
+    got, want = metrics_without_timing(out), metrics_without_timing(straight)
     first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
     assert first is None and len(got) == len(want), (first, len(got), got[first], want[first])
     assert (out / "checkpoint.jaxbp").read_bytes() == (straight / "checkpoint.jaxbp").read_bytes()
@@ -106,7 +100,7 @@ def test_file_size_limit_keeps_the_last_checkpoint(straight, tmp_path):
     assert "while saving epoch" in err and len(err.strip().splitlines()) == 1
     epoch = read_meta(out / "checkpoint.jaxbp")["epoch"]
     assert 1 < epoch < EPOCHS and f"the checkpoint of epoch {epoch} is kept" in err
-    assert len(metrics(out)) in (epoch, epoch + 1)
+    assert len(metrics_without_timing(out)) in (epoch, epoch + 1)
     assert main([*XOR, "--epochs", str(EPOCHS), "--out", str(out), "--resume"]) == 0
     assert_same_run(out, straight)
 
@@ -175,4 +169,4 @@ def test_parameters_turning_nan_in_the_last_step_are_not_checkpointed(
     assert "the last good checkpoint of epoch 1 is kept" in err
     meta, leaves = read_arrays(out / "checkpoint.jaxbp")
     assert meta["epoch"] == 1 and all(jnp.all(jnp.isfinite(leaf)) for leaf in leaves)
-    assert len(metrics(out)) == 1
+    assert len(metrics_without_timing(out)) == 1

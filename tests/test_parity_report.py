@@ -4,10 +4,12 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxbp
 from conftest import LOSS_OUTPUTS, make_problem
+from jaxbp._parity import default_atol
 
 
 @pytest.fixture
@@ -250,9 +252,37 @@ CHECK_ERRORS = [
         ValueError,
         ["key must be a single key", "shape (2,)"],
     ),
-    ("rtol-string", {"rtol": "1e-5"}, TypeError, ["rtol must be a finite number >= 0", "'1e-5'"]),
-    ("rtol-negative", {"rtol": -1.0}, ValueError, ["rtol must be a finite number >= 0", "-1.0"]),
-    ("atol-inf", {"atol": float("inf")}, ValueError, ["atol must be a finite number >= 0", "inf"]),
+    (
+        "rtol-string",
+        {"rtol": "1e-5"},
+        TypeError,
+        ["rtol must be a finite real number >= 0", "'1e-5'"],
+    ),
+    (
+        "rtol-negative",
+        {"rtol": -1.0},
+        ValueError,
+        ["rtol must be a finite real number >= 0", "-1.0"],
+    ),
+    ("rtol-nan", {"rtol": float("nan")}, ValueError, ["rtol must be a finite real number", "nan"]),
+    (
+        "atol-inf",
+        {"atol": float("inf")},
+        ValueError,
+        ["atol must be a finite real number >= 0", "inf"],
+    ),
+    (
+        "atol-word",
+        {"atol": "relative"},
+        ValueError,
+        ["atol must be a finite real number >= 0", "'auto'"],
+    ),
+    (
+        "atol-list",
+        {"atol": [0.1]},
+        TypeError,
+        ["atol must be a finite real number >= 0", "list [0.1]"],
+    ),
     (
         "fd-string",
         {"finite_differences": "no"},
@@ -277,3 +307,72 @@ def test_check_parity_takes_typed_and_raw_keys(problem):
     typed = jaxbp.check_parity(*problem, key=jax.random.key(3), **kw)
     raw = jaxbp.check_parity(*problem, key=jax.random.PRNGKey(3), **kw)
     assert typed.passed and [l.fd_err for l in typed.leaves] == [l.fd_err for l in raw.leaves]
+
+
+# --- the verdict's scale, and the atol a network takes by default --------------------
+
+
+def _report(rtol, atol, leaves):
+    """A report over hand-made leaves `(abs_err, ref_norm)`, judged as check_parity does."""
+    made = tuple(
+        jaxbp.LeafParity(
+            f"leaf{i}", err, err / ref if ref else float("inf"), abs_err=err, ref_norm=ref
+        )
+        for i, (err, ref) in enumerate(leaves)
+    )
+    report = jaxbp.ParityReport(made, "float64", rtol, None, True, atol=atol)
+    return dataclasses.replace(report, passed=all(report.leaf_passed(l) for l in made))
+
+
+SCALED = [  # (rtol, atol, leaves (abs_err, ref_norm), the worst scaled error by hand)
+    ("relative", 1e-5, 0.0, [(1e-6, 1.0), (3e-6, 2.0)], 1.5e-6),
+    ("with-atol", 1e-5, 1e-4, [(2e-6, 10.0), (1e-7, 0.0)], max(2e-6 / 20.0, 1e-7 / 10.0)),
+    ("zero-leaf-no-atol", 1e-5, 0.0, [(1e-6, 1.0), (1e-9, 0.0)], float("inf")),
+    ("exact-zero-leaf", 1e-5, 0.0, [(1e-6, 1.0), (0.0, 0.0)], 1e-6),
+    ("absolute-within", 0.0, 1e-3, [(1e-4, 1.0), (5e-4, 0.0)], 0.0),
+    ("absolute-beyond", 0.0, 1e-3, [(1e-4, 1.0), (2e-3, 5.0)], float("inf")),
+    ("nothing-allowed", 0.0, 0.0, [(1e-9, 1.0)], float("inf")),
+]
+
+
+@pytest.mark.parametrize(
+    ("rtol", "atol", "leaves", "want"), [c[1:] for c in SCALED], ids=[c[0] for c in SCALED]
+)
+def test_max_scaled_err_is_on_the_verdicts_scale(rtol, atol, leaves, want):
+    """`err / (atol / rtol + ref)`, computed here by hand: a leaf of scale 0 with an error
+    is inf (not a ZeroDivisionError), and the report passes exactly when the worst scaled
+    error is at most rtol, with rtol = 0 (an absolute verdict) too."""
+    report = _report(rtol, atol, leaves)
+    assert report.max_scaled_err == pytest.approx(want, rel=1e-12)
+    assert report.passed == (report.max_scaled_err <= rtol)
+
+
+def test_max_scaled_err_of_a_real_report_by_hand():
+    """A batch-norm network (the bias before each norm has an exactly-zero gradient),
+    judged with atol="auto": the worst scaled error recomputed from jax.grad and
+    manual_grad in numpy."""
+    params, x, y = make_problem(3, [4, 6, 6, 3], 5, "cross_entropy", jnp.float64, norm="batch")
+    cfg = jaxbp.Config("tanh", "cross_entropy", norm="batch")
+    report = jaxbp.check_parity(params, x, y, cfg, atol="auto")
+    manual = [np.asarray(g) for g in jax.tree.leaves(jaxbp.manual_grad(params, x, y, cfg))]
+    auto = [np.asarray(g) for g in jax.tree.leaves(jax.grad(jaxbp.loss_fn)(params, x, y, cfg))]
+    norm = np.sqrt(sum(np.sum(a * a) for a in auto))
+    assert report.atol == pytest.approx(report.rtol * norm, rel=1e-12)
+    want = max(np.linalg.norm(m - a) / (norm + np.linalg.norm(a)) for m, a in zip(manual, auto))
+    assert report.passed and report.max_scaled_err == pytest.approx(want, rel=1e-6, abs=1e-300)
+
+
+@pytest.mark.parametrize(
+    ("norm", "want"), [(None, 0.0), ("layer", 0.0), ("batch", "auto")], ids=str
+)
+def test_atol_none_takes_the_networks_default(norm, want):
+    """`atol=None` is "auto" exactly where a layer zeroes a gradient leaf (batch norm's
+    preceding bias), as `jaxbp check` and `jaxbp train` judge; the default stays 0."""
+    params, x, y = make_problem(2, [4, 6, 6, 3], 5, "cross_entropy", jnp.float64, norm=norm)
+    cfg = jaxbp.Config("tanh", "cross_entropy", norm=norm)
+    assert default_atol(params, cfg) == want
+    assert default_atol(params, activation="tanh", loss="cross_entropy", norm=norm) == want
+    by_default = jaxbp.check_parity(params, x, y, cfg, atol=None)
+    assert by_default == jaxbp.check_parity(params, x, y, cfg, atol=want)
+    assert (by_default.atol > 0) == (want == "auto")
+    assert jaxbp.check_parity(params, x, y, cfg).atol == 0.0

@@ -60,10 +60,9 @@ def test_a_run_killed_before_its_first_checkpoint_is_undone_by_the_next(finished
     shutil.copytree(finished, out)
     before = files(out)
     folder = runs.RunFolder.hold(out)
-    folder.start_new()
+    folder.start_new(overwrite=True)
     (out / "metrics.jsonl").write_text('{"epoch": 1}\n')  # a half-done first epoch
-    os.close(folder._lock_fd)  # the process dies: no close(), no settling
-    folder._lock_fd = None
+    kill(folder)
     assert (out / runs.PREVIOUS).is_dir() and not (out / "checkpoint.jaxbp").exists()
     runs.RunFolder.hold(out).close()
     assert files(out) == before
@@ -76,10 +75,15 @@ def test_a_resumed_run_whose_data_changed_is_refused(tmp_path, capsys):
     args = ["--data", str(data), "--target", "y", "--hidden", "2", "--batch-size", "8",
             "--quiet", "--out", str(tmp_path / "r")]  # fmt: skip
     assert run_train(capsys, *args, "--epochs", "1")[0] == 0
+    run = runs.load_run(tmp_path / "r")
+    split, _ = run.dataset()  # the data it trained on: the split of the run's rows
+    assert split.x_train.shape[0] + split.x_test.shape[0] == len(rows)
     data.write_text("a,b,y\n" + "\n".join(rows[::-1]) + "\n")  # same shape, other rows
     code, _, err = run_train(capsys, *args, "--epochs", "2", "--resume")
     assert code == 2 and "d.csv changed since the checkpoint" in err
     assert runs.load_run(tmp_path / "r").epoch == 1
+    with pytest.raises(runs.RunError, match=r"d\.csv no longer gives the split this run trained"):
+        runs.load_run(tmp_path / "r").dataset()
 
 
 def test_a_users_figure_in_the_folder_is_not_replaced_unasked(tmp_path, capsys):
@@ -161,7 +165,7 @@ def test_a_kill_at_any_step_of_a_set_aside_loses_nothing(finished, tmp_path, mom
         kill(folder)
         want = old
     else:
-        folder.start_new()
+        folder.start_new(overwrite=True)
         if moment == "restoring-half-done":  # the decision taken, one file moved back
             os.replace(out / runs.PREVIOUS, out / runs.RESTORING)
             os.replace(out / runs.RESTORING / "checkpoint.jaxbp", out / "checkpoint.jaxbp")
@@ -177,3 +181,89 @@ def test_a_kill_at_any_step_of_a_set_aside_loses_nothing(finished, tmp_path, mom
             want = {**{"metrics.jsonl": b""}, "checkpoint.jaxbp": folder.checkpoint.read_bytes()}
     runs.RunFolder.hold(out).close()
     assert files(out) == want
+
+
+def test_a_resume_with_no_epoch_left_keeps_the_summary_it_writes(finished, tmp_path, capsys):
+    """`--resume --epochs 2` of a run of 2 epochs trains nothing and writes a new summary
+    (here with another --lr): that summary stays, the old one does not come back over it."""
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    old = runs.load_run(out).summary
+    code, _, err = run_train(capsys, *XOR, "--epochs", "2", "--out", str(out), "--resume",
+                             "--diagnostics", "--lr", "0.25")  # fmt: skip
+    assert code == 0, err
+    summary = runs.load_run(out).summary
+    assert old["config"]["lr"] == 1e-3 and summary["config"]["lr"] == 0.25
+    for key in ("epochs", "train_loss", "test_loss", "test_accuracy"):  # the same 2 epochs
+        assert summary[key] == old[key]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".jaxbp.lock"]
+    assert (out / "curves.png").is_file() and (out / "diagnostics.png").is_file()
+
+
+@pytest.mark.parametrize("killed", ["replacing", "resuming"])
+def test_load_run_puts_back_what_a_killed_run_set_aside(finished, tmp_path, killed):
+    """A run killed before its next checkpoint left the old run (--overwrite) or its
+    summary and figures (--resume) set aside: `load_run` puts them back first."""
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    before = files(out)
+    folder = runs.RunFolder.hold(out)
+    if killed == "replacing":
+        folder.start_new(overwrite=True)
+    else:
+        assert folder.saved()[0] == 2
+        folder.keep_epochs(folder.history()[0], torn=False)
+    kill(folder)
+    assert (out / runs.PREVIOUS).is_dir() and not (out / "summary.json").exists()
+    run = runs.load_run(out)
+    assert run.summary is not None and run.summary["epochs"] == run.epoch == 2
+    assert files(out) == before
+
+
+def test_load_run_refuses_set_aside_files_it_cannot_put_back(finished, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    folder = runs.RunFolder.hold(out)
+    folder.keep_epochs(folder.history()[0], torn=False)
+    try:  # the run is alive: its files stay aside until it ends
+        with pytest.raises(runs.RunError, match=rf"process {os.getpid()} is writing this run"):
+            runs.load_run(out)
+    finally:
+        kill(folder)
+
+    def refuse(self, data):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(runs.Path, "write_bytes", refuse)  # a folder this process cannot write
+    with pytest.raises(runs.RunError, match=r"left files set aside in .*\.jaxbp\.previous, and "):
+        runs.load_run(out)
+    monkeypatch.undo()
+    assert runs.load_run(out).summary["epochs"] == 2
+
+
+def test_a_discard_that_cannot_be_deleted_does_not_block_the_next(finished, tmp_path, monkeypatch):
+    """A file that survives the delete of the set-aside folder (still open on NFS, say) is
+    moved out of the way: the next discard's rename does not fail on it."""
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    rmtree = shutil.rmtree
+
+    def leaves_one(path, ignore_errors=False):
+        stuck = runs.Path(path) / ".nfs0001"
+        rmtree(path, ignore_errors=ignore_errors)
+        if runs.Path(path).name == runs.DISCARD:
+            stuck.parent.mkdir()
+            stuck.write_bytes(b"still open")
+
+    monkeypatch.setattr(runs.shutil, "rmtree", leaves_one)
+    for _ in range(2):  # each replaces the run: each save discards the one before
+        folder = runs.RunFolder.hold(out)
+        try:
+            folder.start_new(overwrite=True)
+            folder.save(1, {"w": np.arange(3.0)}, {})
+        finally:
+            folder.close()
+    monkeypatch.undo()
+    assert runs.RunFolder(out).saved() == (1, {})
+    assert not (out / runs.PREVIOUS).exists() and not (out / runs.DISCARD).exists()
+    assert list(out.glob(f"{runs.DISCARD}.*/.nfs0001"))

@@ -154,3 +154,52 @@ def test_a_loop_of_ones_own_writes_a_run_that_load_run_reads_and_train_resumes(
     jaxbp.runs.write_atomic(tmp_path / "mine" / jaxbp.runs.METRICS, log)
     assert main(resume) == 0
     assert load_run(tmp_path / "mine").epoch == 3
+
+
+def test_start_new_refuses_a_folder_holding_a_run_unless_overwrite(finished, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    folder = jaxbp.runs.RunFolder.hold(out)
+    try:
+        with pytest.raises(
+            RunError, match=r"already holds a finished run of 3 epochs; start_new\(overwrite=True\)"
+        ):
+            folder.start_new()
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+        folder.start_new(overwrite=True)  # set aside until the first checkpoint
+    finally:
+        folder.close()
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # none saved: it is back
+
+
+def test_a_resume_reads_the_checkpoints_arrays_once(finished, tmp_path, monkeypatch):
+    """`--resume` learns the epoch from the meta entry (`saved`, checksum streamed) and
+    loads the arrays once (`load`); the set-asides ask the folder, not the file again."""
+    out = tmp_path / "r"
+    shutil.copytree(finished, out)
+    from jaxbp import _checkpoint
+
+    calls = {"_read": 0, "read_meta": 0}
+
+    def counted(name):
+        real = getattr(_checkpoint, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(_checkpoint, "_read", counted("_read"))
+    monkeypatch.setattr(jaxbp.runs, "read_meta", counted("read_meta"))
+    folder = jaxbp.runs.RunFolder.hold(out)
+    try:
+        epoch, _ = folder.saved()
+        history, torn = folder.history()
+        folder.keep_epochs(history[:epoch], torn)  # sets the summary and figures aside
+    finally:
+        folder.close()  # no checkpoint since: they come back
+    assert calls == {"_read": 0, "read_meta": 1}
+    assert main([*XOR, "--epochs", "4", "--out", str(out), "--resume"]) == 0
+    assert calls == {"_read": 1, "read_meta": 2} and load_run(out).epoch == 4

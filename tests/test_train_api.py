@@ -57,31 +57,6 @@ def test_sweep_of_epochs_and_evaluate_sweep(problem):
         jaxbp.evaluate_sweep(params, x, y, CFG)
 
 
-def test_injected_hyperparameters_must_be_one_scalar_per_model(problem):
-    """The docstring's recipe done wrong: rates of shape (N,) given to the optimizer itself
-    reach every model whole (and broadcast against a width-N layer)."""
-    params, x, y = problem
-    stack = jax.tree.map(lambda v: jnp.stack([v] * 3), params)
-    wrong = optax.inject_hyperparams(optax.sgd)(learning_rate=jnp.asarray([0.1, 0.2, 0.3]))
-    sweep = jaxbp.make_train_sweep(wrong, CFG, batch_size=8)
-    with pytest.raises(ValueError, match=r"'learning_rate' has shape \(3,\) per model"):
-        sweep(stack, jax.vmap(wrong.init)(stack), jax.random.split(jax.random.key(0), 3), x, y)
-    right = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-    state = jax.vmap(right.init)(stack)
-    state.hyperparams["learning_rate"] = jnp.asarray([0.1, 0.2, 0.3])
-    trained, _, _ = sweep_fn(right)(stack, state, jax.random.key(0), x, y)
-    for n, lr in enumerate([0.1, 0.2, 0.3]):  # each model its own rate (reference: optax.sgd)
-        want = sweep_fn(optax.sgd(lr))
-        p1 = jax.tree.map(lambda v: v[:1], stack)
-        ref, _, _ = want(p1, jax.vmap(optax.sgd(lr).init)(p1), jax.random.key(0), x, y)
-        for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(ref)):
-            assert rel_err(a[n], b[0]) < 1e-12
-
-
-def sweep_fn(opt):
-    return jaxbp.make_train_sweep(opt, CFG, batch_size=8, shared_order=True, donate=False)
-
-
 def test_multisteps_donation_and_line_search(problem):
     params, x, y = problem
     multi = optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2)

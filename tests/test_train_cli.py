@@ -5,17 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_train
+from conftest import metrics_without_timing, run_train, x64_off
 
 SMALL = ["--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
 
 
-def run(capsys, *args):
-    return run_train(capsys, *args)
-
-
 def test_outputs(tmp_path, capsys):
-    code, out, err = run(capsys, *SMALL, "--epochs", "3", "--out", str(tmp_path))
+    code, out, err = run_train(capsys, *SMALL, "--epochs", "3", "--out", str(tmp_path))
     assert code == 0, err
     assert "accuracy" in out and "parity passed" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == [
@@ -44,59 +40,51 @@ def test_outputs(tmp_path, capsys):
 
 
 def test_default_run_prints_progress_and_parity(tmp_path, capsys):
-    code, out, err = run(capsys, "--dataset", "moons", "--hidden", "8", "--epochs", "2")
+    code, out, err = run_train(capsys, "--dataset", "moons", "--hidden", "8", "--epochs", "2")
     assert code == 0
     assert "parity before training (manual_grad vs jax.grad on a batch): worst rel err" in out
     assert "in float64 (rtol 1e-12)" in out and "parity after training" in out
     assert "epoch 2/2" in err and "samples/s" in err
 
 
-def metrics_without_timing(path):
-    timing = {"seconds", "samples_per_s"}
-    return [
-        {k: v for k, v in json.loads(line).items() if k not in timing}
-        for line in path.read_text().splitlines()
-    ]
-
-
 def test_resume_is_bit_identical(tmp_path, capsys):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    assert run(capsys, *SMALL, "--epochs", "4", "--out", str(straight))[0] == 0
-    assert run(capsys, *SMALL, "--epochs", "2", "--out", str(split))[0] == 0
-    assert run(capsys, *SMALL, "--epochs", "4", "--out", str(split), "--resume")[0] == 0
-    assert metrics_without_timing(straight / "metrics.jsonl") == metrics_without_timing(
-        split / "metrics.jsonl"
-    )
+    assert run_train(capsys, *SMALL, "--epochs", "4", "--out", str(straight))[0] == 0
+    assert run_train(capsys, *SMALL, "--epochs", "2", "--out", str(split))[0] == 0
+    assert run_train(capsys, *SMALL, "--epochs", "4", "--out", str(split), "--resume")[0] == 0
+    assert metrics_without_timing(straight) == metrics_without_timing(split)
     assert (straight / "checkpoint.jaxbp").read_bytes() == (split / "checkpoint.jaxbp").read_bytes()
 
 
 def test_resume_refuses_damaged_or_mismatched_checkpoints(tmp_path, capsys):
-    assert run(capsys, *SMALL, "--epochs", "1", "--out", str(tmp_path))[0] == 0
+    assert run_train(capsys, *SMALL, "--epochs", "1", "--out", str(tmp_path))[0] == 0
     ckpt = tmp_path / "checkpoint.jaxbp"
     good = ckpt.read_bytes()
 
     ckpt.write_bytes(good[: len(good) // 2])
-    code, _, err = run(capsys, *SMALL, "--epochs", "2", "--out", str(tmp_path), "--resume")
+    code, _, err = run_train(capsys, *SMALL, "--epochs", "2", "--out", str(tmp_path), "--resume")
     assert code == 2 and "checksum mismatch" in err and "refusing" in err
     assert ckpt.read_bytes() == good[: len(good) // 2], "a damaged checkpoint must not be replaced"
 
     ckpt.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
-    assert "checksum mismatch" in run(capsys, *SMALL, "--out", str(tmp_path), "--resume")[2]
+    assert "checksum mismatch" in run_train(capsys, *SMALL, "--out", str(tmp_path), "--resume")[2]
     ckpt.write_bytes(b"garbage")
-    assert "not a jaxbp checkpoint" in run(capsys, *SMALL, "--out", str(tmp_path), "--resume")[2]
+    assert (
+        "not a jaxbp checkpoint" in run_train(capsys, *SMALL, "--out", str(tmp_path), "--resume")[2]
+    )
 
     ckpt.write_bytes(good)
-    code, _, err = run(capsys, *SMALL, "--hidden", "9", "--out", str(tmp_path), "--resume")
+    code, _, err = run_train(capsys, *SMALL, "--hidden", "9", "--out", str(tmp_path), "--resume")
     assert code == 2 and "settings differ" in err and "hidden" in err
-    code, _, err = run(capsys, *SMALL, "--out", str(tmp_path / "none"), "--resume")
+    code, _, err = run_train(capsys, *SMALL, "--out", str(tmp_path / "none"), "--resume")
     assert code == 2 and "no checkpoint" in err
 
 
 def test_divergence_stops_with_a_message(tmp_path, capsys):
     args = ["--dataset", "diabetes", "--hidden", "16", "--optimizer", "sgd", "--quiet"]
-    assert run(capsys, *args, "--epochs", "1", "--lr", "1e-3", "--out", str(tmp_path))[0] == 0
+    assert run_train(capsys, *args, "--epochs", "1", "--lr", "1e-3", "--out", str(tmp_path))[0] == 0
     good = (tmp_path / "checkpoint.jaxbp").read_bytes()
-    code, _, err = run(
+    code, _, err = run_train(
         capsys, *args, "--epochs", "3", "--lr", "1e30", "--out", str(tmp_path), "--resume"
     )
     assert code == 1
@@ -109,7 +97,7 @@ def test_user_csv(tmp_path, capsys):
     x = rng.normal(size=(200, 3))
     rows = "\n".join(f"{a},{b},{c},{int(a + b > 0)}" for a, b, c in x)
     (tmp_path / "d.csv").write_text("a,b,c,label\n" + rows + "\n")
-    code, out, err = run(
+    code, out, err = run_train(
         capsys, "--data", str(tmp_path / "d.csv"), "--target", "label", "--epochs", "30", "--quiet"
     )
     assert code == 0, err
@@ -143,7 +131,7 @@ BAD = [
 
 @pytest.mark.parametrize(("args", "fragment"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_input_is_one_line_and_status_2(capsys, args, fragment):
-    code, _, err = run(capsys, *args)
+    code, _, err = run_train(capsys, *args)
     assert code == 2
     assert fragment in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -151,26 +139,26 @@ def test_bad_input_is_one_line_and_status_2(capsys, args, fragment):
 
 def test_malformed_data_file(tmp_path, capsys):
     (tmp_path / "d.csv").write_text("a,y\n1,0\nzz,1\n")
-    code, _, err = run(capsys, "--data", str(tmp_path / "d.csv"), "--target", "y")
+    code, _, err = run_train(capsys, "--data", str(tmp_path / "d.csv"), "--target", "y")
     assert code == 2 and "line 3, column 'a': 'zz' is not a number" in err
 
 
 def test_diagnostics_logged_and_plotted(tmp_path, capsys):
     args = ["--dataset", "xor", "--hidden", "8,8", "--activation", "sigmoid", "--epochs", "2"]
-    code, _, err = run(capsys, *args, "--diagnostics", "--out", str(tmp_path))
+    code, _, err = run_train(capsys, *args, "--diagnostics", "--out", str(tmp_path))
     assert code == 0
     assert err.count("||delta_l||") == 2 and "saturated" in err
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(lines[-1]["delta_norm"]) == 3 and len(lines[-1]["saturated"]) == 2
     assert all(v > 0 for v in lines[-1]["grad_W_norm"])
     assert (tmp_path / "diagnostics.png").read_bytes().startswith(b"\x89PNG")
-    code, _, err = run(capsys, *args, "--diagnostics", "--grad", "autodiff")
+    code, _, err = run_train(capsys, *args, "--diagnostics", "--grad", "autodiff")
     assert code == 2 and "use --grad manual" in err
 
 
 def test_devices(capsys):
-    assert run(capsys, *SMALL, "--epochs", "1", "--devices", "1")[0] == 0
-    code, _, err = run(capsys, *SMALL, "--devices", "4")
+    assert run_train(capsys, *SMALL, "--epochs", "1", "--devices", "1")[0] == 0
+    code, _, err = run_train(capsys, *SMALL, "--devices", "4")
     assert code == 2 and "only 1 cpu device(s) available" in err
     assert "XLA_FLAGS=--xla_force_host_platform_device_count=4" in err
 
@@ -180,19 +168,15 @@ def test_well_trained_run_passes_parity_and_a_wrong_gradient_still_fails(capsys,
     relative error (~4e-12) passes only on the scale of the whole gradient (atol = rtol
     ||g||); a wrong derivative is still caught. Run in jax's default 32-bit mode, as a
     user runs it."""
-    import jax
     import jax.numpy as jnp
 
     import jaxbp
 
-    jax.config.update("jax_enable_x64", False)
-    try:
-        code, out, err = run(capsys, "--dataset", "moons", "--epochs", "300", "--quiet")
+    with x64_off():
+        code, out, err = run_train(capsys, "--dataset", "moons", "--epochs", "300", "--quiet")
         assert code == 0, err
         assert out.splitlines()[-1].endswith("parity passed")
         bad = jaxbp.Activation("tanh", jnp.tanh, lambda z, a: 1 - 0.9 * a * a)  # wrong
         monkeypatch.setitem(jaxbp.ACTIVATIONS, "tanh", bad)
-        code, out, _ = run(capsys, *SMALL, "--epochs", "1")
+        code, out, _ = run_train(capsys, *SMALL, "--epochs", "1")
         assert code == 1 and out.splitlines()[-1].endswith("parity FAILED")
-    finally:
-        jax.config.update("jax_enable_x64", True)

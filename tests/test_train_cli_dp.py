@@ -7,16 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_train
+from conftest import metrics_without_timing, run_train
 from jaxbp.app.job import default_delta
 
 XOR = ["--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]
 N_TRAIN = 800  # xor: 1000 samples, 20% held out
 DP = ["--dp-clip", "1", "--dp-noise", "1.1"]
-
-
-def run(capsys, *args):
-    return run_train(capsys, *args)
 
 
 def rows(out):
@@ -50,7 +46,7 @@ def test_default_delta_is_the_largest_power_of_ten_below_one_over_n():
 
 
 def test_dp_run_writes_epsilon_delta_sampling_and_clipped_fraction(tmp_path, capsys):
-    code, out, err = run(
+    code, out, err = run_train(
         capsys, *XOR, *DP, "--norm", "layer", "--epochs", "3", "--out", str(tmp_path)
     )
     assert code == 0, err
@@ -74,7 +70,7 @@ def test_clipped_fraction_is_all_or_nothing_at_extreme_clips(tmp_path, capsys):
     for clip, want in (("1e-6", 1.0), ("1e6", 0.0)):
         out = tmp_path / clip
         args = [*XOR, "--dp-clip", clip, "--dp-noise", "1", "--epochs", "1", "--out", str(out)]
-        assert run(capsys, *args)[0] == 0
+        assert run_train(capsys, *args)[0] == 0
         assert json.loads((out / "summary.json").read_text())["dp"]["clipped_fraction"] == want
 
 
@@ -83,8 +79,11 @@ def test_without_clipping_or_noise_dp_sgd_is_plain_sgd(tmp_path, capsys):
     mean gradient, so the run must follow the plain run epoch by epoch (same batches)."""
     plain, dp = tmp_path / "plain", tmp_path / "dp"
     args = [*XOR, "--optimizer", "sgd", "--lr", "0.1", "--epochs", "3"]
-    assert run(capsys, *args, "--out", str(plain))[0] == 0
-    assert run(capsys, *args, "--dp-clip", "1e6", "--dp-noise", "1e-30", "--out", str(dp))[0] == 0
+    assert run_train(capsys, *args, "--out", str(plain))[0] == 0
+    assert (
+        run_train(capsys, *args, "--dp-clip", "1e6", "--dp-noise", "1e-30", "--out", str(dp))[0]
+        == 0
+    )
     for a, b in zip(rows(plain), rows(dp), strict=True):
         for key in ("train_loss", "test_loss", "train_accuracy"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
@@ -93,23 +92,25 @@ def test_without_clipping_or_noise_dp_sgd_is_plain_sgd(tmp_path, capsys):
 def test_dp_resume_is_bit_identical_and_keeps_the_noise(tmp_path, capsys):
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert (
-        run(capsys, *XOR, *DP, "--dropout", "0.1", "--epochs", "3", "--out", str(straight))[0] == 0
+        run_train(capsys, *XOR, *DP, "--dropout", "0.1", "--epochs", "3", "--out", str(straight))[0]
+        == 0
     )
-    assert run(capsys, *XOR, *DP, "--dropout", "0.1", "--epochs", "1", "--out", str(split))[0] == 0
-    code, _, err = run(
+    assert (
+        run_train(capsys, *XOR, *DP, "--dropout", "0.1", "--epochs", "1", "--out", str(split))[0]
+        == 0
+    )
+    code, _, err = run_train(
         capsys, *XOR, *DP, "--dropout", "0.1", "--epochs", "3", "--out", str(split), "--resume"
     )
     assert code == 0, err
-    timing = {"seconds", "samples_per_s"}
-    strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
-    assert strip(rows(straight)) == strip(rows(split))
+    assert metrics_without_timing(straight) == metrics_without_timing(split)
     assert (straight / "checkpoint.jaxbp").read_bytes() == (split / "checkpoint.jaxbp").read_bytes()
     assert json.loads((split / "summary.json").read_text())["dp"]["steps"] == 3 * 16
     changed = [*XOR, "--dp-clip", "1", "--dp-noise", "2", "--epochs", "4", "--out", str(split)]
-    code, _, err = run(capsys, *changed, "--resume")
+    code, _, err = run_train(capsys, *changed, "--resume")
     assert code == 2 and "dp_noise: 1.1 in the checkpoint, 2.0 now" in err
     # delta only says where epsilon is read off: it may change on resume
-    code, _, err = run(
+    code, _, err = run_train(
         capsys,
         *XOR,
         *DP,
@@ -148,7 +149,7 @@ BAD = [
 
 @pytest.mark.parametrize(("args", "fragment"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_dp_flags_are_one_line_and_status_2(tmp_path, capsys, args, fragment):
-    code, out, err = run(capsys, *XOR, *args, "--out", str(tmp_path / "r"))
+    code, out, err = run_train(capsys, *XOR, *args, "--out", str(tmp_path / "r"))
     assert code == 2 and fragment in err and out == "", err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "r" / "checkpoint.jaxbp").exists()
@@ -165,7 +166,7 @@ def test_missing_accountant_is_refused_before_training(tmp_path, capsys, monkeyp
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_dp_accounting)
-    code, _, err = run(capsys, *XOR, *DP, "--out", str(tmp_path))
+    code, _, err = run_train(capsys, *XOR, *DP, "--out", str(tmp_path))
     assert code == 2 and "pip install 'jaxbp[privacy]'" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "checkpoint.jaxbp").exists()

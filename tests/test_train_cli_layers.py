@@ -9,25 +9,12 @@ import numpy as np
 import pytest
 
 import jaxbp
-from conftest import run_train
+from conftest import archive, metrics_without_timing, run_train, sealed
 from jaxbp._checkpoint import read_arrays, save_checkpoint
 from jaxbp.app.cli import main
-from test_checkpoint import archive, sealed
 
 XOR = ["--dataset", "xor", "--hidden", "8,8", "--batch-size", "50", "--quiet"]
 REMEDIES = ["--norm", "batch", "--dropout", "0.2"]
-
-
-def run(capsys, *args):
-    return run_train(capsys, *args)
-
-
-def without_timing(path):
-    timing = {"seconds", "samples_per_s"}
-    return [
-        {k: v for k, v in json.loads(line).items() if k not in timing}
-        for line in path.read_text().splitlines()
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +26,22 @@ def batchnorm_run(tmp_path_factory):
 
 def test_resume_is_bit_identical_with_batch_norm_and_dropout(batchnorm_run, tmp_path, capsys):
     split = tmp_path / "split"
-    assert run(capsys, *XOR, *REMEDIES, "--epochs", "2", "--out", str(split))[0] == 0
-    code, _, err = run(capsys, *XOR, *REMEDIES, "--epochs", "4", "--out", str(split), "--resume")
+    assert run_train(capsys, *XOR, *REMEDIES, "--epochs", "2", "--out", str(split))[0] == 0
+    code, _, err = run_train(
+        capsys, *XOR, *REMEDIES, "--epochs", "4", "--out", str(split), "--resume"
+    )
     assert code == 0, err
-    straight = without_timing(batchnorm_run / "metrics.jsonl")
-    assert straight == without_timing(split / "metrics.jsonl") and len(straight) == 4
+    straight = metrics_without_timing(batchnorm_run)
+    assert straight == metrics_without_timing(split) and len(straight) == 4
     meta_a, arrays_a = read_arrays(batchnorm_run / "checkpoint.jaxbp")
     meta_b, arrays_b = read_arrays(split / "checkpoint.jaxbp")
     assert meta_a == meta_b and len(arrays_a) == len(arrays_b)
-    for a, b in zip(arrays_a, arrays_b):
+    for a, b in zip(arrays_a, arrays_b, strict=True):
         np.testing.assert_array_equal(a, b)
     # Dropout draws new masks every epoch: the same run without it trains differently.
     plain = tmp_path / "plain"
-    assert run(capsys, *XOR, "--norm", "batch", "--epochs", "4", "--out", str(plain))[0] == 0
-    assert without_timing(plain / "metrics.jsonl") != straight
+    assert run_train(capsys, *XOR, "--norm", "batch", "--epochs", "4", "--out", str(plain))[0] == 0
+    assert metrics_without_timing(plain) != straight
 
 
 def test_summary_and_checkpoint_record_norm_and_dropout(batchnorm_run):
@@ -71,7 +60,7 @@ def numpy_eval(params, stats, x, y, eps=1e-5):
     running averages, gain and bias, tanh; a sigmoid unit under binary cross-entropy."""
     p = [{k: np.asarray(v, np.float64) for k, v in layer.items()} for layer in params]
     a = np.asarray(x, np.float64)
-    for dense, norm, st in zip(p[0:-1:2], p[1:-1:2], stats):
+    for dense, norm, st in zip(p[0:-1:2], p[1:-1:2], stats, strict=True):
         z = a @ dense["W"] + dense["b"]
         z = (z - np.asarray(st["mean"])) / np.sqrt(np.asarray(st["var"]) + eps)
         a = np.tanh(norm["gain"] * z + norm["bias"])
@@ -108,14 +97,22 @@ def test_load_run_keeps_the_running_averages_without_the_optimizer(batchnorm_run
     save_checkpoint(out / "checkpoint.jaxbp", list(arrays), meta)
     loaded, full = jaxbp.load_run(out), jaxbp.load_run(batchnorm_run)
     assert loaded.opt_state is None
+    # one {"mean", "var"} per batch norm, as the full run's TrainState holds them
+    assert [sorted(s) for s in loaded.stats] == [["mean", "var"]] * 2
+    assert jax.tree.structure(loaded.stats) == jax.tree.structure(full.stats)
+    assert jax.tree.structure(loaded.params) == jax.tree.structure(full.params)
     for a, b in zip(
-        jax.tree.leaves((loaded.params, loaded.stats)), jax.tree.leaves((full.params, full.stats))
+        jax.tree.leaves((loaded.params, loaded.stats)),
+        jax.tree.leaves((full.params, full.stats)),
+        strict=True,
     ):
         np.testing.assert_array_equal(a, b)
 
 
 def test_layer_norm_run_loads_and_scores(tmp_path, capsys):
-    code, out, err = run(capsys, *XOR, "--norm", "layer", "--epochs", "2", "--out", str(tmp_path))
+    code, out, err = run_train(
+        capsys, *XOR, "--norm", "layer", "--epochs", "2", "--out", str(tmp_path)
+    )
     assert code == 0 and out.splitlines()[-1].endswith("parity passed"), err
     run_ = jaxbp.load_run(tmp_path)
     assert run_.stats is None and run_.network.norm == "layer"
@@ -127,11 +124,11 @@ def test_layer_norm_run_loads_and_scores(tmp_path, capsys):
 
 def test_resume_with_other_norm_or_dropout_is_refused(tmp_path, capsys):
     args = [*XOR, "--norm", "layer", "--dropout", "0.1", "--out", str(tmp_path)]
-    assert run(capsys, *args, "--epochs", "1")[0] == 0
+    assert run_train(capsys, *args, "--epochs", "1")[0] == 0
     good = (tmp_path / "checkpoint.jaxbp").read_bytes()
     for flag, value, name in (("--norm", "batch", "norm"), ("--dropout", "0.3", "dropout")):
         changed = [*args, flag, value, "--epochs", "2", "--resume"]
-        code, _, err = run(capsys, *changed)
+        code, _, err = run_train(capsys, *changed)
         assert code == 2 and "settings differ" in err and f"{name}:" in err, err
         assert len(err.strip().splitlines()) == 1
     assert (tmp_path / "checkpoint.jaxbp").read_bytes() == good
@@ -140,14 +137,14 @@ def test_resume_with_other_norm_or_dropout_is_refused(tmp_path, capsys):
 def test_a_checkpoint_from_before_these_settings_resumes(tmp_path, capsys):
     """Checkpoints written before --norm and --dropout existed lack them: they were runs
     without either, and resume as such."""
-    assert run(capsys, *XOR, "--epochs", "1", "--out", str(tmp_path))[0] == 0
+    assert run_train(capsys, *XOR, "--epochs", "1", "--out", str(tmp_path))[0] == 0
     path = tmp_path / "checkpoint.jaxbp"
     meta, arrays = read_arrays(path)
     for name in ("norm", "dropout", "dp_clip", "dp_noise", "dp_delta", "data_sha256"):
         del meta["config"][name]
     path.write_bytes(sealed(archive(arrays, meta)))  # that version's layout: no key paths
-    assert run(capsys, *XOR, "--epochs", "2", "--out", str(tmp_path), "--resume")[0] == 0
-    code, _, err = run(
+    assert run_train(capsys, *XOR, "--epochs", "2", "--out", str(tmp_path), "--resume")[0] == 0
+    code, _, err = run_train(
         capsys, *XOR, "--dropout", "0.1", "--epochs", "3", "--out", str(tmp_path), "--resume"
     )
     assert code == 2 and "dropout: 0.0 in the checkpoint, 0.1 now" in err
@@ -167,6 +164,6 @@ BAD = [
 
 @pytest.mark.parametrize(("args", "fragment"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_norm_or_dropout_is_one_line_and_status_2(capsys, args, fragment):
-    code, out, err = run(capsys, *XOR, *args)
+    code, out, err = run_train(capsys, *XOR, *args)
     assert code == 2 and fragment in err and out == ""
     assert len(err.strip().splitlines()) == 1

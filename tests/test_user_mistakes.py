@@ -13,7 +13,7 @@ import pytest
 from sklearn.metrics import r2_score
 
 import jaxbp
-from conftest import make_problem
+from conftest import make_problem, rel_err
 
 KW = dict(activation="tanh", loss="cross_entropy")
 KEY = jax.random.key(0)
@@ -27,30 +27,77 @@ def problem():
 # -- training: sweeps, keys, epochs ---------------------------------------------------
 
 
-def test_a_sweep_refuses_an_optimizer_closing_over_per_model_rates():
-    """`optax.sgd(rates)` would broadcast the rates against every parameter (silently,
-    when the widths equal N); the fix, inject_hyperparams, trains each model at its rate."""
-    params, x, y = make_problem(0, [4, 4, 4], 16, "cross_entropy")
+RATES = jnp.array([0.0, 0.1, 0.2, 0.3])
+CLOSED_OVER = r"closes over an array of shape \(4,\).*inject"
+PER_MODEL_RATES = [  # the recipe done wrong: N = 4 rates given to the optimizer itself
+    ("sgd", lambda: optax.sgd(RATES), CLOSED_OVER),
+    ("sgd-momentum", lambda: optax.sgd(RATES, momentum=0.9), CLOSED_OVER),
+    ("adam", lambda: optax.adam(RATES), CLOSED_OVER),
+    (
+        "injected-whole",
+        lambda: optax.inject_hyperparams(optax.sgd)(learning_rate=RATES),
+        r"'learning_rate' has shape \(4,\) per model",
+    ),
+]
+WIDTHS = {"widths-equal-N": [4, 4, 4], "widths-differ": [5, 3, 2]}
+
+
+@pytest.mark.parametrize("sizes", list(WIDTHS.values()), ids=list(WIDTHS))
+@pytest.mark.parametrize(
+    ("make", "match"), [c[1:] for c in PER_MODEL_RATES], ids=[c[0] for c in PER_MODEL_RATES]
+)
+def test_a_sweep_refuses_per_model_rates_given_to_the_optimizer(sizes, make, match):
+    """N rates in the optimizer reach every model whole: broadcast silently against a
+    width-N layer, or failing in JAX's own words against another; refused by name either
+    way, whatever the widths."""
+    params, x, y = make_problem(0, sizes, 16, "cross_entropy")
     stack = jax.tree.map(lambda v: jnp.stack([v] * 4), params)
-    rates = jnp.array([0.0, 0.1, 0.2, 0.3])
-    bad = optax.sgd(rates)
-    sweep = jaxbp.make_train_sweep(bad, batch_size=8, shared_order=True, donate=False, **KW)
-    with pytest.raises(ValueError, match=r"closes over an array of shape \(4,\).*inject"):
-        sweep(stack, jax.vmap(bad.init)(stack), KEY, x, y)
+    bad = make()
+    for shared_order, keys in ((True, KEY), (False, jax.random.split(KEY, 4))):
+        sweep = jaxbp.make_train_sweep(
+            bad, batch_size=8, shared_order=shared_order, donate=False, **KW
+        )
+        with pytest.raises(ValueError, match=match):
+            sweep(stack, jax.vmap(bad.init)(stack), keys, x, y)
+
+
+@pytest.mark.parametrize("sizes", list(WIDTHS.values()), ids=list(WIDTHS))
+def test_injected_per_model_rates_train_each_model_at_its_rate(sizes):
+    """The docstring's recipe: inject_hyperparams with a scalar, one rate per model set in
+    the vmapped state. Each model equals its own run, done two independent ways: an epoch
+    without vmap (make_train_epoch) and a sweep of that model alone at optax.sgd(rate)."""
+    params, x, y = make_problem(0, sizes, 16, "cross_entropy")
+    stack = jax.tree.map(lambda v: jnp.stack([v] * 4), params)
     good = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
     state = jax.vmap(good.init)(stack)
-    state.hyperparams["learning_rate"] = rates
+    state.hyperparams["learning_rate"] = RATES
     sweep = jaxbp.make_train_sweep(good, batch_size=8, shared_order=True, donate=False, **KW)
     trained, _, _ = sweep(stack, state, KEY, x, y)
     jax.tree.map(lambda t, p: np.testing.assert_array_equal(t[0], p[0]), trained, stack)
-    for i in (1, 3):  # each model as a single run at its own rate
-        one = jaxbp.make_train_epoch(optax.sgd(float(rates[i])), batch_size=8, donate=False, **KW)
-        alone, _, _ = one(params, optax.sgd(0.0).init(params), KEY, x, y)
-        jax.tree.map(
-            lambda t, a, i=i: np.testing.assert_allclose(t[i], a, rtol=1e-5, atol=1e-7),
-            trained,
-            alone,
-        )
+    for i in (1, 2, 3):
+        sgd = optax.sgd(float(RATES[i]))
+        epoch = jaxbp.make_train_epoch(sgd, batch_size=8, donate=False, **KW)
+        alone, _, _ = epoch(params, sgd.init(params), KEY, x, y)
+        one = jax.tree.map(lambda v: v[:1], stack)
+        solo = jaxbp.make_train_sweep(sgd, batch_size=8, shared_order=True, donate=False, **KW)
+        swept, _, _ = solo(one, jax.vmap(sgd.init)(one), KEY, x, y)
+        for t, a, b in zip(
+            jax.tree.leaves(trained), jax.tree.leaves(alone), jax.tree.leaves(swept)
+        ):
+            np.testing.assert_allclose(t[i], a, rtol=1e-5, atol=1e-7)
+            assert rel_err(t[i], b[0]) < 1e-12
+
+
+@pytest.mark.parametrize("shared_order", [True, False], ids=["shared-order", "own-order"])
+def test_a_sweep_without_keys_is_refused_by_name(shared_order):
+    params, x, y = make_problem(0, [4, 5, 3], 16, "cross_entropy")
+    stack = jax.tree.map(lambda v: jnp.stack([v] * 2), params)
+    opt = optax.sgd(0.1)
+    sweep = jaxbp.make_train_sweep(opt, batch_size=8, shared_order=shared_order, **KW)
+    example = "jax.random.key(0)" if shared_order else "jax.random.split(jax.random.key(0), 2)"
+    with pytest.raises(TypeError) as err:
+        sweep(stack, jax.vmap(opt.init)(stack), None, x, y)
+    assert str(err.value) == f"keys must be a jax.random key such as {example}; got NoneType None."
 
 
 def test_a_sweep_refuses_an_unstacked_optimizer_state():
@@ -65,7 +112,7 @@ def test_a_sweep_refuses_an_unstacked_optimizer_state():
 BAD_KEYS = [
     ("int", 0, TypeError, "must be a jax.random key such as jax.random.key(0); got "),
     ("float-array", np.zeros(2, np.float32), TypeError, "got an array of dtype float32 and shape"),
-    ("three-uint32", jnp.zeros(3, jnp.uint32), ValueError, "got uint32 data of shape (3,)"),
+    ("three-uint32", jnp.zeros(3, jnp.uint32), ValueError, "got key of shape (3,) (raw uint32"),
     ("split", jax.random.split(KEY, 3), ValueError, "must be a single key"),
 ]
 KEY_USERS = {
@@ -103,10 +150,11 @@ def test_a_key_that_is_no_key_is_refused_by_name(problem, user, key, exc, fragme
     [
         (8, 32, ValueError, "batch_size=32 is more than the 8 samples"),
         (8, 0, ValueError, "batch_size must be an integer >= 1; got 0"),
-        (8.0, 4, ValueError, "n must be the number of samples, an integer >= 1; got 8.0"),
-        (0, 4, ValueError, "n must be the number of samples"),
+        (8.0, 4, TypeError, "n must be an integer >= 1 (the number of samples); got float 8.0"),
+        (0, 4, ValueError, "n must be an integer >= 1 (the number of samples); got 0"),
+        (8, 4.0, TypeError, "batch_size must be an integer >= 1; got float 4.0. Pass int(4.0)."),
     ],
-    ids=["batch-past-n", "batch-zero", "float-n", "no-samples"],
+    ids=["batch-past-n", "batch-zero", "float-n", "no-samples", "float-batch-size"],
 )
 def test_epoch_batches_refuses_what_cannot_be_cut(n, batch_size, exc, fragment):
     with pytest.raises(exc) as err:
@@ -133,6 +181,114 @@ def test_an_opt_state_of_none_says_what_to_pass(problem):
     step = jaxbp.make_train_step(optax.sgd(0.1), **KW)
     with pytest.raises(ValueError, match=r"it is NoneType.*optimizer\.init\(params\)"):
         step(params, None, x, y)
+
+
+A_FLOAT_COUNT = [  # the same mistake, a float where a count goes: a TypeError everywhere
+    (
+        "random_problem-batch",
+        "batch",
+        lambda: jaxbp.random_problem(0, [3, 2], 2.0, "mse", "float64"),
+    ),
+    ("parity_grid-batch", "batch", lambda: jaxbp.parity_grid(batch=2.0)),
+    ("epoch-batch_size", "batch_size", lambda: jaxbp.make_train_epoch(SGD, batch_size=2.0, **KW)),
+    ("sweep-batch_size", "batch_size", lambda: jaxbp.make_train_sweep(SGD, batch_size=2.0, **KW)),
+    ("epoch_batches", "batch_size", lambda: jaxbp.epoch_batches(KEY, 8, 2.0)),
+    ("epochs", "epochs", lambda: jaxbp.make_train_epoch(SGD, batch_size=2, epochs=2.0, **KW)),
+    ("init_layers-n_in", "n_in", lambda: jaxbp.init_layers(KEY, [jaxbp.Dense(3)], 2.0)),
+]
+SGD = optax.sgd(0.1)
+
+
+@pytest.mark.parametrize(
+    ("name", "call"), [c[1:] for c in A_FLOAT_COUNT], ids=[c[0] for c in A_FLOAT_COUNT]
+)
+def test_a_float_count_is_the_same_type_error_everywhere(name, call):
+    with pytest.raises(TypeError) as err:
+        call()
+    message = str(err.value)
+    assert message.startswith(f"{name} must be an integer >= 1")
+    assert "got float 2.0. Pass int(2.0)." in message
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda dtype: jaxbp.init_mlp(KEY, [3, 4, 2], dtype=dtype, norm="layer"),
+        lambda dtype: jaxbp.init_layers(KEY, [jaxbp.Dense(4), jaxbp.Dense(2)], 3, dtype=dtype),
+    ],
+    ids=["init_mlp", "init_layers"],
+)
+def test_float64_parameters_without_x64_are_refused_not_made_float32(make):
+    """Without x64 JAX makes float32 arrays whatever dtype is asked for: refused by name,
+    as random_problem refuses it; with x64 (global or scoped) they are float64."""
+    dtypes = lambda params: {leaf.dtype for leaf in jax.tree.leaves(params)}  # noqa: E731
+    jax.config.update("jax_enable_x64", False)
+    try:
+        with pytest.raises(
+            ValueError, match=r"^dtype is float64, but jax_enable_x64 is off"
+        ) as err:
+            make(jnp.float64)
+        assert 'jax.config.update("jax_enable_x64", True)' in str(err.value)
+        assert dtypes(make(jnp.float32)) == {np.dtype(np.float32)}
+        with jax.enable_x64(True):
+            assert dtypes(make(jnp.float64)) == {np.dtype(np.float64)}
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    assert dtypes(make("float64")) == {np.dtype(np.float64)}
+    with pytest.raises(TypeError, match=r"dtype must be a floating dtype .*; got None\."):
+        make(None)
+
+
+EPOCH_RUNNERS = {
+    "epoch": lambda p, x, y: jaxbp.make_train_epoch(SGD, batch_size=4, donate=False, **KW)(
+        p, SGD.init(p), KEY, x, y
+    ),
+    "epochs": lambda p, x, y: jaxbp.make_train_epoch(
+        SGD, batch_size=4, epochs=2, donate=False, **KW
+    )(p, SGD.init(p), KEY, x, y),
+    "dp-epoch": lambda p, x, y: jaxbp.make_dp_train_epoch(
+        SGD, batch_size=4, l2_clip=1.0, noise_multiplier=1.0, donate=False, **KW
+    )(p, SGD.init(p), KEY, x, y),
+}
+BAD_EPOCH_DATA = [
+    (
+        "x-none",
+        lambda x, y: (None, y),
+        TypeError,
+        "x must be an array (batch, n_0) of real numbers; got NoneType None.",
+    ),
+    (
+        "x-1d",
+        lambda x, y: (x[:, 0], y),
+        ValueError,
+        "x must be 2-d, (batch, n_0) with one sample a row; got shape (8,).",
+    ),
+    (
+        "y-none",
+        lambda x, y: (x, None),
+        TypeError,
+        "y must be an array of targets, one row per sample; got NoneType None.",
+    ),
+    (
+        "y-short",
+        lambda x, y: (x, y[:5]),
+        ValueError,
+        "x and y must hold the same number of samples; x has 8, y has shape (5,).",
+    ),
+]
+
+
+@pytest.mark.parametrize("runner", list(EPOCH_RUNNERS))
+@pytest.mark.parametrize(
+    ("cut", "exc", "message"), [c[1:] for c in BAD_EPOCH_DATA], ids=[c[0] for c in BAD_EPOCH_DATA]
+)
+def test_an_epoch_checks_the_whole_dataset_as_passed(problem, runner, cut, exc, message):
+    """Before any minibatch is cut: the error names the data the user passed (8 samples),
+    never a minibatch of 4, and never JAX's unnamed conversion error."""
+    params, x, y = problem
+    with pytest.raises(exc) as err:
+        EPOCH_RUNNERS[runner](params, *cut(x, y))
+    assert message in str(err.value)
 
 
 # -- numbers from numpy are numbers ----------------------------------------------------
@@ -272,19 +428,28 @@ BAD_STATS = [
 @pytest.mark.parametrize(
     ("make", "fragment"), [c[1:] for c in BAD_STATS], ids=[c[0] for c in BAD_STATS]
 )
-def test_evaluate_refuses_stats_of_another_shape(make, fragment):
+def test_evaluation_and_training_refuse_stats_of_another_shape(make, fragment):
+    """One check for both: evaluation's `stats=` and the running averages a TrainState
+    carries into a training step or epoch (not JAX's shape error or a KeyError)."""
     cfg = jaxbp.Config(norm="batch", **KW)
     params = jaxbp.init_mlp(KEY, [4, 5, 3], norm="batch")
     x, y = jnp.ones((6, 4)), jnp.array([0, 1, 2, 0, 1, 2])
     good = jaxbp.init_stats(params, cfg)
-    bad = make(jaxbp.init_train_state(optax.sgd(0.1), params, cfg), good)
+    state = jaxbp.init_train_state(SGD, params, cfg)
+    bad = make(state, good)
+    step = jaxbp.make_train_step(SGD, cfg, donate=False)
+    epoch = jaxbp.make_train_epoch(SGD, cfg, batch_size=3, donate=False)
     for fn in (
         lambda s: jaxbp.evaluate(params, x, y, cfg, stats=s),
         lambda s: jaxbp.forward(params, x, cfg, stats=s),
+        lambda s: step(params, jaxbp.TrainState(state.opt_state, s), x, y),
+        lambda s: epoch(params, jaxbp.TrainState(state.opt_state, s), KEY, x, y),
     ):
         with pytest.raises(ValueError, match="stats must be this network") as err:
             fn(bad)
         assert fragment in str(err.value) and "'mean': (5,)" in str(err.value)
+    _, new, _ = step(params, state, x, y)  # the right stats train (values: test_norm_dropout)
+    assert jax.tree.map(jnp.shape, new.stats) == jax.tree.map(jnp.shape, good)
 
 
 # -- layers ----------------------------------------------------------------------------

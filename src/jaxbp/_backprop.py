@@ -14,6 +14,7 @@ backward flow is those records chained in reverse.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -70,9 +71,15 @@ def backward_flow(flow: Flow, delta_L: Array) -> Backward:
     return Backward(grads, tuple(at), g)
 
 
+def activates(layers: Sequence[Any]) -> list[int]:
+    """The positions of the hidden activation layers (`Activate`, the chapter's `phi_l`)
+    in a body of layer records."""
+    return [i for i, layer in enumerate(layers) if isinstance(layer, Activate)]
+
+
 def trace_of(flow: Flow, back: Backward) -> Trace:
     """The chapter's `(z, a, delta)`: the activations' inputs and outputs, the logits."""
-    acts = [i for i, layer in enumerate(flow.layers) if isinstance(layer, Activate)]
+    acts = activates(flow.layers)
     z = [flow.caches[i][0] for i in acts] + [flow.z]
     a = [flow.x] + [flow.caches[i][1] for i in acts] + [flow.a]
     # delta_l = dL/dz_l: the cotangent leaving activation l's backward, i.e. arriving at

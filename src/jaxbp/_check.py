@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -15,9 +14,9 @@ import numpy as np
 from jaxbp._activations import ACTIVATIONS, Activation, get_activation
 from jaxbp._config import Config, check_dropout, check_norm
 from jaxbp._losses import LOSSES, Loss, get_loss, get_output_activation
-from jaxbp._parity import DEFAULT_RTOL, check_parity
+from jaxbp._parity import DEFAULT_RTOL, check_parity, default_atol
 from jaxbp._tasks import CLASSIFICATION
-from jaxbp._validate import is_int, is_real
+from jaxbp._validate import check_float_dtype, check_int, check_real
 
 LOSS_OUTPUTS = (
     ("mse", "identity"),
@@ -58,21 +57,22 @@ def random_problem(
     numpy rather than `jax.random`: the latter compiles its samplers once per new shape,
     which would dominate a grid of small problems.
     """
-    seed = _integer("seed", seed, 0, "numpy's generator seed")
-    sizes = _items("sizes", sizes, "layer widths [n_0, ..., n_L], e.g. [6, 9, 4]")
+    seed = check_int("seed", seed, 0, "numpy's generator seed")
+    sizes = _items(
+        "sizes",
+        sizes,
+        "layer widths [n_0, ..., n_L], e.g. [6, 9, 4]",
+        "a list of ints, e.g. [6, 9, 4]",
+    )
     if len(sizes) < 2:
         raise ValueError(
             f"sizes must hold at least two layer widths (inputs and outputs); got {sizes!r}. "
             "Pass e.g. sizes=[6, 4] for one layer."
         )
-    sizes = [_integer(f"sizes[{i}]", n, 1, "a layer width") for i, n in enumerate(sizes)]
-    batch = _integer("batch", batch, 1, "samples per problem")
-    dtype = _float_dtype("dtype", dtype)
-    if not is_real(x_scale) or not math.isfinite(x_scale):
-        raise (ValueError if is_real(x_scale) else TypeError)(
-            f"x_scale must be a finite real number (the inputs' std); got {x_scale!r}. "
-            "Pass e.g. x_scale=1.0."
-        )
+    sizes = [check_int(f"sizes[{i}]", n, 1, "a layer width") for i, n in enumerate(sizes)]
+    batch = check_int("batch", batch, 1, "samples per problem")
+    dtype = check_float_dtype("dtype", dtype)
+    x_scale = check_real("x_scale", x_scale, "the inputs' std", "Pass e.g. x_scale=1.0.")
     loss = get_loss(loss)
     norm = check_norm(norm)
     rng = np.random.default_rng(seed)
@@ -149,11 +149,11 @@ def parity_grid(
     if dtypes is None:
         dtypes = ("float32", "float64") if jax.config.jax_enable_x64 else ("float32",)
     dtype_names = [
-        _float_dtype(f"dtypes[{i}]", d, known=True).name
+        _known_dtype(f"dtypes[{i}]", d).name
         for i, d in enumerate(_items("dtypes", dtypes, "dtype names, e.g. ('float32', 'float64')"))
     ]
     depths = [
-        _integer(f"depths[{i}]", d, 1, "the number of dense layers; 1: no hidden layer")
+        check_int(f"depths[{i}]", d, 1, "the number of dense layers; 1: no hidden layer")
         for i, d in enumerate(_items("depths", depths, "integers >= 1, e.g. (1, 2, 3)"))
     ]
     norms = [
@@ -164,8 +164,8 @@ def parity_grid(
         _prefixed(f"dropouts[{i}]", check_dropout, r)
         for i, r in enumerate(_items("dropouts", dropouts, "rates in [0, 1), e.g. (0.0, 0.2)"))
     ]
-    batch = _integer("batch", batch, 1, "samples per problem")
-    seed = _integer("seed", seed, 0, "the grid's first problem")
+    batch = check_int("batch", batch, 1, "samples per problem")
+    seed = check_int("seed", seed, 0, "the grid's first problem")
     cases = [
         case
         for case in itertools.product(dtype_names, acts, pairs, norms, dropouts, depths)
@@ -189,9 +189,7 @@ def _run_grid(cases: list[tuple[Any, ...]], batch: int, seed: int) -> Iterator[d
         params, x, y = random_problem(
             next(problem), sizes, batch, loss, jnp.dtype(dtype), norm=norm
         )
-        body = cfg.body(len(params))
-        exact_zeros = any(getattr(layer, "zeroes_preceding_bias", False) for layer in body)
-        report = check_parity(params, x, y, cfg, atol="auto" if exact_zeros else 0.0)
+        report = check_parity(params, x, y, cfg, atol=default_atol(params, cfg))
         yield {
             "dtype": dtype,
             "activation": act.name,
@@ -207,11 +205,12 @@ def _run_grid(cases: list[tuple[Any, ...]], batch: int, seed: int) -> Iterator[d
         }
 
 
-def _items(name: str, value: Any, what: str) -> list[Any]:
+def _items(name: str, value: Any, what: str, example: str | None = None) -> list[Any]:
     """`value` as a non-empty list, refusing a bare string (iterated, it would be letters)
-    and a single record or number."""
+    and a single record or number. `example`: what to pass instead of a bare string
+    (default: that string in a list)."""
     if isinstance(value, (str, bytes)):
-        fix = f"{name}=[{value!r}]" if name != "sizes" else "a list of ints, e.g. [6, 9, 4]"
+        fix = example or f"{name}=[{value!r}]"
         raise TypeError(
             f"{name} must be a list of {what}, not a bare string ({value!r} would be read "
             f"letter by letter); got {value!r}. Pass {fix}."
@@ -272,42 +271,13 @@ def _prefixed(where: str, check: Any, *args: Any) -> Any:
         raise type(err)(f"{where}: {err}") from None
 
 
-def _integer(name: str, value: Any, low: int, meaning: str) -> int:
-    if not is_int(value):
-        raise TypeError(
-            f"{name} must be an integer >= {low} ({meaning}); got {type(value).__name__} "
-            f"{value!r}. Pass an int."
-        )
-    if value < low:
+def _known_dtype(name: str, value: Any) -> np.dtype:
+    """`value` as a floating dtype (`check_float_dtype`) among `DEFAULT_RTOL`'s."""
+    dtype = check_float_dtype(name, value)
+    if dtype.name not in DEFAULT_RTOL:
         raise ValueError(
-            f"{name} must be an integer >= {low} ({meaning}); got {value!r}. "
-            f"Pass an integer >= {low}."
-        )
-    return int(value)
-
-
-def _float_dtype(name: str, value: Any, *, known: bool = False) -> np.dtype:
-    """`value` as a floating `np.dtype` (among `DEFAULT_RTOL`'s when `known`), float64 only
-    with x64 on: without it JAX would quietly make float32 arrays instead."""
-    names = sorted(DEFAULT_RTOL)
-    try:  # None is no dtype here (numpy would read it as float64)
-        dtype = None if value is None else jnp.dtype(value)
-    except TypeError:
-        dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"{name} must be a floating dtype, one of {names}; got {value!r}. Pass e.g. 'float32'."
-        )
-    if known and dtype.name not in DEFAULT_RTOL:
-        raise ValueError(
-            f"{name} must be one of {names} (the dtypes with a default tolerance, "
-            f"DEFAULT_RTOL); got {value!r}. Pass e.g. 'float32'."
-        )
-    if dtype == np.float64 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            f"{name} is float64, but jax_enable_x64 is off: JAX would make float32 arrays, "
-            "and the case would be judged and reported as float64 without being it. Call "
-            'jax.config.update("jax_enable_x64", True) first, or use float32.'
+            f"{name} must be one of {sorted(DEFAULT_RTOL)} (the dtypes with a default "
+            f"tolerance, DEFAULT_RTOL); got {value!r}. Pass e.g. 'float32'."
         )
     return dtype
 

@@ -86,14 +86,45 @@ def _storable(dtype: np.dtype) -> bool:
         return False
 
 
+def _shown(path_text: str) -> str:
+    """A leaf's key path as messages show it: the root leaf's empty path as "(root)"."""
+    return path_text or "(root)"
+
+
 def _keystr(key_path: tuple[Any, ...]) -> str:
-    return jax.tree_util.keystr(key_path) or "(root)"
+    return _shown(jax.tree_util.keystr(key_path))
 
 
 def temporary_files(path: str | Path) -> list[Path]:
     """Temporary files that `save_checkpoint(path, ...)` leaves behind only when killed."""
     path = Path(path)
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Replace `path` by `data` whole or not at all: a temporary file in the same folder
+    (`.NAME.*.tmp`, see `temporary_files`), flushed and fsynced, renamed over `path`, and
+    the folder fsynced so that the rename itself survives a crash. A failing write raises
+    `OSError` and leaves the old file as it was (and no temporary)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a platform that cannot open folders (Windows): the rename stands
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def save_checkpoint(path: str | Path, tree: Any, meta: dict[str, Any] | None = None) -> None:
@@ -154,21 +185,7 @@ def save_checkpoint(path: str | Path, tree: Any, meta: dict[str, Any] | None = N
         **arrays,
     )
     payload = buf.getvalue()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, MAGIC + hashlib.sha256(payload).digest() + payload)
 
 
 def _refuse(path: Path, problem: str) -> CheckpointError:
@@ -254,8 +271,34 @@ def _read(path: Path) -> tuple[dict[str, Any], list[np.ndarray], list[str] | Non
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
-    """The JSON meta of an intact checkpoint (its integrity checked), without a template."""
-    return _read(Path(path))[0]
+    """The JSON meta of an intact checkpoint, without a template and without loading its
+    arrays: the checksum is checked over the file read in chunks, then only the `meta`
+    entry is read (the arrays are checked when loaded: `load_checkpoint`, `read_arrays`)."""
+    path = Path(path)
+    head = len(MAGIC) + 32
+    try:
+        with path.open("rb") as f:
+            header = f.read(head)
+            if len(header) < head or not header.startswith(MAGIC):
+                raise _refuse(path, "not a jaxbp checkpoint (bad header)")
+            digest = hashlib.sha256()
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+            if digest.digest() != header[len(MAGIC) :]:
+                raise _refuse(path, "checksum mismatch, the checkpoint is truncated or corrupted")
+            f.seek(head)
+            try:
+                with np.load(f, allow_pickle=False) as data:
+                    raw = data["meta"] if "meta" in data.files else None
+            except Exception as err:  # not an archive, a damaged member, ...
+                raise _refuse(
+                    path,
+                    "the checksum is right but the payload is unreadable "
+                    f"({type(err).__name__}: {err})",
+                ) from None
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({err.strerror}).") from None
+    return _json_entry(path, "meta", raw)
 
 
 def read_arrays(path: str | Path) -> tuple[dict[str, Any], list[np.ndarray]]:
@@ -286,8 +329,8 @@ def load_checkpoint(path: str | Path, like: Any) -> tuple[Any, dict[str, Any]]:
             (i for i, (a, b) in enumerate(zip(paths, wanted, strict=False)) if a != b),
             min(len(paths), len(wanted)),
         )
-        saved = (paths[i] or "(root)") if i < len(paths) else "no leaf"
-        there = (wanted[i] or "(root)") if i < len(wanted) else "no leaf"
+        saved = _shown(paths[i]) if i < len(paths) else "no leaf"
+        there = _shown(wanted[i]) if i < len(wanted) else "no leaf"
         raise CheckpointError(
             f"{path}: written for another structure: leaf {i} is {saved} in the file but "
             f"{there} in the template (like) ({len(paths)} leaves saved, {len(template)} in "

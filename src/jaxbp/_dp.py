@@ -30,7 +30,7 @@ import optax
 from jaxbp._backprop import cast_like
 from jaxbp._config import Config, Keywords, as_config
 from jaxbp._mlp import Params
-from jaxbp._per_example import check_per_example, flows, norms, parametric
+from jaxbp._per_example import flows, norms, parametric
 from jaxbp._train import (
     StepOptions,
     apply_optimizer,
@@ -129,11 +129,10 @@ def _dp_update(
     def update(
         params: Params, opt_state: Any, key: Array, x: Array, y: Array
     ) -> tuple[Params, Any, Metrics]:
-        check_per_example(config, params, "DP-SGD")
-        check_opt_state(optimizer, opt_state, params)
-        value, grads, norms_n = dp_value_and_grad(
+        value, grads, norms_n = dp_value_and_grad(  # refuses a layer with no per-example terms
             params, key, x, y, config, l2_clip=l2_clip, noise_multiplier=noise_multiplier
         )
+        check_opt_state(optimizer, opt_state, params)
         params, opt_state = apply_optimizer(optimizer, grads, opt_state, params)
         metrics = {
             "loss": value,

@@ -23,7 +23,9 @@ A layer record has
   for batch normalisation, where every example's output depends on the whole batch);
 - `per_example_grads(params, cache, g)` -> the gradient's terms, each leaf with a
   leading `(n,)` axis, and `per_example_sq_norms(params, cache, g) -> (n,)` their
-  squared norms; only for layers with `per_example` and parameters.
+  squared norms; only for layers with `per_example` and parameters;
+- optionally `min_batch: int`, the fewest examples a training batch may hold (batch
+  normalisation: 2); 1 when absent.
 
 A network is a sequence of layers; a parameter pytree holds one entry per layer that
 has parameters, in order (a plain MLP: `[{"W", "b"}, ...]`). Backward passes of a whole

@@ -22,7 +22,15 @@ import jax.numpy as jnp
 from jaxbp._config import NORMS, Config, Keywords, as_call, as_config, check_norm, check_params
 from jaxbp._init import check_init
 from jaxbp._layers import Context, Dense
-from jaxbp._validate import check_key, check_output_units, check_x, is_int
+from jaxbp._validate import (
+    check_float_dtype,
+    check_int,
+    check_key,
+    check_output_units,
+    check_x,
+    is_int,
+    shape_mismatch,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -100,11 +108,34 @@ def init_stats(params: Any, config: Config | None = None, **keywords: Any) -> li
     cfg = as_config(config, keywords, need_loss=False)
     body = cfg.body(len(params) if isinstance(params, (list, tuple)) else 0)
     check_params(params, body)
+    return initial_states(body, params)
+
+
+def initial_states(body: tuple[Any, ...], params: Params) -> list[Any]:
+    """One initial state per stateful layer of `body`, built from its `params` (checked)."""
     return [
         layer.init_state(p)
         for layer, p in zip(body, per_layer(body, params), strict=True)
         if has_state(layer)
     ]
+
+
+def check_stats(body: tuple[Any, ...], params: Params, stats: Any) -> None:
+    """At trace time: `stats` must be what `init_stats(params, config)` builds (the same
+    entries, keys and shapes; `params` already checked against `body`), else a
+    `ValueError` showing both."""
+    want = jax.eval_shape(lambda: initial_states(body, params))
+    got = list(stats) if isinstance(stats, (list, tuple)) else stats
+    if shape_mismatch(got, want) is not None:
+        shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
+        hint = " (a TrainState holds them in .stats)" if hasattr(stats, "stats") else ""
+        raise ValueError(
+            f"stats must be this network's running averages, as jaxbp.init_stats(params, "
+            f"config) builds them and the training steps return them{hint}: shapes "
+            f"{shapes(want)}; got {type(stats).__name__} {shapes(got)!s:.200}. Build them "
+            "with jaxbp.init_stats(params, config) (a TrainState with "
+            "jaxbp.init_train_state(optimizer, params, config))."
+        )
 
 
 def next_stats(flow: Flow, stats: Any) -> list[Any]:
@@ -119,28 +150,9 @@ def next_stats(flow: Flow, stats: Any) -> list[Any]:
 
 
 def evaluation_context(body: tuple[Any, ...], params: Params, stats: Any) -> Context:
-    """The `Context` of an evaluation, its `stats` checked against what
-    `init_stats(params, config)` builds: the same entries, keys and shapes."""
+    """The `Context` of an evaluation, its `stats` checked (`check_stats`)."""
     if stats is not None:
-        want = jax.eval_shape(
-            lambda: [
-                layer.init_state(p)
-                for layer, p in zip(body, per_layer(body, params), strict=True)
-                if has_state(layer)
-            ]
-        )
-        got = list(stats) if isinstance(stats, (list, tuple)) else stats
-        fits = jax.tree.structure(got) == jax.tree.structure(want) and [
-            jnp.shape(g) for g in jax.tree.leaves(got)
-        ] == [w.shape for w in jax.tree.leaves(want)]
-        if not fits:
-            shapes = lambda tree: jax.tree.map(jnp.shape, tree)  # noqa: E731
-            hint = " (a TrainState holds them in .stats)" if hasattr(stats, "stats") else ""
-            raise ValueError(
-                f"stats must be this network's running averages, as jaxbp.init_stats(params, "
-                f"config) builds them and the training steps return them{hint}: shapes "
-                f"{shapes(want)}; got {type(stats).__name__} {shapes(got)!s:.200}."
-            )
+        check_stats(body, params, stats)
     return context(body, False, stats=stats)
 
 
@@ -215,8 +227,7 @@ def init_mlp(
     for i, n in enumerate(sizes):
         if not is_int(n) or n < 1:
             raise ValueError(f"sizes must be integers >= 1; sizes[{i}] is {n!r} in {sizes!r}.")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"dtype must be a floating dtype such as jnp.float32; got {dtype!r}.")
+    dtype = check_float_dtype("dtype", dtype)
     norm_layer = NORMS[check_norm(norm)]
     keys = jax.random.split(key, len(sizes) - 1)
     params = []
@@ -236,10 +247,8 @@ def init_layers(
     layer with parameters, in order: what `params` must be for those layers.
     """
     check_key(key)
-    if not is_int(n_in) or n_in < 1:
-        raise ValueError(f"n_in must be the input width, an integer >= 1; got {n_in!r}.")
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"dtype must be a floating dtype such as jnp.float32; got {dtype!r}.")
+    check_int("n_in", n_in, 1, "the input width n_0")
+    dtype = check_float_dtype("dtype", dtype)
     body = Config(layers=layers).layers
     params, width = [], n_in
     for layer, k in zip(body, jax.random.split(key, len(body)), strict=True):

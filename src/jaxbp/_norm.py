@@ -136,6 +136,7 @@ class BatchNorm:
     has_params = True
     has_state = True
     per_example = False
+    min_batch = 2  # in training: one sample normalises to 0, the output no longer depends on x
     zeroes_preceding_bias = True  # the batch mean removes it: its gradient is exactly 0
 
     def __post_init__(self) -> None:
@@ -161,11 +162,12 @@ class BatchNorm:
 
     def forward(self, params: Params, a: Array, ctx: Context) -> tuple[Array, Any]:
         if ctx.train:
-            if a.shape[0] < 2:
+            if a.shape[0] < self.min_batch:
                 raise ValueError(
-                    "BatchNorm in training normalises over the batch and needs at least 2 "
-                    "samples; got a batch of 1 (its output would be the bias alone, the loss "
-                    "independent of x). Use batches of 2 or more, or norm='layer'."
+                    f"BatchNorm in training normalises over the batch and needs at least "
+                    f"{self.min_batch} samples; got a batch of {a.shape[0]} (its output would "
+                    "be the bias alone, the loss independent of x). Use batches of "
+                    f"{self.min_batch} or more, or norm='layer'."
                 )
             xhat, inv_std, mean, var = _normalise(a, 0, self.eps)
             cache = (xhat, inv_std, mean[0], var[0])

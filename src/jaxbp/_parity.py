@@ -26,11 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._backprop import manual_grad
+from jaxbp._backprop import activates, manual_grad
 from jaxbp._config import Config, Keywords, as_config
-from jaxbp._layers import Activate
 from jaxbp._mlp import Params, context, forward_flow, is_random, loss_fn, prepare
-from jaxbp._validate import check_key, is_real
+from jaxbp._validate import check_key, check_real
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -105,14 +104,23 @@ class ParityReport:
     def max_rel_err(self) -> float:
         return max(leaf.rel_err for leaf in self.leaves)
 
+    def scaled_err(self, leaf: LeafParity) -> float:
+        """`||manual - autodiff|| / (atol / rtol + ||autodiff||)`: the leaf's relative error
+        on the scale the verdict uses, which passes it when at most `rtol` (`rel_err` when
+        `atol` is 0; `inf` for an error on a leaf whose scale is 0). With `rtol = 0` the
+        verdict is absolute and has no relative scale: 0 within `atol`, `inf` beyond."""
+        if leaf.abs_err == 0:
+            return 0.0
+        if self.rtol == 0:
+            return 0.0 if leaf.abs_err <= self.atol else math.inf
+        scale = gradient_floor(self.atol, self.rtol) + leaf.ref_norm
+        return leaf.abs_err / scale if scale > 0 else math.inf
+
     @property
     def max_scaled_err(self) -> float:
-        """The worst `||manual - autodiff|| / (atol / rtol + ||autodiff||)`: the relative
-        error on the scale the verdict uses (`max_rel_err` when `atol` is 0)."""
-        floor = self.atol / self.rtol if self.rtol > 0 else 0.0
-        return max(
-            leaf.abs_err / (floor + leaf.ref_norm) if leaf.abs_err else 0.0 for leaf in self.leaves
-        )
+        """The worst leaf's `scaled_err`: the relative error on the verdict's scale
+        (`max_rel_err` when `atol` is 0)."""
+        return max(self.scaled_err(leaf) for leaf in self.leaves)
 
     @property
     def max_fd_err(self) -> float | None:
@@ -153,6 +161,25 @@ class ParityReport:
         return "\n".join(lines)
 
 
+def gradient_floor(atol: float, rtol: float) -> float:
+    """`atol / rtol`, the gradient norm below which a leaf's error counts as absolute: the
+    verdict `err <= atol + rtol ref` is `err / (atol / rtol + ref) <= rtol`. 0 when
+    `rtol` is 0."""
+    return atol / rtol if rtol > 0 else 0.0
+
+
+def default_atol(params: Params, config: Config | None = None, **keywords: Any) -> float | str:
+    """The `atol` a parity check of this network takes by default (`check_parity`'s
+    `atol=None`): "auto", error on the scale of the gradient, when some layer makes a
+    gradient leaf exactly 0 (its record's `zeroes_preceding_bias`: the bias before a
+    batch norm, whose relative error is rounding over rounding); else 0.0, purely
+    relative."""
+    cfg = as_config(config, keywords, need_loss=False)
+    body = cfg.body(len(params) if isinstance(params, (list, tuple)) else 0)
+    exact_zeros = any(getattr(layer, "zeroes_preceding_bias", False) for layer in body)
+    return "auto" if exact_zeros else 0.0
+
+
 def check_parity(
     params: Params,
     x: Array,
@@ -160,7 +187,7 @@ def check_parity(
     config: Config | None = None,
     *,
     rtol: float | None = None,
-    atol: float | str = 0.0,
+    atol: float | str | None = 0.0,
     finite_differences: bool = False,
     key: Array | None = None,
     **keywords: Unpack[Keywords],
@@ -177,7 +204,8 @@ def check_parity(
       gradient cancels to (nearly) nothing, so that both paths' rounding is all there is
       of it: the bias before a batch normalisation (exactly 0), a well-trained network's
       output bias. A wrong derivative is off on the scale of the gradient and still
-      fails.
+      fails. `atol=None` picks by the network (`default_atol`): "auto" where a
+      layer makes a leaf exactly 0, else 0.
     - `finite_differences`: also check each leaf's directional derivative along one
       random unit direction against central differences in float64 (needs
       `jax_enable_x64`); the error is `|fd - <g, v>| / ||g||` (with `||g||` at least
@@ -202,12 +230,9 @@ def check_parity(
             f"finite_differences must be True or False; got {type(finite_differences).__name__} "
             f"{finite_differences!r}. Pass finite_differences=True to add the float64 check."
         )
-    if rtol is not None and not (is_real(rtol) and 0 <= rtol < math.inf):
-        raise (ValueError if is_real(rtol) else TypeError)(
-            f"rtol must be a finite number >= 0 (the bound on each leaf's relative error) or "
-            f"None (by dtype, DEFAULT_RTOL); got {rtol!r}. Pass e.g. rtol=1e-5."
-        )
-    rtol = None if rtol is None else float(rtol)
+    if rtol is not None:
+        meaning = "the bound on each leaf's relative error; or None: by dtype, DEFAULT_RTOL"
+        rtol = check_real("rtol", rtol, meaning, "Pass e.g. rtol=1e-5.", low=0)
     if key is not None:
         check_key(key)
     if finite_differences and not jax.config.jax_enable_x64:
@@ -215,11 +240,16 @@ def check_parity(
             "finite_differences=True evaluates the loss in float64, which needs x64: call "
             "jax.config.update('jax_enable_x64', True) first."
         )
-    if not (atol == "auto" if isinstance(atol, str) else is_real(atol) and 0 <= atol < math.inf):
+    if atol is None:
+        atol = default_atol(params, cfg)
+    meaning = "0: purely relative; or 'auto': rtol times the gradient's norm; or None"
+    if isinstance(atol, str) and atol != "auto":
         raise ValueError(
-            f"atol must be a finite number >= 0 (0: purely relative) or 'auto' (rtol times "
-            f"the gradient's norm); got {atol!r}. Pass e.g. atol='auto'."
+            f"atol must be a finite real number >= 0 ({meaning}); got {atol!r}. "
+            "Pass e.g. atol='auto'."
         )
+    if not isinstance(atol, str):
+        atol = check_real("atol", atol, meaning, "Pass e.g. atol='auto'.", low=0)
     # Full-precision matmuls: on GPUs and TPUs float32 products may otherwise run in
     # tf32/bf16 passes, whose error (~1e-3) would drown the comparison. No effect on CPU.
     key = jax.random.key(0) if key is None else key
@@ -234,7 +264,7 @@ def check_parity(
 
     if atol == "auto":
         atol = rtol * float(np.sqrt(sum(np.sum(np.square(a)) for a in jax.tree.leaves(auto))))
-    floor = atol / rtol if rtol > 0 else 0.0  # the gradient scale below which error is absolute
+    floor = gradient_floor(atol, rtol)
 
     paths = [
         f"params{jax.tree_util.keystr(p)}" for p, _ in jax.tree_util.tree_leaves_with_path(params)
@@ -324,11 +354,7 @@ def _finite_difference_errors(
     def pre_activations(p: Params) -> list[tuple[Array, Any]]:
         """`(z_l, its activation)` for every activation of the body, then `(z_L, output)`."""
         flow = forward_flow(config, body, p, x, context(body, True, masks))
-        hidden = [
-            (cache[0], layer.activation)
-            for layer, cache in zip(body, flow.caches, strict=True)
-            if isinstance(layer, Activate)
-        ]
+        hidden = [(flow.caches[i][0], body[i].activation) for i in activates(body)]
         return [*hidden, (flow.z, config.output)]
 
     kinked = any(act.kinks for _, act in pre_activations(treedef.unflatten(flat)))

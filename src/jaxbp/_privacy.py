@@ -31,10 +31,12 @@ import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from jaxbp._validate import check_int
 
 _INSTALL = "pip install 'jaxbp[privacy]' (or pip install dp-accounting)"
 
@@ -54,9 +56,9 @@ def dp_epoch_sampling(*, n: int, batch_size: int, epochs: int) -> DPSampling:
     full batches, the last one filled up from the same permutation). Pass both on to
     `dp_epsilon`; see this module's docstring for what the approximation means.
     """
-    n = _integer("n", n, 1, "the number of training examples, e.g. len(x_train)")
-    batch_size = _integer("batch_size", batch_size, 1, "the batch size of the DP epoch")
-    epochs = _integer("epochs", epochs, 0, "the number of epochs trained")
+    n = check_int("n", n, 1, "the number of training examples, e.g. len(x_train)")
+    batch_size = check_int("batch_size", batch_size, 1, "the batch size of the DP epoch")
+    epochs = check_int("epochs", epochs, 0, "the number of epochs trained")
     if batch_size > n:
         raise ValueError(
             f"batch_size must be at most n (a jaxbp epoch needs one full batch); got "
@@ -117,12 +119,12 @@ def dp_epsilon(
     if sigma == 0:
         return math.inf
     dpa = _dp_accounting()
-    if accountant == "pld":
-        acct = dpa.pld.PLDAccountant(
-            value_discretization_interval=_pld_interval(dpa, sigma, q, steps, delta)
-        )
-    else:
-        acct = make()
+    interval = _pld_interval(dpa, sigma, q, steps, delta) if accountant == "pld" else PLD_INTERVAL
+    return _epsilon(make(interval), dpa, sigma, q, steps, delta)
+
+
+def _epsilon(acct: Any, dpa: Any, sigma: float, q: float, steps: int, delta: float) -> float:
+    """The epsilon at `delta` of `steps` Poisson-sampled Gaussian steps, on a fresh `acct`."""
     with _quiet_absl():  # at extreme noise the RDP series warns once per order, ~100 lines
         acct.compose(_event(dpa, sigma, q, steps))
         return float(acct.get_epsilon(delta))
@@ -157,6 +159,15 @@ def dp_noise_multiplier(
     method); the returned value always meets the target. A calibration evaluates the
     accountant 10-30 times: 0.2-1.1 s with `"rdp"`, 1 s to a minute with `"pld"` (slowest at
     large epsilon). `steps=0` needs no noise and returns `0.0`.
+
+    With `"pld"`, the noise returned is settled on the grid `dp_epsilon` itself uses there,
+    so `dp_epsilon(noise_multiplier=dp_noise_multiplier(epsilon=e, ...), ...) <= e`, and at
+    1e-4 less noise it is above `e`. Where the answer is above 1 on dp-accounting's default
+    grid, the search and its result are `calibrate_dp_mechanism`'s, unchanged. Below 1,
+    where `dp_epsilon` may coarsen its grid (and where dp-accounting's search on its
+    default grid took 107 s for `epsilon=565.6, sample_rate=0.5, steps=10`, noise 0.1), it
+    locates the answer on a grid 10 times coarser than `dp_epsilon`'s, then settles it with
+    two or three `dp_epsilon` calls: 1.5-5 s where measured (5 s for that run).
     """
     target = _real("epsilon", epsilon, "the privacy budget to meet, e.g. 3.0")
     if not target > 0:
@@ -169,16 +180,136 @@ def dp_noise_multiplier(
     if steps == 0:
         return 0.0
     dpa = _dp_accounting()
+    if accountant == "pld":
+        return _pld_noise_multiplier(dpa, make, target, q, steps, delta)
+    return _calibrate(dpa, make, target, q, steps, delta, dpa.LowerEndpointAndGuess(0.0, 1.0))
+
+
+NOISE_TOL = 1e-4
+"""`dp_noise_multiplier`'s tolerance on the noise multiplier."""
+
+PLD_SEARCH_COARSEN = 10
+"""How much coarser than `dp_epsilon`'s the grid is on which a small-noise PLD calibration
+locates its answer (`_pld_noise_multiplier`)."""
+
+
+def _calibrate(
+    dpa: Any,
+    make: Callable[[], Any],
+    target: float,
+    q: float,
+    steps: int,
+    delta: float,
+    bracket: Any,
+) -> float:
+    """dp-accounting's own calibration (`calibrate_dp_mechanism`), from `bracket`."""
     return float(
         dpa.calibrate_dp_mechanism(
-            make,
-            lambda sigma: _event(dpa, sigma, q, steps),
-            target,
-            delta,
-            dpa.LowerEndpointAndGuess(0.0, 1.0),
-            tol=1e-4,
+            make, lambda sigma: _event(dpa, sigma, q, steps), target, delta, bracket, tol=NOISE_TOL
         )
     )
+
+
+def _pld_noise_multiplier(
+    dpa: Any, make: Callable[[float], Any], target: float, q: float, steps: int, delta: float
+) -> float:
+    """The smallest noise whose `dp_epsilon(accountant="pld")` is at most `target`, within
+    `NOISE_TOL`: the noise `s` it returns has `dp_epsilon(s) <= target < dp_epsilon(s -
+    NOISE_TOL)`, each evaluated on the very grid `dp_epsilon` gives that noise.
+
+    - **Ordinary runs**, where `dp_epsilon(1) > target` (the answer is above 1) and noise 1
+      needs no coarser grid than dp-accounting's default (nor, then, does any larger
+      noise): exactly `calibrate_dp_mechanism` on that default grid from the bracket `[0,
+      1]`, as before, a search that then never evaluates a noise below 1.
+    - **Otherwise** (the answer below 1, where that search would evaluate small noise on the
+      default grid: 107 s for `epsilon=565.6, sample_rate=0.5, steps=10`, against 2 s for
+      one `dp_epsilon` there), in two stages, each evaluation on a grid chosen for its own
+      noise, so that none costs more than a `dp_epsilon` call:
+      1. *Locate*: Brent's method on a grid `PLD_SEARCH_COARSEN` times coarser than
+         `dp_epsilon`'s (7-10 times faster; epsilon larger by 1e-7 to 2e-4 of itself where
+         measured), from a bracket found by halving (or doubling) from 1.
+      2. *Settle*: `dp_epsilon`'s own value `NOISE_TOL / 10` above the located noise and
+         `0.9 NOISE_TOL` below it: two calls, when they bracket the answer (the coarser grid
+         only raises epsilon, by less than that where measured); else steps of growing
+         length until they do, then bisection.
+    """
+
+    intervals: dict[float, float] = {}
+    gaps: dict[tuple[float, float], float] = {}
+
+    def interval(sigma: float) -> float:
+        """`dp_epsilon`'s grid for this noise."""
+        if sigma not in intervals:
+            intervals[sigma] = _pld_interval(dpa, sigma, q, steps, delta)
+        return intervals[sigma]
+
+    def on_grid(sigma: float, grid: float) -> float:
+        """`epsilon - target` at this noise, on this grid."""
+        if sigma <= 0:
+            return math.inf  # no noise: no finite epsilon
+        if (sigma, grid) not in gaps:
+            epsilon = _epsilon(make(grid), dpa, sigma, q, steps, delta)
+            gaps[sigma, grid] = epsilon - target
+        return gaps[sigma, grid]
+
+    def gap(sigma: float) -> float:
+        """`dp_epsilon(sigma) - target`."""
+        return on_grid(sigma, interval(sigma))
+
+    def coarse(sigma: float) -> float:
+        return on_grid(sigma, PLD_SEARCH_COARSEN * interval(sigma))
+
+    # A coarser (nested) grid raises epsilon, so coarse(1) <= 0 means the answer is below 1
+    # and gap(1) need not be computed; were it not so, the search below is still right.
+    if coarse(1.0) > 0 and interval(1.0) == PLD_INTERVAL and gap(1.0) > 0:
+        # dp-accounting's search for a bracket from [0, 1] (its values cached), then its
+        # calibration in that bracket: the very result of calibrate_dp_mechanism with
+        # LowerEndpointAndGuess(0, 1), which is `NoBracketIntervalFoundError` past 30 tries.
+        lo, hi, width = 0.0, 1.0, 1.0
+        for _ in range(30):
+            if on_grid(hi, PLD_INTERVAL) <= 0:
+                break
+            width *= 2
+            lo, hi = hi, hi + width
+        else:
+            raise dpa.mechanism_calibration.NoBracketIntervalFoundError(
+                "Unable to find bracketing interval within 2**30 of initial guess."
+            )
+        bracket = dpa.ExplicitBracketInterval(lo, hi)
+        return _calibrate(dpa, lambda: make(PLD_INTERVAL), target, q, steps, delta, bracket)
+
+    # 1. Locate, on the coarse grid: a bracket lo < hi with coarse(lo) > 0 >= coarse(hi).
+    from scipy.optimize import brentq  # scipy: a dependency of dp-accounting
+
+    lo, hi = (1.0, 2.0) if coarse(1.0) > 0 else (0.5, 1.0)
+    for _ in range(60):
+        if coarse(lo) > 0 >= coarse(hi):
+            break
+        lo, hi = (hi, 2 * hi) if coarse(hi) > 0 else (lo / 2, lo)
+    else:
+        raise dpa.mechanism_calibration.NoBracketIntervalFoundError(
+            f"no noise multiplier between 2**-60 and 2**60 has a PLD epsilon of {target!r} "
+            f"(sample_rate={q!r}, steps={steps!r}, delta={delta!r})."
+        )
+    located = float(brentq(coarse, lo, hi, xtol=NOISE_TOL / 20))
+
+    # 2. Settle, on dp_epsilon's grid: lo < hi <= lo + NOISE_TOL with gap(lo) > 0 >= gap(hi).
+    step = NOISE_TOL
+    hi = located + NOISE_TOL / 10
+    if gap(hi) > 0:
+        lo, hi = hi, hi + step
+        while gap(hi) > 0:
+            step *= 2
+            lo, hi = hi, hi + step
+    else:
+        lo = hi - step
+        while gap(lo) <= 0:
+            step *= 2
+            lo, hi = lo - step, lo
+    while hi - lo > NOISE_TOL * (1 + 1e-9):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if gap(mid) > 0 else (lo, mid)
+    return hi
 
 
 PLD_INTERVAL = 1e-4
@@ -245,11 +376,20 @@ def _dp_accounting() -> Any:
     return dp_accounting
 
 
-def _accountant_factory(accountant: Any) -> Callable[[], Any]:
-    """A function that builds a fresh accountant of that name, checked before any import."""
+def _accountant_factory(accountant: Any) -> Callable[..., Any]:
+    """`make(interval=PLD_INTERVAL)`, which builds a fresh accountant of that name; the
+    name is checked before any import.
+
+    `interval` is the PLD's grid (dp-accounting's `value_discretization_interval`), which
+    `dp_epsilon` chooses for its run (`_pld_interval`) and `dp_noise_multiplier` for each
+    noise it evaluates; `PLD_INTERVAL`, the default, is dp-accounting's own default. RDP
+    has no grid and ignores it.
+    """
     factories = {
-        "rdp": lambda: _dp_accounting().rdp.RdpAccountant(),
-        "pld": lambda: _dp_accounting().pld.PLDAccountant(),
+        "rdp": lambda interval=PLD_INTERVAL: _dp_accounting().rdp.RdpAccountant(),
+        "pld": lambda interval=PLD_INTERVAL: _dp_accounting().pld.PLDAccountant(
+            value_discretization_interval=interval
+        ),
     }
     if not isinstance(accountant, str):
         raise TypeError(
@@ -271,7 +411,7 @@ def _check_run(sample_rate: Any, steps: Any, delta: Any) -> tuple[float, int, fl
             f"sample_rate must be in (0, 1] (each example's chance to be in a batch); got "
             f"{sample_rate!r}. Pass batch_size / n, e.g. from jaxbp.dp_epoch_sampling."
         )
-    steps = _integer("steps", steps, 0, "the number of DP-SGD steps taken")
+    steps = check_int("steps", steps, 0, "the number of DP-SGD steps taken")
     delta = _real("delta", delta, "e.g. 1e-5, below 1 / n")
     if not 0 < delta < 1:
         raise ValueError(
@@ -298,18 +438,3 @@ def _real(name: str, value: Any, example: str) -> float:
     if not math.isfinite(out):
         raise ValueError(f"{name} must be finite; got {value!r}. Pass a finite number ({example}).")
     return out
-
-
-def _integer(name: str, value: Any, low: int, meaning: str) -> int:
-    """`value` as a Python int `>= low`: a Python or numpy integer, not a bool or float."""
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        fix = f"int({value!r})" if isinstance(value, float) and value.is_integer() else "an int"
-        raise TypeError(
-            f"{name} must be an integer ({meaning}); got {type(value).__name__} {value!r}. "
-            f"Pass {fix}."
-        )
-    if value < low:
-        raise ValueError(
-            f"{name} must be >= {low} ({meaning}); got {value!r}. Pass an integer >= {low}."
-        )
-    return int(value)

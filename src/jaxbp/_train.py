@@ -10,14 +10,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxbp._backprop import cast_like, gradient_flows, source, trace_of
-from jaxbp._config import Config, Keywords, as_config
+from jaxbp._backprop import activates, cast_like, gradient_flows, source, trace_of
+from jaxbp._config import Config, Keywords, as_config, check_params
 from jaxbp._diagnostics import PER_LAYER, backward_flow_stats
 from jaxbp._fused import Explained, FusedSGD, fused_epoch, fused_update
-from jaxbp._layers import Activate
 from jaxbp._mlp import (
     Flow,
     Params,
+    check_stats,
     context,
     evaluation_context,
     forward_flow,
@@ -31,7 +31,7 @@ from jaxbp._mlp import (
 from jaxbp._sharding import Mesh, data_parallel
 from jaxbp._shuffle import permutation
 from jaxbp._tasks import TASKS, Task
-from jaxbp._validate import check_epoch_data, check_key, is_int
+from jaxbp._validate import check_int, check_key, epoch_data, shape_mismatch
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -130,7 +130,7 @@ def value_and_grad_fn(config: Config, options: StepOptions) -> Gradient:
         new_stats = None if stats is None else next_stats(flow, stats)
         if not options.diagnostics:
             return value, grads, {}, new_stats
-        hidden = [layer.activation for layer in flow.layers if isinstance(layer, Activate)]
+        hidden = [flow.layers[i].activation for i in activates(flow.layers)]
         diagnostics = backward_flow_stats(trace_of(flow, back), grads, hidden)
         return value, grads, diagnostics, new_stats
 
@@ -178,12 +178,9 @@ def apply_optimizer(
 def check_opt_state(optimizer: optax.GradientTransformation, opt_state: Any, params: Any) -> None:
     """At trace time: `opt_state` must be what `optimizer.init(params)` builds, shape for
     shape, and injected hyperparameters must be scalars (one per model in a sweep)."""
-    want = jax.eval_shape(optimizer.init, params)
-    got_leaves, got_tree = jax.tree.flatten(opt_state)
-    want_leaves, want_tree = jax.tree.flatten(want)
-    shapes = [jnp.shape(v) for v in got_leaves], [v.shape for v in want_leaves]
-    if got_tree != want_tree or shapes[0] != shapes[1]:
-        got, want = (shapes[0], shapes[1]) if shapes[0] != shapes[1] else (got_tree, want_tree)
+    mismatch = shape_mismatch(opt_state, jax.eval_shape(optimizer.init, params))
+    if mismatch is not None:
+        got, want = mismatch
         raise ValueError(
             "opt_state does not fit params (another architecture or optimizer?): it is "
             f"{type(opt_state).__name__} {got!s:.300}, optimizer.init(params) gives {want!s:.300}. "
@@ -245,7 +242,8 @@ def _make_update(
 
 def split_state(config: Config, params: Params, state: Any) -> tuple[Any, Any]:
     """`(opt_state, stats)` from a step's state slot: `stats` is `None` for a network
-    without state of its own, whose slot holds the optimizer's state alone."""
+    without state of its own, whose slot holds the optimizer's state alone, and else
+    checked against `params` (`check_stats`)."""
     body = config.body(len(params) if isinstance(params, (list, tuple)) else 0)
     stateful = any(has_state(layer) for layer in body)
     if stateful != isinstance(state, TrainState):
@@ -255,7 +253,11 @@ def split_state(config: Config, params: Params, state: Any) -> tuple[Any, Any]:
             f"{'batch normalisation' if stateful else 'no layer with state'}); build it "
             "with jaxbp.init_train_state(optimizer, params, config)."
         )
-    return (state.opt_state, state.stats) if stateful else (state, None)
+    if not stateful:
+        return state, None
+    check_params(params, body)  # before check_stats builds the states it wants from them
+    check_stats(body, params, state.stats)
+    return state.opt_state, state.stats
 
 
 def make_train_step(
@@ -322,9 +324,7 @@ def epoch_batches(key: Array, n: int, batch_size: int) -> Array:
     `n` is refused (a batch would repeat samples within itself).
     """
     check_key(key)
-    if not is_int(n) or n < 1:
-        raise ValueError(f"n must be the number of samples, an integer >= 1; got {n!r}.")
-    n, batch_size = int(n), check_batch_size(batch_size)
+    n, batch_size = check_int("n", n, 1, "the number of samples"), check_batch_size(batch_size)
     if batch_size > n:
         raise ValueError(
             f"batch_size={batch_size} is more than the {n} samples; use a batch_size of at most n."
@@ -335,9 +335,8 @@ def epoch_batches(key: Array, n: int, batch_size: int) -> Array:
 
 
 def check_batch_size(batch_size: Any) -> int:
-    if not is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
-    return int(batch_size)
+    """`batch_size` as an int >= 1, or a `TypeError` (not an integer) or `ValueError`."""
+    return check_int("batch_size", batch_size, 1)
 
 
 def scan_epoch(
@@ -356,8 +355,7 @@ def scan_epoch(
         params: Params, opt_state: Any, key: Array, x: Array, y: Array
     ) -> tuple[Params, Any, Metrics]:
         check_key(key)
-        x, y = jnp.asarray(x), jnp.asarray(y)
-        n = check_epoch_data(x, y, batch_size)
+        x, y, n = epoch_data(x, y, batch_size)
 
         def body(carry: tuple[Params, Any], batch: tuple[Array, ...]) -> tuple[Any, Metrics]:
             *step_key, x_b, y_b = batch
@@ -385,9 +383,7 @@ def repeat_epochs(
     `jax.random.fold_in(key, e)`, exactly as the Python loop
     `for e in range(epochs): params, state, m = epoch(params, state, fold_in(key, e), x, y)`.
     Metrics gain a leading `(epochs,)` axis. One epoch is `epoch` itself."""
-    if not is_int(epochs) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1; got {epochs!r}.")
-    if epochs == 1:
+    if check_int("epochs", epochs, 1) == 1:
         return epoch
 
     def many(
@@ -496,22 +492,16 @@ def make_train_sweep(
     epoch = scan_epoch(_make_update(optimizer, cfg, options), batch_size, keyed=_random_body(cfg))
     epoch = repeat_epochs(epoch, epochs)
     key_axis = None if shared_order else 0
-    key_rank = 0 if shared_order else 1
 
     def sweep(
         params: Params, opt_state: Any, keys: Array, x: Array, y: Array
     ) -> tuple[Params, Any, Metrics]:
-        # A typed key array holds one key per entry; a raw uint32 one has a key-data axis.
-        typed = jnp.issubdtype(keys.dtype, jax.dtypes.prng_key)
-        key_shape = jnp.shape(keys) if typed else jnp.shape(keys)[:-1]
-        if len(key_shape) != key_rank:
-            want = "a single key" if shared_order else "one key per model, shape (N,)"
-            fix = "jax.random.key(seed)" if shared_order else "jax.random.split(key, N)"
-            raise ValueError(
-                f"keys must be {want} with shared_order={shared_order}; got keys of "
-                f"shape {jnp.shape(keys)} ({keys.dtype}). Make them with {fix}."
-            )
         models = stacked_models(params, "params", "as make_train_sweep's docstring shows")
+        if shared_order:
+            check_key(keys, "keys", (), want="a single key with shared_order=True")
+        else:
+            want = "one key per model, shape (N,) with shared_order=False: params stack"
+            check_key(keys, "keys", (models,), want=f"{want} {models} models")
         fix = "jax.vmap(optimizer.init)(params)"
         if jax.tree.leaves(opt_state) and stacked_models(opt_state, "opt_state", fix) != models:
             raise ValueError(
@@ -519,11 +509,6 @@ def make_train_sweep(
                 "build it with jax.vmap(optimizer.init)(params)."
             )
         _refuse_per_model_constants(optimizer, params, opt_state, models)
-        if not shared_order and key_shape[0] != models:
-            raise ValueError(
-                f"keys must hold one key per model: params stack {models} models, "
-                f"keys hold {key_shape[0]}."
-            )
         return jax.vmap(epoch, in_axes=(0, 0, key_axis, None, None))(params, opt_state, keys, x, y)
 
     return jax.jit(sweep, donate_argnums=options.donate_argnums)
@@ -545,10 +530,14 @@ def _refuse_per_model_constants(
     optimizer: optax.GradientTransformation, params: Params, opt_state: Any, models: int
 ) -> None:
     """Refuse an optimizer closing over an `(N,)` array, such as `optax.sgd(rates)`: vmap
-    does not map a closure, so the array would broadcast against every parameter."""
+    does not map a closure, so the array would broadcast against every parameter.
+
+    The probe traces `optimizer.update` on scalar leaves, which any `(N,)` constant
+    broadcasts against whatever the widths (on the real shapes the trace itself would
+    fail unless every width were N)."""
     if isinstance(opt_state, TrainState):
         opt_state = opt_state.opt_state
-    one = lambda v: jax.ShapeDtypeStruct(jnp.shape(v)[1:], v.dtype)  # noqa: E731
+    one = lambda v: jax.ShapeDtypeStruct((), jnp.result_type(v))  # noqa: E731
     params_1, state_1 = jax.tree.map(one, (params, opt_state))
     try:  # rank promotion allowed: the broadcast it would refuse is the one looked for
         with jax.numpy_rank_promotion("allow"):

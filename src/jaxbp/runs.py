@@ -16,7 +16,7 @@ or `data`). `jaxbp train --resume` continues it only when the settings are all t
 `jaxbp train` logs:
 
     folder = RunFolder.hold(Path("runs/mine"))
-    folder.start_new()
+    folder.start_new()                    # a folder holding a run: overwrite=True
     ...                                   # each epoch:
     folder.append({"epoch": epoch, "train_loss": ...})
     folder.save(epoch, {"params": p, "opt_state": s, "key": key}, settings)
@@ -28,9 +28,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from jaxbp._checkpoint import (
     read_meta,
     save_checkpoint,
     temporary_files,
+    write_atomic,
 )
 from jaxbp._config import Config
 from jaxbp._mlp import init_mlp, init_stats
@@ -65,6 +68,7 @@ __all__ = [
     "RunError",
     "RunFolder",
     "describe",
+    "fingerprint",
     "load_run",
     "read_metrics",
     "write_atomic",
@@ -93,6 +97,14 @@ class RunError(ValueError):
     """A run folder that cannot be used as asked: held by another run, damaged, refused."""
 
 
+class _Held(RunError):
+    """The folder is held by another live process (`holder`, its process id)."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
     """The epochs logged in `path` and whether a torn last line (a crash mid-write) was
     dropped. A damaged line before the last, or epochs out of order, raise `RunError`."""
@@ -116,18 +128,16 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
     return rows, torn
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` whole or not at all (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def fingerprint(data: Any) -> str:
+    """The SHA-256 of a split (`jaxbp.datasets.Dataset`, or any sequence of arrays): values,
+    shapes and dtypes. `jaxbp train` stores it as `data_sha256`, which a resumed run and
+    `Run.dataset()` must match (a changed data or labels file, another version's data)."""
+    digest = hashlib.sha256()
+    for array in data:
+        array = np.asarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
 
 
 def describe(folder: Path) -> str | None:
@@ -156,6 +166,8 @@ class RunFolder:
 
     path: Path
     _lock_fd: int | None = None
+    _epoch_known: bool = False  # whether `_epoch_now` holds the checkpoint's epoch
+    _epoch_now: int | None = None
 
     @classmethod
     def hold(cls, path: Path) -> RunFolder:
@@ -175,9 +187,10 @@ class RunFolder:
             except BlockingIOError:
                 holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
                 os.close(fd)
-                raise RunError(
+                raise _Held(
                     f"--out {path}: another jaxbp train (process {holder}) is writing to this "
-                    "folder; wait for it to finish or choose another --out."
+                    "folder; wait for it to finish or choose another --out.",
+                    holder,
                 ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
@@ -189,7 +202,7 @@ class RunFolder:
                     tmp.unlink(missing_ok=True)
             folder._settle()  # what a run killed before its next checkpoint set aside
         except BaseException:
-            folder.close()
+            folder._release()  # not settled again: each step so far stands, the next hold goes on
             raise
         return folder
 
@@ -216,6 +229,10 @@ class RunFolder:
         try:
             self._settle()
         finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
 
@@ -240,6 +257,8 @@ class RunFolder:
         for name in present:
             os.replace(self.path / name, filling / name)
         os.replace(filling, self.path / PREVIOUS)
+        if CHECKPOINT in present:
+            self._remember(None)
 
     def _settle(self) -> None:
         """Finish what a set-aside left: restore its files if no checkpoint was saved
@@ -253,25 +272,65 @@ class RunFolder:
                     except (OSError, ValueError, KeyError, TypeError):
                         then = self._epoch()  # unreadable: keep the old run (nothing lost)
                     action = RESTORING if then == self._epoch() else DISCARD
-                os.replace(folder, self.path / action)
+                if action == DISCARD:
+                    self._discard(name)
+                else:
+                    os.replace(folder, self.path / action)
         restoring = self.path / RESTORING
         if restoring.is_dir():
             for path in restoring.iterdir():
                 if path.name != SET_ASIDE:
                     os.replace(path, self.path / path.name)
             shutil.rmtree(restoring)
-        shutil.rmtree(self.path / DISCARD, ignore_errors=True)
+            self._epoch_known = False  # a checkpoint may be back: read it when asked
+        self._clear_discard()
+
+    def _discard(self, name: str) -> None:
+        """Delete the set-aside folder `name`: renamed to DISCARD (the decision, atomic),
+        then removed."""
+        self._clear_discard()
+        os.replace(self.path / name, self.path / DISCARD)
+        self._clear_discard()
+
+    def _clear_discard(self) -> None:
+        """Remove DISCARD. What cannot be removed (no permission, a file still open on
+        NFS) is renamed out of the way (`.jaxbp.discard.<random>`, tried again at each
+        settling), so that the next discard's rename never meets a folder that is not
+        empty."""
+        for path in (self.path / DISCARD, *self.path.glob(f"{DISCARD}.*")):
+            shutil.rmtree(path, ignore_errors=True)
+        if (self.path / DISCARD).exists():
+            os.replace(self.path / DISCARD, self.path / f"{DISCARD}.{uuid.uuid4().hex}")
 
     def _epoch(self) -> int | None:
-        """The epoch of the folder's checkpoint, `None` without one (or unreadable)."""
-        try:
-            return read_meta(self.checkpoint).get("epoch") if self.checkpoint.exists() else None
-        except (OSError, ValueError):
-            return None
+        """The epoch of the folder's checkpoint, `None` without one (or unreadable). Read
+        once (its meta entry alone), then known: only this process writes a held folder,
+        and `save` and the set-asides keep it up to date."""
+        if not self._epoch_known:
+            try:
+                epoch = (
+                    read_meta(self.checkpoint).get("epoch") if self.checkpoint.exists() else None
+                )
+            except (OSError, ValueError):
+                epoch = None
+            self._remember(epoch)
+        return self._epoch_now
 
-    def start_new(self) -> None:
-        """Start an empty log. A previous run's files (after `--overwrite`) are set aside
-        until this run's first checkpoint, and come back if it ends before one."""
+    def _remember(self, epoch: int | None) -> None:
+        self._epoch_known, self._epoch_now = True, epoch
+
+    def start_new(self, *, overwrite: bool = False) -> None:
+        """Start an empty log in a folder that holds no run (`describe`), else raise
+        `RunError` naming what it holds. With `overwrite=True` a previous run's files are
+        set aside instead, until this run's first checkpoint, and come back if it ends
+        before one."""
+        what = describe(self.path)
+        if what is not None and not overwrite:
+            raise RunError(
+                f"{self.path} already holds {what}; start_new(overwrite=True) replaces it "
+                "(its files are kept until the new run's first checkpoint), or continue it "
+                "(RunFolder.saved, load, history, keep_epochs) or use another folder."
+            )
         self._set_aside(RUN_FILES)
         write_atomic(self.path / METRICS, b"")
 
@@ -289,11 +348,15 @@ class RunFolder:
         return self.path / CHECKPOINT
 
     def saved(self) -> tuple[int, dict[str, Any]] | None:
-        """`(epoch, settings)` of the folder's checkpoint, checked (`CheckpointError`),
-        without loading its arrays; `None` if there is no checkpoint."""
+        """`(epoch, settings)` of the folder's checkpoint, checked (`CheckpointError`: its
+        checksum and its meta), without loading its arrays (`load` checks those); `None`
+        if there is no checkpoint."""
         if not self.checkpoint.exists():
+            self._remember(None)
             return None
-        return _check_meta(self.checkpoint, read_meta(self.checkpoint))
+        found = _check_meta(self.checkpoint, read_meta(self.checkpoint))
+        self._remember(found[0])
+        return found
 
     def load(self, like: Any) -> Any:
         """The checkpoint's state in the structure of `like`, refused (`CheckpointError`)
@@ -313,14 +376,27 @@ class RunFolder:
         """Checkpoint `state` (a pytree; `jaxbp train` saves `{"params", "opt_state",
         "key"}`) after `epoch` epochs, atomically, with the run's `settings` (JSON) as
         its meta."""
+        self._epoch_known = False  # a failing write may fail after the rename: read it then
         save_checkpoint(self.checkpoint, state, {"epoch": epoch, "config": settings})
+        self._remember(epoch)
         if (self.path / PREVIOUS).is_dir():  # what was set aside is replaced for good
-            os.replace(self.path / PREVIOUS, self.path / DISCARD)
-            shutil.rmtree(self.path / DISCARD, ignore_errors=True)
+            self._discard(PREVIOUS)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        """Write `summary.json` atomically: a finished run's last word."""
+        """Write `summary.json` atomically: a finished run's last word. It replaces the
+        summary a resumed run set aside (`keep_epochs`) even when no epoch was left to
+        train (so no checkpoint was saved since); the figures set aside with it come back
+        until new ones are drawn. A replaced run's files (`start_new(overwrite=True)`)
+        still come back if this run saved no checkpoint."""
         write_atomic(self.path / SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
+        previous = self.path / PREVIOUS
+        if not previous.is_dir():
+            return
+        if {p.name for p in previous.iterdir()} - {SET_ASIDE} <= {SUMMARY, *FIGURES}:
+            for name in FIGURES:
+                if (previous / name).exists() and not (self.path / name).exists():
+                    os.replace(previous / name, self.path / name)
+            self._discard(PREVIOUS)
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one epoch's line whole: one write, then fsync; on a failed or short
@@ -374,7 +450,9 @@ class Run:
 
     def dataset(self) -> tuple[Any, Any]:
         """`(Dataset, DatasetInfo)` as the run trained on it: the same split, standardised,
-        targets recast for the run's loss (`jaxbp.datasets.for_loss`)."""
+        targets recast for the run's loss (`jaxbp.datasets.for_loss`). A split whose
+        `fingerprint` differs from the one the run stored (`data_sha256`: an edited data
+        file, another version's dataset) is refused with `RunError`."""
         from jaxbp import datasets
 
         cfg = self.config
@@ -385,7 +463,16 @@ class Run:
             )
         else:
             data, info = datasets.load(cfg["dataset"], **common), datasets.INFO[cfg["dataset"]]
-        return datasets.for_loss(data, info, cfg["loss"])[0], info
+        split = datasets.for_loss(data, info, cfg["loss"])[0]
+        stored = cfg.get("data_sha256")
+        if stored is not None and fingerprint(split) != stored:
+            source = cfg["data"] if cfg.get("data") is not None else f"dataset {cfg['dataset']!r}"
+            raise RunError(
+                f"{self.path}: {source} no longer gives the split this run trained on (its "
+                "SHA-256 differs from the checkpoint's data_sha256: the file was edited, or "
+                "the data comes from another version); load the data the run trained on."
+            )
+        return split, info
 
 
 def _check_meta(path: Path, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -446,6 +533,35 @@ def _sizes(path: Path, config: dict[str, Any], stored: list[np.ndarray]) -> list
     return [weights[0].shape[0], *(w.shape[1] for w in weights)]
 
 
+def _settle_for_reading(path: Path) -> None:
+    """Put back what a run that ended before its next checkpoint set aside (a replaced
+    run, a resumed run's summary and figures), by holding the folder a moment; refuse
+    (`RunError`) where that cannot be done now, rather than show the run without them."""
+    aside = [name for name in (SETTING_ASIDE, PREVIOUS, RESTORING) if (path / name).is_dir()]
+    if not aside:
+        return
+    where = path / aside[0]
+    try:
+        RunFolder.hold(path).close()
+    except _Held as err:
+        raise RunError(
+            f"out_dir {path}: process {err.holder} is writing this run and has set files "
+            f"aside in {where} until its next checkpoint; load the run when that process "
+            "has ended."
+        ) from None
+    except (RunError, OSError) as err:
+        reason = (
+            f"{err.strerror}: {err.filename}"
+            if isinstance(err, OSError)
+            else "this process cannot write there"
+        )
+        raise RunError(
+            f"out_dir {path}: a run that ended before its next checkpoint left files set "
+            f"aside in {where}, and they cannot be put back from here ({reason}); make the "
+            "folder writable (chmod u+w) and load it again."
+        ) from None
+
+
 def load_run(out_dir: str | Path) -> Run:
     """Load what `jaxbp train --out out_dir` wrote: parameters, optimizer state, settings,
     per-epoch metrics and summary. Raises `RunError`/`CheckpointError` (both `ValueError`)
@@ -453,21 +569,17 @@ def load_run(out_dir: str | Path) -> Run:
 
     `run.params` scores what `summary.json` says on `run.dataset()` (with
     `jaxbp.evaluate(run.params, x, y, run.network, stats=run.stats)`) when the run
-    finished; a torn last metrics line (a crash mid-write) is left out. For a network
+    finished; a torn last metrics line (a crash mid-write) is left out. Files a run that
+    ended before its next checkpoint set aside are first put back (the folder is held a
+    moment, as `RunFolder.hold` does), or the load is refused saying why. For a network
     with batch normalisation `run.opt_state` is the `jaxbp.TrainState` the step takes,
     its running averages in `run.stats`.
     """
     path = Path(out_dir)
+    _settle_for_reading(path)
     ckpt = path / CHECKPOINT
     if not ckpt.is_file():
-        aside = [name for name in (PREVIOUS, SETTING_ASIDE) if (path / name).is_dir()]
-        hint = (
-            f"; a run killed before its first checkpoint left the previous run in {aside[0]}: "
-            "holding the folder (jaxbp train --resume, or RunFolder.hold) puts it back"
-            if aside
-            else "; is it a jaxbp train --out folder?"
-        )
-        raise RunError(f"out_dir {path}: no {CHECKPOINT} there{hint}.")
+        raise RunError(f"out_dir {path}: no {CHECKPOINT} there; is it a jaxbp train --out folder?")
     meta, stored = read_arrays(ckpt)
     epoch, config = _check_meta(ckpt, meta)
     network = _network(ckpt, config)

@@ -18,7 +18,7 @@ import jax
 
 from jaxbp import LOSS_OUTPUTS, LOSSES, parity_grid
 
-__all__ = ["CANONICAL", "remedies", "run"]
+__all__ = ["CANONICAL", "layers_text", "remedies", "run"]
 
 CANONICAL = tuple((loss, out) for loss, out in LOSS_OUTPUTS if LOSSES[loss].link.name == out)
 """The loss and output pairs the remedy rows use: each loss with its canonical link (a
@@ -28,9 +28,9 @@ grid's concern)."""
 
 def remedies(norms: Sequence[str], dropouts: Sequence[float]) -> list[tuple[str | None, float]]:
     """The `(norm, dropout)` settings of the remedy rows: each normalisation and each
-    dropout rate alone (a rate of 0 and the norm "none" add nothing)."""
-    settings = [(n, 0.0) for n in dict.fromkeys(norms) if n not in (None, "none")]
-    return settings + [(None, float(d)) for d in dict.fromkeys(dropouts) if d > 0]
+    dropout rate alone (a rate of 0 adds nothing). `jaxbp check` refuses a value given
+    twice, so each setting comes once."""
+    return [(n, 0.0) for n in norms] + [(None, float(d)) for d in dropouts if d > 0]
 
 
 def _records(
@@ -52,9 +52,11 @@ def _records(
         )
 
 
-def _layers(rec: dict[str, Any]) -> str:
-    parts = [f"{rec['norm']} norm"] if rec["norm"] else []
-    return ", ".join(parts + ([f"dropout {rec['dropout']:g}"] if rec["dropout"] else []))
+def layers_text(norm: str | None, dropout: float) -> str:
+    """The remedies a network has between its hidden layers, as `jaxbp check`'s table and
+    `jaxbp train`'s progress line name them: "layer norm, dropout 0.2" ("" for none)."""
+    parts = [f"{norm} norm"] if norm else []
+    return ", ".join(parts + ([f"dropout {dropout:g}"] if dropout else []))
 
 
 def run(
@@ -116,7 +118,7 @@ def _remedy_table(
         return
     groups: dict[tuple[str, str], list[dict]] = {}
     for rec in records:
-        groups.setdefault((rec["dtype"], _layers(rec)), []).append(rec)
+        groups.setdefault((rec["dtype"], layers_text(rec["norm"], rec["dropout"])), []).append(rec)
     deep = ",".join(str(d) for d in depths if d >= 2)
     print(
         f"\nnormalisation and dropout, each alone (every activation; each loss with its "

@@ -6,19 +6,17 @@ A user's mistake raises `JobError`; a damaged checkpoint `CheckpointError`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 import optax
 
 import jaxbp
 from jaxbp import datasets
 from jaxbp.app.settings import ADDED_SETTINGS, RESUMABLE_CHANGES, JobError, Settings
-from jaxbp.runs import METRICS, OPTIMIZERS, RunFolder, describe
+from jaxbp.runs import METRICS, OPTIMIZERS, RunFolder, describe, fingerprint
 
 __all__ = [
     "MAX_ACTIVATIONS",
@@ -118,7 +116,7 @@ def prepare(settings: Settings) -> Job:
     _check_size(settings, sizes)
     privacy = _privacy(settings, n_train) if settings.dp else None
     config = settings.config(loss, None if privacy is None else privacy.delta)
-    config["data_sha256"] = None if settings.out is None else _fingerprint(data)
+    config["data_sha256"] = None if settings.out is None else fingerprint(data)
     model = jaxbp.Config(
         activation=settings.activation, loss=loss, norm=settings.norm, dropout=settings.dropout
     )
@@ -144,7 +142,7 @@ def prepare(settings: Settings) -> Job:
                         f"--out {folder.path} already holds {what}; continue it with --resume, "
                         "or pass --overwrite to replace it."
                     )
-                folder.start_new()
+                folder.start_new(overwrite=settings.overwrite)
         except BaseException:
             folder.close()
             raise
@@ -191,17 +189,6 @@ def _privacy(settings: Settings, n_train: int) -> Privacy:
     except ImportError as err:
         raise JobError(f"--dp-clip/--dp-noise: {err}") from None
     return Privacy(settings.dp_clip, settings.dp_noise, delta, *sampling, epsilon)
-
-
-def _fingerprint(data: datasets.Dataset) -> str:
-    """The SHA-256 of the split a run trains and scores on (values, shapes and dtypes), which
-    a resumed run must match: a changed data or labels file, or another version's data."""
-    digest = hashlib.sha256()
-    for array in data:
-        array = np.asarray(array)
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
 
 
 def _load(settings: Settings) -> tuple[datasets.Dataset, datasets.DatasetInfo]:

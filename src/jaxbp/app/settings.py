@@ -146,13 +146,24 @@ class Settings:
                 f"{flag} acts after each hidden layer, and --hidden gives none; add a hidden "
                 "layer (e.g. --hidden 32) or drop the flag."
             )
-        if self.norm == "batch" and self.batch_size < 2:
+        # The layer records say what they need of a batch; of the layers jaxbp train builds,
+        # only a --norm one can ask for more than one example (batch norm: min_batch 2).
+        need = max(getattr(layer, "min_batch", 1) for layer in self.layers)
+        if self.batch_size < need:
             raise JobError(
-                "--norm batch normalises over the batch and needs --batch-size 2 or more "
-                f"(got {self.batch_size}: one sample normalises to 0, the output no longer "
-                "depends on x); use a larger batch or --norm layer."
+                f"--norm {self.norm} normalises over the batch and needs --batch-size {need} "
+                f"or more (got {self.batch_size}: one sample normalises to 0, the output no "
+                "longer depends on x); use a larger batch or --norm layer."
             )
         self._check_dp()
+
+    @property
+    def layers(self) -> tuple[Any, ...]:
+        """The network's layer records, input to logits (`jaxbp.Config.body`): one dense
+        layer per hidden width and the output, a `--norm` layer after each hidden one."""
+        n_params = len(self.hidden) + 1 + (len(self.hidden) if self.norm else 0)
+        network = jaxbp.Config(activation=self.activation, norm=self.norm, dropout=self.dropout)
+        return network.body(n_params)
 
     @property
     def dp(self) -> bool:
@@ -179,9 +190,9 @@ class Settings:
                 )
             return
         refusals = (
-            (
-                self.norm == "batch",
-                "--norm batch cannot train with DP-SGD: batch normalisation mixes the "
+            (  # a layer whose record has no per-example gradients: only a --norm one here
+                not all(layer.per_example for layer in self.layers),
+                f"--norm {self.norm} cannot train with DP-SGD: batch normalisation mixes the "
                 "examples of a batch, so no example has a gradient of its own to clip "
                 "(Opacus refuses it for the same reason); use --norm layer or --norm none.",
             ),

@@ -10,7 +10,6 @@ for finite parameters; a failing write stops the run and keeps the last checkpoi
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from typing import Any
@@ -20,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxbp
+from jaxbp.app.check_table import layers_text
 from jaxbp.app.job import SAMPLING, Job, Privacy, prepare
 from jaxbp.app.settings import JobError, Settings
 from jaxbp.runs import FIGURES
@@ -87,7 +87,7 @@ def _run(job: Job) -> int:
             f"test_{score}": last[f"test_{score}"],
             "parity_max_rel_err": max(before.max_rel_err, after.max_rel_err),
             "parity_atol": max(before.atol, after.atol),
-            "parity_max_scaled_err": max(_scaled_err(before), _scaled_err(after)),
+            "parity_max_scaled_err": max(before.max_scaled_err, after.max_scaled_err),
             "parity_dtype": "float64",
             "devices": s.devices,
             "norm": s.norm,
@@ -109,9 +109,8 @@ def _number(value: float) -> str:
 
 def _layers(settings: Settings) -> str:
     """ ", layer norm, dropout 0.2" (the remedies a run's network has), or ""."""
-    parts = [f"{settings.norm} norm"] if settings.norm else []
-    parts += [f"dropout {settings.dropout:g}"] if settings.dropout else []
-    return "".join(f", {p}" for p in parts)
+    text = layers_text(settings.norm, settings.dropout)
+    return f", {text}" if text else ""
 
 
 def _privacy_line(p: Privacy) -> str:
@@ -293,20 +292,18 @@ def _parity(
     norm has an exactly-zero gradient, whose relative error is rounding over rounding.
     `key` draws a dropout network's masks (the same for both paths).
     """
-    body = model.body(len(params))
-    first = "auto" if any(getattr(l, "zeroes_preceding_bias", False) for l in body) else 0.0
-    report32 = jaxbp.check_parity(params, *batch, model, key=key, atol=first)
+    report32 = jaxbp.check_parity(params, *batch, model, key=key, atol=None)
     with jax.enable_x64(True):
         as64 = lambda v: jnp.asarray(v, jnp.float64)  # noqa: E731
         x, y = batch
         y = y if jnp.issubdtype(y.dtype, jnp.integer) else as64(y)
         params64 = jax.tree.map(as64, params)
-        report = jaxbp.check_parity(params64, as64(x), y, model, key=key, atol=first)
-        if not report.passed and first == 0.0:
+        report = jaxbp.check_parity(params64, as64(x), y, model, key=key, atol=None)
+        if not report.passed and report.atol == 0:
             report = jaxbp.check_parity(params64, as64(x), y, model, key=key, atol="auto")
     atol = (
         f", atol {report.atol:.1e} = rtol x ||grad||: worst error on that scale "
-        f"{_scaled_err(report):.1e}"
+        f"{report.max_scaled_err:.1e}"
         if report.atol
         else ""
     )
@@ -314,21 +311,9 @@ def _parity(
         settings,
         f"parity {when} training (manual_grad vs jax.grad on a batch): worst rel err "
         f"{report.max_rel_err:.1e} in float64 (rtol {report.rtol:.0e}{atol}), "
-        f"{_scaled_err(report32):.1e} in float32",
+        f"{report32.max_scaled_err:.1e} in float32",
     )
     return report
-
-
-def _scaled_err(report: Any) -> float:
-    """The worst leaf error on the scale the verdict uses: `||manual - autodiff||` over
-    the larger of the leaf's norm and `atol / rtol` (the gradient's, with `atol="auto"`)."""
-    floor = report.atol / report.rtol if report.rtol else 0.0
-    worst = 0.0
-    for leaf in report.leaves:
-        scale = max(leaf.ref_norm, floor)
-        err = 0.0 if leaf.abs_err == 0 else (leaf.abs_err / scale if scale else math.inf)
-        worst = max(worst, err)
-    return worst
 
 
 def _diagnostics_line(row: dict[str, Any]) -> str:
