@@ -36,15 +36,12 @@ import jax
 import jax.numpy as jnp
 
 import jaxbp
+from _common import log, make_parser, write_results
 from jaxbp.app import bench as _bench
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 KW = _bench.KW
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
 
 
 def sweeps(config, models, reps, steps):
@@ -251,9 +248,7 @@ def markdown(result):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a minute or less")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser = make_parser(__doc__, "tiny sizes, a minute or less")
     parser.add_argument("--skip-alternatives", action="store_true")
     parser.add_argument("--sharded-worker", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--markdown-from", type=Path, help="only rebuild the table from a JSON")
@@ -295,9 +290,7 @@ def main():
     result["sharded"] = sharded(result["sharded_config"], 3 if smoke else 50)
     result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}"
     result["wall_s"] = time.perf_counter() - start
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "benchmark.md").write_text(markdown(result))
+    write_results(args.out, "benchmark", result, markdown(result))
     print(markdown(result))
 
 

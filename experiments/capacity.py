@@ -15,12 +15,8 @@ Usage: python experiments/capacity.py [--smoke] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,19 +24,9 @@ import numpy as np
 import optax
 
 import jaxbp
+from _common import log, make_parser, markdown_table, mean_sd, rounded, write_results
 from jaxbp import datasets
 from jaxbp.app.plots import pyplot
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def rounded(values):
-    """A nested list of floats at 6 significant digits, to keep the JSON readable."""
-    return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(np.asarray(values)).tolist()
-
-
-def log(text):
-    print(text, file=sys.stderr, flush=True)
 
 
 def plane(x, n):
@@ -145,25 +131,23 @@ def plot(names, archs, results, data, grids, n_grid, path):
 
 
 def table(rows):
-    lines = [
-        "| dataset | hidden | parameters | train accuracy | test accuracy | train loss |",
-        "|---|---|---|---|---|---|",
+    header = ["dataset", "hidden", "parameters", "train accuracy", "test accuracy", "train loss"]
+    cells = [
+        [
+            r["dataset"],
+            r["hidden"],
+            r["parameters"],
+            mean_sd(r, "train_accuracy"),
+            mean_sd(r, "test_accuracy"),
+            f"{r['train_loss_mean']:.3f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['dataset']} | {r['hidden']} | {r['parameters']} | "
-            f"{r['train_accuracy_mean']:.3f} ± {r['train_accuracy_sd']:.3f} | "
-            f"{r['test_accuracy_mean']:.3f} ± {r['test_accuracy_sd']:.3f} | "
-            f"{r['train_loss_mean']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, cells)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch, one 2-2 network")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where the files go")
-    args = parser.parse_args()
+    args = make_parser(__doc__, "1 seed, 1 epoch, one 2-2 network").parse_args()
 
     names = ["xor", "moons", "spirals"]
     archs = [(2,), (4,), (8,), (16,), (32,), (128,), (16, 16), (16, 16, 16)]
@@ -208,7 +192,6 @@ def main():
         )
 
     rows.sort(key=lambda r: names.index(r["dataset"]))  # stable: architectures keep their order
-    args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "experiment": "capacity",
         "smoke": args.smoke,
@@ -226,8 +209,7 @@ def main():
         },
         "results": rows,
     }
-    (args.out / "capacity.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "capacity.md").write_text(table(rows))
+    write_results(args.out, "capacity", result, table(rows))
     plot(names, archs, results, data, np.asarray(grids), n_grid, args.out / "capacity.png")
     log(table(rows))
     log(f"wrote capacity.{{png,json,md}} in {args.out} ({result['wall_s']:.0f} s)")

@@ -10,7 +10,6 @@ Usage: python experiments/default_settings.py [--smoke]
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,10 +17,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression, RidgeCV
 
+from _common import RESULTS, log, write_results
 from jaxbp import datasets
 from jaxbp.app.cli import main as jaxbp_main
 
-RESULTS = Path(__file__).parent / "results"
 TARGETS = {"digits": 0.97, "breast_cancer": 0.95, "diabetes": 0.40}
 
 
@@ -63,11 +62,7 @@ def main():
             for seed in seeds:
                 rows.append(run(dataset, grad, seed, extra))
                 r = rows[-1]
-                print(
-                    f"{dataset:<14} {grad:<8} seed {seed}: {r['score']:.4f} ({r['wall_s']:.1f} s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                log(f"{dataset:<14} {grad:<8} seed {seed}: {r['score']:.4f} ({r['wall_s']:.1f} s)")
     if args.smoke:
         return
     table = [
@@ -87,9 +82,7 @@ def main():
                 f"{statistics.median(walls):.1f} | {min(linear):.4f} / "
                 f"{statistics.mean(linear):.4f} |"
             )
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "default_settings.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (RESULTS / "default_settings.md").write_text("\n".join(table) + "\n")
+    write_results(RESULTS, "default_settings", rows, "\n".join(table) + "\n")
     print("\n".join(table))
 
 

@@ -13,9 +13,6 @@ Usage: python experiments/fig_activations.py [--smoke] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -27,14 +24,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxbp  # noqa: E402
+from _common import log, make_parser, write_results  # noqa: E402
 from jaxbp.app.plots import pyplot  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 PROBES = (-10.0, -5.0, 0.0, 5.0, 10.0)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def handwritten(act: jaxbp.Activation, z: jax.Array) -> jax.Array:
@@ -144,10 +137,7 @@ def table(rows: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a coarse grid, for tests")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
-    args = parser.parse_args(argv)
+    args = make_parser(__doc__, "a coarse grid, for tests").parse_args(argv)
     z_max, n_points = 10.0, 201 if args.smoke else 4001  # step 0.1 or 0.005; both hit 0, +-5
     start = time.perf_counter()
 
@@ -174,7 +164,6 @@ def main(argv: list[str] | None = None) -> None:
         "jax_version": jax.__version__,
         "wall_s": time.perf_counter() - start,
     }
-    (args.out / "fig_activations.json").write_text(json.dumps(result, indent=1) + "\n")
     md = (
         "# Figure 1.11: activation derivatives (handwritten `act.deriv`)\n\n"
         f"Grid: {n_points} points on [-{z_max:g}, {z_max:g}]. Where the maximum is a plateau "
@@ -183,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
         "edge.\n\n" + table(rows) + "\nWorst |handwritten - jax.grad| over every activation on "
         f"the grid: {worst['float32']:.1e} (float32), {worst['float64']:.1e} (float64).\n"
     )
-    (args.out / "fig_activations.md").write_text(md)
+    write_results(args.out, "fig_activations", result, md)
     log(f"wrote {args.out}/fig_activations.{{png,json,md}} in {result['wall_s']:.1f} s")
 
 

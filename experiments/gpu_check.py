@@ -17,16 +17,13 @@ from pathlib import Path
 
 import jax
 
+from _common import log, write_results
 from jaxbp import parity_grid
 from jaxbp.app import bench as _bench
 from jaxbp.app.cli import main as jaxbp_main
 
 sys.path.insert(0, str(Path(__file__).parent))
 from benchmark import extras
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
 
 
 def main():
@@ -99,8 +96,7 @@ def main():
             f"{r['seconds']:.2f} s of training, {r['wall_s']:.1f} s wall, parity "
             f"{r['parity_max_rel_err']:.1e}"
         )
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "gpu_check.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, "gpu_check", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -29,9 +29,7 @@ its error, not fatal. --smoke runs tiny sizes in interpret mode on the CPU in se
 import argparse
 import functools
 import itertools
-import json
 import statistics
-import sys
 import tempfile
 import time
 import traceback
@@ -42,10 +40,10 @@ import jax.numpy as jnp
 import optax
 
 import jaxbp
+from _common import RESULTS, write_results
+from _common import log as log_line
 from jaxbp import fused_epoch_fn, fused_step_fn
-from jaxbp._fused import DEFAULT_WARPS
 
-RESULTS = Path(__file__).parent / "results"
 # NVIDIA H200 SXM datasheet (nvidia.com/en-us/data-center/h200): TF32 tensor core 989
 # TFLOP/s with 2:4 sparsity, so 494.5 dense; FP32 (no tensor cores) 67 TFLOP/s; HBM3e
 # 4.8 TB/s; 132 streaming multiprocessors. The fused kernel is one program on one SM.
@@ -59,7 +57,8 @@ START = time.perf_counter()
 
 
 def log(message):
-    print(f"[{time.perf_counter() - START:6.1f} s] {message}", file=sys.stderr, flush=True)
+    """A progress line on stderr, stamped with the seconds since the script started."""
+    log_line(f"[{time.perf_counter() - START:6.1f} s] {message}")
 
 
 def median_s(call, budget_s, max_reps, warmup=2):
@@ -383,8 +382,7 @@ def envelope(out):
         rows.append({"sizes": sizes, "batch": batch, "dtype": dtype, "outcome": outcome})
         log(f"{sizes} batch {batch} {dtype}: {outcome}")
     jax.config.update("jax_enable_x64", False)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_fused_envelope.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_results(out, "gpu_fused_envelope", rows)
 
 
 def profile():
@@ -425,7 +423,7 @@ def main():
     device = jax.devices()[0]
     result = {"device": f"{device} ({device.device_kind})", "jax": jax.__version__}
     result["smoke"] = args.smoke
-    result["num_warps"] = DEFAULT_WARPS
+    result["num_warps"] = jaxbp.Fused().warps
     log(f"device {result['device']}, backend {jax.default_backend()}")
     result["dispatch_floor_ms"] = dispatch_floor_ms(timing)
     log(f"dispatch floor {result['dispatch_floor_ms']:.4f} ms a call")
@@ -471,9 +469,7 @@ def main():
 def save(result, out):
     """Write what is measured so far (a run cut off at its time limit keeps its points)."""
     result["wall_s"] = time.perf_counter() - START
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_fused.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "gpu_fused.md").write_text(markdown(result))
+    write_results(out, "gpu_fused", result, markdown(result))
     return result
 
 

@@ -14,11 +14,7 @@ Writes experiments/results/hessian_spectrum.{png,json,md}.
     python experiments/hessian_spectrum.py [--smoke] [--out DIR]
 """
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.flatten_util
@@ -27,13 +23,10 @@ import numpy as np
 import optax
 
 import jaxbp
+from _common import log, make_parser, write_results
 from jaxbp.app.plots import pyplot
 
 KW = dict(activation="tanh", loss="cross_entropy")
-
-
-def log(message):
-    print(message, file=sys.stderr, flush=True)
 
 
 def tree_dot(a, b):
@@ -83,10 +76,43 @@ def dense_check(x, y):
     }
 
 
+def plot(runs, path):
+    """Sharpness (Hessian and Gauss-Newton, 2/eta dashed) and loss against the step."""
+    plt = pyplot()
+    fig, (ax_s, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, r in enumerate(runs):
+        t = [row["step"] for row in r["rows"]]
+        ax_s.plot(
+            t,
+            [row["sharpness"] for row in r["rows"]],
+            color=f"C{i}",
+            label=f"Hessian, eta={r['lr']}",
+        )
+        ax_s.plot(
+            t,
+            [row["gauss_newton"] for row in r["rows"]],
+            color=f"C{i}",
+            ls=":",
+            label=f"Gauss-Newton, eta={r['lr']}",
+        )
+        ax_s.axhline(r["two_over_lr"], color=f"C{i}", ls="--", lw=0.8)
+        ax_l.plot(t, [row["loss"] for row in r["rows"]], color=f"C{i}", label=f"eta={r['lr']}")
+    for ax, ylabel, title in (
+        (ax_s, "top eigenvalue", "sharpness (dashed: 2/eta)"),
+        (ax_l, "training loss", "full-batch loss"),
+    ):
+        ax.set(xlabel="gradient-descent step", ylabel=ylabel, yscale="log", title=title)
+        ax.legend(fontsize=7)
+    fig.suptitle(
+        "Top Hessian eigenvalue by power iteration on jaxbp.hvp (jvp of manual_grad), digits"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser = make_parser(__doc__, "20 steps at lr 0.5, 10 power iterations")
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.5, 2.0, 8.0])
     args = parser.parse_args()
     start = time.perf_counter()
@@ -149,45 +175,7 @@ def main():
         )
 
     args.out.mkdir(parents=True, exist_ok=True)
-    plt = pyplot()
-    fig, (ax_s, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, r in enumerate(runs):
-        t = [row["step"] for row in r["rows"]]
-        ax_s.plot(
-            t,
-            [row["sharpness"] for row in r["rows"]],
-            color=f"C{i}",
-            label=f"Hessian, eta={r['lr']}",
-        )
-        ax_s.plot(
-            t,
-            [row["gauss_newton"] for row in r["rows"]],
-            color=f"C{i}",
-            ls=":",
-            label=f"Gauss-Newton, eta={r['lr']}",
-        )
-        ax_s.axhline(r["two_over_lr"], color=f"C{i}", ls="--", lw=0.8)
-        ax_l.plot(t, [row["loss"] for row in r["rows"]], color=f"C{i}", label=f"eta={r['lr']}")
-    ax_s.set(
-        xlabel="gradient-descent step",
-        ylabel="top eigenvalue",
-        yscale="log",
-        title="sharpness (dashed: 2/eta)",
-    )
-    ax_s.legend(fontsize=7)
-    ax_l.set(
-        xlabel="gradient-descent step",
-        ylabel="training loss",
-        yscale="log",
-        title="full-batch loss",
-    )
-    ax_l.legend(fontsize=7)
-    fig.suptitle(
-        "Top Hessian eigenvalue by power iteration on jaxbp.hvp (jvp of manual_grad), digits"
-    )
-    fig.tight_layout()
-    fig.savefig(args.out / "hessian_spectrum.png", dpi=120)
-    plt.close(fig)
+    plot(runs, args.out / "hessian_spectrum.png")
 
     lines = [
         "| eta | 2 / eta | sharpness at step 0 | first step below 2 / eta | evaluations above "
@@ -214,8 +202,7 @@ def main():
         "runs": runs,
         "wall_s": time.perf_counter() - start,
     }
-    (args.out / "hessian_spectrum.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "hessian_spectrum.md").write_text("\n".join(lines) + "\n")
+    write_results(args.out, "hessian_spectrum", result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -37,24 +37,20 @@ Usage: python experiments/memory_for_time.py [--smoke] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import statistics
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxbp
+from _common import log, make_parser, write_results
 from jaxbp import SOFTMAX
 from jaxbp.app.plots import pyplot
 
-RESULTS = Path(__file__).parent / "results"
 ACTIVATION = "tanh"
 LOSS = "cross_entropy"
 METHODS = (
@@ -73,10 +69,6 @@ MEMORY_FIELDS = (
     "alias_size_in_bytes",
     "peak_memory_in_bytes",
 )
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --- (b) the recursion without dynamic programming ---------------------------------------
@@ -527,10 +519,7 @@ def findings(depths, records, fits, cfg, aliasing) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
-    args = parser.parse_args(argv)
+    args = make_parser(__doc__, "tiny sizes, for tests").parse_args(argv)
 
     depths = [2, 4] if args.smoke else [2, 4, 8, 16, 32, 64]
     width = 8 if args.smoke else 128  # units per hidden layer, and input features
@@ -604,7 +593,6 @@ def main(argv: list[str] | None = None) -> None:
         "jax_version": jax.__version__,
         "wall_s": wall,
     }
-    (args.out / "memory_for_time.json").write_text(json.dumps(result, indent=1) + "\n")
     md = [
         "# Memory for time: stored forward flow against recomputation",
         "",
@@ -630,7 +618,7 @@ def main(argv: list[str] | None = None) -> None:
         tables(depths, records, fits),
         f"Run time {wall:.0f} s.",
     ]
-    (args.out / "memory_for_time.md").write_text("\n".join(md) + "\n")
+    write_results(args.out, "memory_for_time", result, "\n".join(md) + "\n")
     log(f"wrote {args.out}/memory_for_time.{{png,json,md}} in {wall:.1f} s")
 
 

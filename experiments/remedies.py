@@ -34,7 +34,6 @@ Usage: python experiments/remedies.py [--smoke] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -47,14 +46,13 @@ import numpy as np
 import optax
 
 import jaxbp
+from _common import log, make_parser, markdown_table, rounded, write_results
 from jaxbp.app.plots import pyplot
 
 sys.path.insert(0, str(Path(__file__).parent))
 # The conventions shared with the vanishing-gradients experiment: the underflow-safe norm,
 # 4 significant digits in the JSON, the per-layer geometric mean, what counts as level.
-from vanishing_gradients import LEVEL, geo, norm, rounded
-
-RESULTS = Path(__file__).parent / "results"
+from vanishing_gradients import DIGITS, LEVEL, geo, norm
 
 
 class Variant(NamedTuple):
@@ -89,10 +87,6 @@ def variants(dropout: float, momentum: float, glorot: str) -> dict[str, Variant]
         "all, batch norm": Variant(norm="batch", **every),
         "all, layer norm": Variant(norm="layer", **every),
     }
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def load(name: str, seed: int) -> dict[str, jaxbp.datasets.Dataset]:
@@ -151,7 +145,7 @@ def run_variant(prog: Program, variant: Variant, sizes, data, cfg, key, lr=None)
         keys
     )
     state = jax.vmap(lambda p: jaxbp.init_train_state(prog.optimizer, p, prog.config))(params)
-    opt_state = state.opt_state if isinstance(state, jaxbp.TrainState) else state
+    opt_state = jaxbp.TrainState.of(state).opt_state
     opt_state.hyperparams["momentum"] = jnp.full((n,), variant.momentum, jnp.float32)
     opt_state.hyperparams["learning_rate"] = jnp.full((n,), lr, jnp.float32)
     x_train, y_train, x_test, y_test = data
@@ -163,17 +157,17 @@ def run_variant(prog: Program, variant: Variant, sizes, data, cfg, key, lr=None)
         params, state, metrics = prog.sweep(params, state, epoch_keys, x_train, y_train)
         losses.append(jnp.mean(metrics["loss"], axis=1))
     trained = prog.flow_norms(params, *batch, k_diag)
-    stats = state.stats if isinstance(state, jaxbp.TrainState) else None
+    stats = jaxbp.TrainState.of(state).stats or None
     test = prog.evaluate(params, x_test, y_test, stats)
     loss_curve = np.asarray(jnp.stack(losses, axis=1), np.float64)  # (seeds, epochs)
-    record = {"lr": lr, "train_loss_per_epoch": rounded(loss_curve)}
+    record = {"lr": lr, "train_loss_per_epoch": rounded(loss_curve, DIGITS)}
     for when, res in (("at_init", at_init), ("trained", trained)):
         delta = np.asarray(res["delta"], np.float64)
         dW = np.asarray(res["dW"], np.float64)
         record[when] = {
-            "batch_loss": rounded(np.asarray(res["loss"], np.float64)),
-            "delta_norms": rounded(delta),
-            "dW_norms": rounded(dW),
+            "batch_loss": rounded(np.asarray(res["loss"], np.float64), DIGITS),
+            "delta_norms": rounded(delta, DIGITS),
+            "dW_norms": rounded(dW, DIGITS),
             "delta_ratio": ratios(delta),
             "dW_ratio": ratios(dW),
         }
@@ -195,7 +189,7 @@ def ratios(norms: np.ndarray) -> list[float | None]:
     """||first layer|| / ||last layer|| per seed; None where it is 0, inf or nan."""
     with np.errstate(divide="ignore", invalid="ignore"):
         r = norms[:, 0] / norms[:, -1]
-    return [float(f"{v:.4g}") if np.isfinite(v) and v > 0 else None for v in r]
+    return [rounded(v, DIGITS) if np.isfinite(v) and v > 0 else None for v in r]
 
 
 def spread(values: list[float | None]) -> dict:
@@ -244,7 +238,7 @@ def main_table(records, dataset, names, activations, depths) -> str:
     head = ["variant", "depth"]
     for act in activations:
         head += [f"{act} test acc", f"{act} ratio init", f"{act} ratio trained"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for name in names:
         for depth in depths:
             row = [name, str(depth)]
@@ -255,18 +249,15 @@ def main_table(records, dataset, names, activations, depths) -> str:
                     fmt_ratio(r["at_init"]["delta_ratio_summary"]),
                     fmt_ratio(r["trained"]["delta_ratio_summary"]),
                 ]
-            lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+            rows.append(row)
+    return markdown_table(head, rows)
 
 
 def lr_table(records, lr_records, dataset, depth, lr, names) -> str:
     """Test accuracy of the plain variants at the main rate and the checked ones."""
     rates = sorted({lr} | {r["lr"] for r in lr_records})
     acts = list(dict.fromkeys(r["activation"] for r in lr_records))
-    lines = [
-        "| activation | variant | " + " | ".join(f"lr {v:g}" for v in rates) + " |",
-        "|---|---|" + "---|" * len(rates),
-    ]
+    rows = []
     for act in acts:
         for name in names:
             cells = []
@@ -280,8 +271,8 @@ def lr_table(records, lr_records, dataset, depth, lr, names) -> str:
                     if (r["activation"], r["variant"], r["lr"]) == (act, name, rate)
                 ]
                 cells.append(fmt_acc(rec[0]))
-            lines.append(f"| {act} | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+            rows.append([act, name, *cells])
+    return markdown_table(["activation", "variant", *(f"lr {v:g}" for v in rates)], rows)
 
 
 def chance(data) -> float:
@@ -367,9 +358,7 @@ def replot(out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
+    parser = make_parser(__doc__, "tiny sizes, for tests")
     parser.add_argument(
         "--replot", action="store_true", help="redraw remedies.png from --out's remedies.json"
     )
@@ -480,7 +469,6 @@ def main(argv: list[str] | None = None) -> None:
         "jax_version": jax.__version__,
         "wall_s": wall,
     }
-    (args.out / "remedies.json").write_text(json.dumps(result) + "\n")
     md = [
         "# Remedies for depth (section 1.1.3)",
         "",
@@ -511,7 +499,7 @@ def main(argv: list[str] | None = None) -> None:
         lr_table(records, lr_records, datasets[0], min(depths), lr, lr_check_variants),
         f"Run time {wall:.0f} s.",
     ]
-    (args.out / "remedies.md").write_text("\n".join(md) + "\n")
+    write_results(args.out, "remedies", result, "\n".join(md) + "\n", indent=None)
     log(f"wrote {args.out}/remedies.{{png,json,md}} in {wall:.1f} s")
 
 

@@ -15,11 +15,7 @@ Usage: python experiments/two_paths.py [--smoke] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -27,19 +23,9 @@ import numpy as np
 import optax
 
 import jaxbp
+from _common import log, make_parser, markdown_table, mean_sd, rounded, write_results
 from jaxbp import datasets
 from jaxbp.app.plots import pyplot
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def rounded(values):
-    """A nested list of floats at 6 significant digits, to keep the JSON readable."""
-    return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(np.asarray(values)).tolist()
-
-
-def log(text):
-    print(text, file=sys.stderr, flush=True)
 
 
 def stacked_data(name, seeds, dtype):
@@ -207,34 +193,42 @@ def plot(summaries, path):
 
 
 def table(summaries):
-    lines = [
-        "| dataset | network | epochs | seeds | test score | manual | autodiff | largest gap "
-        "in test score | max abs param diff, float32 (epoch 1 / final) | max rel diff, float32 "
-        "(final) | max abs param diff, float64 (final) | for scale: manual float32 vs float64 "
-        "(final) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    header = [
+        "dataset",
+        "network",
+        "epochs",
+        "seeds",
+        "test score",
+        "manual",
+        "autodiff",
+        "largest gap in test score",
+        "max abs param diff, float32 (epoch 1 / final)",
+        "max rel diff, float32 (final)",
+        "max abs param diff, float64 (final)",
+        "for scale: manual float32 vs float64 (final)",
     ]
-    for s in summaries:
-        lines.append(
-            f"| {s['dataset']} | {s['architecture']} {s['activation']} | {s['epochs']} | "
-            f"{len(s['seeds'])} | {s['score']} | {s['test_score_manual_mean']:.4f} ± "
-            f"{s['test_score_manual_sd']:.4f} | {s['test_score_autodiff_mean']:.4f} ± "
-            f"{s['test_score_autodiff_sd']:.4f} | {s['largest_score_gap']:.1e} | "
-            f"{s['float32_max_abs_diff_first_epoch']:.1e} / "
-            f"{s['float32_max_abs_diff_final']:.1e} | "
-            f"{s['float32_max_rel_diff_final']:.1e} | {s['float64_max_abs_diff_final']:.1e} | "
-            f"{s['manual_float32_vs_float64_max_abs_diff_final']:.1e} |"
-        )
-    return "\n".join(lines) + "\n"
+    cells = [
+        [
+            s["dataset"],
+            f"{s['architecture']} {s['activation']}",
+            s["epochs"],
+            len(s["seeds"]),
+            s["score"],
+            mean_sd(s, "test_score_manual", 4),
+            mean_sd(s, "test_score_autodiff", 4),
+            f"{s['largest_score_gap']:.1e}",
+            f"{s['float32_max_abs_diff_first_epoch']:.1e} / {s['float32_max_abs_diff_final']:.1e}",
+            f"{s['float32_max_rel_diff_final']:.1e}",
+            f"{s['float64_max_abs_diff_final']:.1e}",
+            f"{s['manual_float32_vs_float64_max_abs_diff_final']:.1e}",
+        ]
+        for s in summaries
+    ]
+    return markdown_table(header, cells)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--smoke", action="store_true", help="breast_cancer only, 1 seed, 2 epochs, 8 units"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where the files go")
-    args = parser.parse_args()
+    args = make_parser(__doc__, "breast_cancer only, 1 seed, 2 epochs, 8 units").parse_args()
 
     # The settings of `jaxbp train` for each dataset (adam, lr 1e-3, batch 32).
     settings = {
@@ -260,7 +254,6 @@ def main():
             log(f"{name} {kind}: {len(seeds)} seeds x 2 paths in {seconds:.1f} s")
         summaries.append(summarise(name, cfg, sizes, seeds, runs, finals))
 
-    args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "experiment": "two_paths",
         "optimizer": f"adam lr {lr:g}",
@@ -270,8 +263,7 @@ def main():
         "wall_s": time.perf_counter() - start,
         "datasets": summaries,
     }
-    (args.out / "two_paths.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "two_paths.md").write_text(table(summaries))
+    write_results(args.out, "two_paths", result, table(summaries))
     plot(summaries, args.out / "two_paths.png")
     log(table(summaries))
     log(f"wrote two_paths.{{png,json,md}} in {args.out} ({result['wall_s']:.0f} s)")

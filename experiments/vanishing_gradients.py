@@ -20,9 +20,6 @@ Usage: python experiments/vanishing_gradients.py [--smoke] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 import warnings
 from functools import partial
@@ -34,16 +31,14 @@ import numpy as np
 import optax
 
 import jaxbp
+from _common import log, make_parser, rounded, write_results
 from jaxbp.app.plots import pyplot
 
-RESULTS = Path(__file__).parent / "results"
 NORMALISED = {"sigmoid": "glorot_uniform", "tanh": "glorot_uniform", "relu": "he_normal"}
 LEVEL = 10.0
 """A first/last ratio within [1/LEVEL, LEVEL] (less than a decade apart) counts as level."""
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+DIGITS = 4
+"""Significant digits of the norms and losses in the JSON (keeps it small)."""
 
 
 def norm(x: jax.Array) -> jax.Array:
@@ -114,20 +109,15 @@ def run_setting(activation, depth, cfg, data, key):
             dW = np.asarray(res["dW"][rows], np.float64)
             record[when] = {
                 "loss": np.asarray(res["loss"][rows]).tolist(),
-                "delta_norms": rounded(delta),
-                "dW_norms": rounded(dW),
+                "delta_norms": rounded(delta, DIGITS),
+                "dW_norms": rounded(dW, DIGITS),
                 "delta_ratio": ratios(delta),
                 "dW_ratio": ratios(dW),
             }
-        record["train_loss_per_epoch"] = rounded(np.asarray(epoch_loss[rows]))
+        record["train_loss_per_epoch"] = rounded(epoch_loss[rows], DIGITS)
         record["test_accuracy"] = np.asarray(accuracy[rows]).tolist()
         out.append(record)
     return out
-
-
-def rounded(a: np.ndarray) -> list:
-    """Nested lists of floats to 4 significant digits (keeps the JSON small)."""
-    return np.vectorize(lambda v: float(f"{v:.4g}"), otypes=[float])(a).tolist()
 
 
 def ratios(norms: np.ndarray) -> list[float]:
@@ -367,10 +357,7 @@ def figure(records: list[dict], depths: list[int], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, for tests")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
-    args = parser.parse_args(argv)
+    args = make_parser(__doc__, "tiny sizes, for tests").parse_args(argv)
 
     activations = ["tanh", "relu"] if args.smoke else list(NORMALISED)
     depths = [2, 3] if args.smoke else list(range(2, 21, 2))
@@ -427,7 +414,6 @@ def main(argv: list[str] | None = None) -> None:
         "jax_version": jax.__version__,
         "wall_s": wall,
     }
-    (args.out / "vanishing_gradients.json").write_text(json.dumps(result) + "\n")
     md = [
         "# Where gradients vanish: eq. 1.4 on digits",
         "",
@@ -457,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         table(records),
         f"Run time {wall:.0f} s.",
     ]
-    (args.out / "vanishing_gradients.md").write_text("\n".join(md) + "\n")
+    write_results(args.out, "vanishing_gradients", result, "\n".join(md) + "\n", indent=None)
     log(f"wrote {args.out}/vanishing_gradients.{{png,json,md}} in {wall:.1f} s")
 
 

@@ -22,12 +22,8 @@ Usage: python experiments/why_cross_entropy.py [--smoke] [--out DIR]
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -35,10 +31,10 @@ import numpy as np
 import optax
 
 import jaxbp
+from _common import log, make_parser, markdown_table, rounded, write_results
 from jaxbp import SOFTMAX, datasets
 from jaxbp.app.plots import pyplot
 
-RESULTS = Path(__file__).parent / "results"
 LOSS_PAIRS = {
     # dataset -> {name: (loss, output_activation)}; the first is squared error
     "breast_cancer": {
@@ -47,15 +43,6 @@ LOSS_PAIRS = {
     },
     "digits": {"mse + softmax": ("mse", "softmax"), "cross-entropy": ("cross_entropy", None)},
 }
-
-
-def rounded(values):
-    """A nested list of floats at 6 significant digits, to keep the JSON readable."""
-    return np.vectorize(lambda v: float(f"{v:.6g}"), otypes=[float])(np.asarray(values)).tolist()
-
-
-def log(text):
-    print(text, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -238,22 +225,32 @@ def part_b(names, hidden, activation, optimizers, seeds, levels, epochs, batch_s
 # outputs
 
 
+def color(label):
+    """Cross-entropy blue, squared error red, in every panel."""
+    return "C0" if label == "cross-entropy" else "C3"
+
+
+def delta_curves(ax, a, unit, x, labels, every):
+    """Part (a)'s `|delta_L|` of `unit` ("sigmoid" or "softmax") against `a[x]`, one curve
+    per loss (`labels`: loss name -> legend), with every `every`-th point marked (jax.grad
+    gives the same values there)."""
+    for name, label in labels.items():
+        v = np.asarray(a[f"{unit}: {name}"])
+        ax.plot(a[x], v, color=color(name), label=label)
+        ax.plot(a[x][::every], v[::every], "o", mfc="none", color="k", ms=4)
+    ax.plot([], [], "o", mfc="none", color="k", ms=4, label="jax.grad (same values)")
+
+
 def plot(a, rows, levels, show_level, epochs, target, path):
     plt = pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.6))
-    colors = {"squared": "C3", "cross": "C0"}
-    color = lambda label: colors["cross" if label == "cross-entropy" else "squared"]  # noqa: E731
     every = max(1, len(a["z"]) // 25)
     names = list(dict.fromkeys(r["dataset"] for r in rows))
     markers = dict(zip(names, "sD"))
 
     ax = axes[0, 0]
-    for name in ("mse + sigmoid", "cross-entropy"):
-        v = np.asarray(a[f"sigmoid: {name}"])
-        label = "squared error: 2 (a - y) a (1 - a)" if name != "cross-entropy" else "BCE: a - y"
-        ax.plot(a["z"], v, color=color(name), label=label)
-        ax.plot(a["z"][::every], v[::every], "o", mfc="none", color="k", ms=4)
-    ax.plot([], [], "o", mfc="none", color="k", ms=4, label="jax.grad (same values)")
+    labels = {"mse + sigmoid": "squared error: 2 (a - y) a (1 - a)", "cross-entropy": "BCE: a - y"}
+    delta_curves(ax, a, "sigmoid", "z", labels, every)
     ax.set(
         yscale="log",
         xlabel="z (logit of the one sigmoid unit)",
@@ -265,12 +262,8 @@ def plot(a, rows, levels, show_level, epochs, target, path):
     ax.legend(fontsize=8, loc="lower right")
 
     ax = axes[0, 1]
-    for name in ("mse + softmax", "cross-entropy"):
-        v = np.asarray(a[f"softmax: {name}"])
-        label = "squared error on softmax" if name != "cross-entropy" else "cross-entropy: a - y"
-        ax.plot(a["s"], v, color=color(name), label=label)
-        ax.plot(a["s"][::every], v[::every], "o", mfc="none", color="k", ms=4)
-    ax.plot([], [], "o", mfc="none", color="k", ms=4, label="jax.grad (same values)")
+    labels = {"mse + softmax": "squared error on softmax", "cross-entropy": "cross-entropy: a - y"}
+    delta_curves(ax, a, "softmax", "s", labels, every)
     ax.set(
         yscale="log",
         xlabel="s (logit of a wrong class; the others 0)",
@@ -363,48 +356,61 @@ def plot(a, rows, levels, show_level, epochs, target, path):
     plt.close(fig)
 
 
+def median_epochs(r, epochs):
+    """A setting's median epochs to the target, or `> epochs` where the median run missed it."""
+    med = r["median_epochs_to_target"]
+    return f"{med:g}" if np.isfinite(med) else f"> {epochs}"
+
+
+def reached(r):
+    """How many of a setting's runs reached the target, as `k/n`."""
+    return f"{r['runs_reaching_target']}/{len(r['epochs_to_target'])}"
+
+
 def table(rows, epochs, target):
     levels = list(dict.fromkeys(r["saturation"] for r in rows))
-    lines = [
-        f"Median epochs to {target:.0%} training accuracy (runs that got there) from an output "
-        "layer saturated at c:",
-        "",
-        "| dataset | optimizer | loss | " + " | ".join(f"c = {c:g}" for c in levels) + " |",
-        "|---|---|---|" + "---|" * len(levels),
-    ]
+    summary = []
     for key in dict.fromkeys((r["dataset"], r["optimizer"], r["loss"]) for r in rows):
-        cells = []
-        for r in (r for r in rows if (r["dataset"], r["optimizer"], r["loss"]) == key):
-            med = r["median_epochs_to_target"]
-            med = f"{med:g}" if np.isfinite(med) else f"> {epochs}"
-            cells.append(f"{med} ({r['runs_reaching_target']}/{len(r['epochs_to_target'])})")
-        lines.append(f"| {' | '.join(key)} | " + " | ".join(cells) + " |")
-    lines += ["", "Every run:", ""]
-    lines += [
-        f"| dataset | optimizer | loss | saturation c | initial accuracy | initial mean "
-        f"‖delta_L‖ | runs reaching {target:.0%} | median epochs to {target:.0%} | "
-        f"train accuracy after {epochs} epochs | test accuracy after {epochs} epochs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        same = (r for r in rows if (r["dataset"], r["optimizer"], r["loss"]) == key)
+        summary.append([*key, *(f"{median_epochs(r, epochs)} ({reached(r)})" for r in same)])
+    runs = [
+        [
+            r["dataset"],
+            r["optimizer"],
+            r["loss"],
+            f"{r['saturation']:g}",
+            f"{r['initial_train_accuracy']:.3f}",
+            f"{r['initial_delta_norm']:.2e}",
+            reached(r),
+            median_epochs(r, epochs),
+            f"{r['final_train_accuracy']:.3f}",
+            f"{r['final_test_accuracy']:.3f}",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        med = r["median_epochs_to_target"]
-        med = f"{med:g}" if np.isfinite(med) else f"> {epochs}"
-        lines.append(
-            f"| {r['dataset']} | {r['optimizer']} | {r['loss']} | {r['saturation']:g} | "
-            f"{r['initial_train_accuracy']:.3f} | {r['initial_delta_norm']:.2e} | "
-            f"{r['runs_reaching_target']}/{len(r['epochs_to_target'])} | {med} | "
-            f"{r['final_train_accuracy']:.3f} | {r['final_test_accuracy']:.3f} |"
-        )
-    return "\n".join(lines) + "\n"
+    runs_header = [
+        "dataset",
+        "optimizer",
+        "loss",
+        "saturation c",
+        "initial accuracy",
+        "initial mean ‖delta_L‖",
+        f"runs reaching {target:.0%}",
+        f"median epochs to {target:.0%}",
+        f"train accuracy after {epochs} epochs",
+        f"test accuracy after {epochs} epochs",
+    ]
+    return (
+        f"Median epochs to {target:.0%} training accuracy (runs that got there) from an output "
+        "layer saturated at c:\n\n"
+        + markdown_table(["dataset", "optimizer", "loss", *(f"c = {c:g}" for c in levels)], summary)
+        + "\nEvery run:\n\n"
+        + markdown_table(runs_header, runs)
+    )
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--smoke", action="store_true", help="breast_cancer, sgd, 1 seed, 2 epochs, 2 levels"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where the files go")
-    args = parser.parse_args()
+    args = make_parser(__doc__, "breast_cancer, sgd, 1 seed, 2 epochs, 2 levels").parse_args()
 
     z_max, n_points, k_classes = 12.0, 241, 10  # part (a)
     names = ["breast_cancer", "digits"]  # part (b)
@@ -432,7 +438,6 @@ def main():
         optimizers = dict(list(optimizers.items())[:1])
     rows = part_b(names, hidden, activation, optimizers, seeds, levels, epochs, batch_size, target)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     pick = lambda z, name: a[f"sigmoid: {name}"][int(np.argmin(np.abs(np.asarray(a["z"]) - z)))]  # noqa: E731
     result = {
         "experiment": "why_cross_entropy",
@@ -456,8 +461,7 @@ def main():
         },
         "training": rows,
     }
-    (args.out / "why_cross_entropy.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "why_cross_entropy.md").write_text(table(rows, epochs, target))
+    write_results(args.out, "why_cross_entropy", result, table(rows, epochs, target))
     plot(a, rows, levels, show_level, epochs, target, args.out / "why_cross_entropy.png")
     log(table(rows, epochs, target))
     log(f"wrote why_cross_entropy.{{png,json,md}} in {args.out} ({result['wall_s']:.0f} s)")

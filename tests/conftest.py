@@ -22,7 +22,7 @@ import pytest
 
 from jaxbp import ACTIVATIONS, random_problem
 from jaxbp import LOSS_OUTPUTS as _LOSS_OUTPUTS
-from jaxbp._checkpoint import MAGIC
+from jaxbp._files.checkpoint import MAGIC
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

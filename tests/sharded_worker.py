@@ -38,7 +38,7 @@ def train_steps(mesh, grad, batch=lambda v: v, norm=None, dropout=0.0):
         rows = slice(i * BATCH, (i + 1) * BATCH)
         key = jax.random.key(10 + i) if dropout else None
         params, state, _ = step(params, state, batch(x[rows]), batch(y[rows]), key=key)
-    stats = state.stats if isinstance(state, jaxbp.TrainState) else []
+    stats = jaxbp.TrainState.of(state).stats
     return [np.asarray(leaf.addressable_data(0)) for leaf in jax.tree.leaves((params, stats))]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 import jaxbp
 from conftest import ACTIVATION_NAMES
-from jaxbp._activations import SOFTMAX
+from jaxbp._core.activations import SOFTMAX
 
 Z_GRID = np.concatenate([np.linspace(-8, 8, 161), [-60.0, -30.0, -1e-9, 1e-9, 30.0, 60.0]])
 

@@ -15,7 +15,20 @@ from hypothesis import strategies as st
 
 import jaxbp
 from conftest import ACTIVATION_NAMES, LOSS_OUTPUTS, RTOL, make_problem, rel_err
-from jaxbp import _activations, _backprop, _config, _layers, _losses, _mlp, _tasks, _validate
+from jaxbp._core import (
+    activations,
+    backprop,
+    config,
+    dropout,
+    flow,
+    inits,
+    layers,
+    losses,
+    network,
+    norm,
+    tasks,
+    validate,
+)
 
 DTYPES = {"float64": jnp.float64, "float32": jnp.float32}
 STATIC = ("activation", "loss", "output_activation", "reduction")
@@ -197,7 +210,20 @@ AUTODIFF_NAMES = {
 
 @pytest.mark.parametrize(
     "module",
-    [_backprop, _mlp, _activations, _losses, _validate, _layers, _config, _tasks],
+    [
+        backprop,
+        flow,
+        network,
+        activations,
+        losses,
+        validate,
+        layers,
+        config,
+        tasks,
+        inits,
+        norm,
+        dropout,
+    ],
     ids=lambda m: m.__name__,
 )
 def test_manual_grad_uses_no_autodiff(module):

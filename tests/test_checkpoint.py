@@ -16,7 +16,7 @@ import pytest
 
 import jaxbp
 from conftest import archive, sealed
-from jaxbp._checkpoint import read_arrays, read_meta, temporary_files
+from jaxbp._files.checkpoint import read_arrays, read_meta, temporary_files
 
 
 def layers():
@@ -273,7 +273,7 @@ def test_a_failing_write_stays_an_oserror_and_keeps_the_old_file(tmp_path, monke
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("jaxbp._checkpoint.os.fsync", full)
+    monkeypatch.setattr("jaxbp._files.checkpoint.os.fsync", full)
     with pytest.raises(OSError, match="No space left on device") as info:
         jaxbp.save_checkpoint(path, layers(), {"epoch": 2})
     assert not isinstance(info.value, jaxbp.CheckpointError)

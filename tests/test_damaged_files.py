@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import archive, sealed
-from jaxbp._checkpoint import read_arrays
+from jaxbp._files.checkpoint import read_arrays
 from jaxbp.app.cli import main
 
 XOR = ["train", "--dataset", "xor", "--hidden", "8", "--batch-size", "50", "--quiet"]

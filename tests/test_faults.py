@@ -21,7 +21,7 @@ import pytest
 
 import jaxbp
 from conftest import metrics_without_timing, x64_off
-from jaxbp._checkpoint import read_arrays, read_meta
+from jaxbp._files.checkpoint import read_arrays, read_meta
 from jaxbp.app.cli import main
 
 EPOCHS = 120
@@ -115,7 +115,7 @@ def test_short_write_then_torn_line_is_repaired(straight, tmp_path, capsys, monk
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr("jaxbp.runs.os.write", short_write)
+    monkeypatch.setattr("jaxbp.runs.folder.os.write", short_write)
     code = main([*XOR, "--epochs", str(EPOCHS), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "No space left on device while saving epoch 3" in err

@@ -17,14 +17,13 @@ import pytest
 
 import jaxbp
 from conftest import rel_err
-from jaxbp import _fused
-from jaxbp._fused import (
+from jaxbp import fused_epoch_fn, fused_step_fn
+from jaxbp._fused import support as _fused
+from jaxbp._fused.support import (
     MAX_BATCH,
     MAX_WIDTH,
     Explained,
     check_fused_supported,
-    fused_epoch_fn,
-    fused_step_fn,
     probe_gpu_lowering,
 )
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxbp import datasets
-from jaxbp._idx import read_idx
+from jaxbp._files.idx import read_idx
 from jaxbp.app.cli import main
 
 CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D}

@@ -9,7 +9,7 @@ import pytest
 
 import jaxbp
 from conftest import make_problem
-from jaxbp._parity import FD_RTOL
+from jaxbp._parity.report import FD_RTOL
 
 SAMPLE, UNIT = 2, 1  # the pre-activation z_1[SAMPLE, UNIT] is put at the kink
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxbp
-from jaxbp._activations import SOFTMAX
+from jaxbp._core.activations import SOFTMAX
 
 RNG = np.random.default_rng(0)
 

@@ -9,7 +9,7 @@ import pytest
 
 import jaxbp
 from conftest import LOSS_OUTPUTS, make_problem
-from jaxbp._parity import default_atol
+from jaxbp._parity.report import default_atol
 
 
 @pytest.fixture

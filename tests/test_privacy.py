@@ -39,7 +39,7 @@ import pytest
 
 import jaxbp
 from jaxbp import dp_epoch_sampling, dp_epsilon, dp_noise_multiplier
-from jaxbp._privacy import NOISE_TOL, PLD_INTERVAL, _event, _pld_interval
+from jaxbp._privacy.accounting import NOISE_TOL, PLD_INTERVAL, _event, _pld_interval
 
 TFP_ORDERS = [1 + x / 10 for x in range(1, 100)] + list(range(12, 64))
 MNIST_Q = 256 / 60000

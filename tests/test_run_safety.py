@@ -14,6 +14,7 @@ import jaxbp
 from conftest import run_train
 from jaxbp import runs
 from jaxbp.app.cli import expected_message
+from jaxbp.runs import folder as run_files
 
 XOR = ["--dataset", "xor", "--hidden", "3", "--batch-size", "50", "--quiet"]
 
@@ -63,7 +64,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_undone_by_the_next(finished
     folder.start_new(overwrite=True)
     (out / "metrics.jsonl").write_text('{"epoch": 1}\n')  # a half-done first epoch
     kill(folder)
-    assert (out / runs.PREVIOUS).is_dir() and not (out / "checkpoint.jaxbp").exists()
+    assert (out / run_files.PREVIOUS).is_dir() and not (out / "checkpoint.jaxbp").exists()
     runs.RunFolder.hold(out).close()
     assert files(out) == before
 
@@ -121,7 +122,7 @@ def test_an_unwritable_folder_is_refused_before_training(tmp_path, capsys, monke
     def refuse(self, data):
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(runs.Path, "write_bytes", refuse)
+    monkeypatch.setattr(run_files.Path, "write_bytes", refuse)
     code, _, err = run_train(capsys, *XOR, "--epochs", "1", "--out", str(tmp_path / "r"))
     assert code == 2 and "cannot write there (Permission denied" in err and "chmod" in err
 
@@ -157,9 +158,9 @@ def test_a_kill_at_any_step_of_a_set_aside_loses_nothing(finished, tmp_path, mom
     old = files(out)
     folder = runs.RunFolder.hold(out)
     if moment == "setting-aside":  # killed after moving two files of five
-        filling = out / runs.SETTING_ASIDE
+        filling = out / run_files.SETTING_ASIDE
         filling.mkdir()
-        (filling / runs.SET_ASIDE).write_text('{"epoch": null}')
+        (filling / run_files.SET_ASIDE).write_text('{"epoch": null}')
         for name in ("checkpoint.jaxbp", "summary.json"):
             os.replace(out / name, filling / name)
         kill(folder)
@@ -167,16 +168,16 @@ def test_a_kill_at_any_step_of_a_set_aside_loses_nothing(finished, tmp_path, mom
     else:
         folder.start_new(overwrite=True)
         if moment == "restoring-half-done":  # the decision taken, one file moved back
-            os.replace(out / runs.PREVIOUS, out / runs.RESTORING)
-            os.replace(out / runs.RESTORING / "checkpoint.jaxbp", out / "checkpoint.jaxbp")
+            os.replace(out / run_files.PREVIOUS, out / run_files.RESTORING)
+            os.replace(out / run_files.RESTORING / "checkpoint.jaxbp", out / "checkpoint.jaxbp")
             kill(folder)
             want = old
         else:
             new_state = {"w": np.arange(3.0)}
             jaxbp.save_checkpoint(folder.checkpoint, new_state, {"epoch": 1, "config": {}})
             if moment == "discarding-half-done":
-                os.replace(out / runs.PREVIOUS, out / runs.DISCARD)
-                (out / runs.DISCARD / runs.SET_ASIDE).unlink()
+                os.replace(out / run_files.PREVIOUS, out / run_files.DISCARD)
+                (out / run_files.DISCARD / run_files.SET_ASIDE).unlink()
             kill(folder)
             want = {**{"metrics.jsonl": b""}, "checkpoint.jaxbp": folder.checkpoint.read_bytes()}
     runs.RunFolder.hold(out).close()
@@ -214,7 +215,7 @@ def test_load_run_puts_back_what_a_killed_run_set_aside(finished, tmp_path, kill
         assert folder.saved()[0] == 2
         folder.keep_epochs(folder.history()[0], torn=False)
     kill(folder)
-    assert (out / runs.PREVIOUS).is_dir() and not (out / "summary.json").exists()
+    assert (out / run_files.PREVIOUS).is_dir() and not (out / "summary.json").exists()
     run = runs.load_run(out)
     assert run.summary is not None and run.summary["epochs"] == run.epoch == 2
     assert files(out) == before
@@ -234,7 +235,7 @@ def test_load_run_refuses_set_aside_files_it_cannot_put_back(finished, tmp_path,
     def refuse(self, data):
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(runs.Path, "write_bytes", refuse)  # a folder this process cannot write
+    monkeypatch.setattr(run_files.Path, "write_bytes", refuse)  # a folder this process cannot write
     with pytest.raises(runs.RunError, match=r"left files set aside in .*\.jaxbp\.previous, and "):
         runs.load_run(out)
     monkeypatch.undo()
@@ -249,13 +250,13 @@ def test_a_discard_that_cannot_be_deleted_does_not_block_the_next(finished, tmp_
     rmtree = shutil.rmtree
 
     def leaves_one(path, ignore_errors=False):
-        stuck = runs.Path(path) / ".nfs0001"
+        stuck = run_files.Path(path) / ".nfs0001"
         rmtree(path, ignore_errors=ignore_errors)
-        if runs.Path(path).name == runs.DISCARD:
+        if run_files.Path(path).name == run_files.DISCARD:
             stuck.parent.mkdir()
             stuck.write_bytes(b"still open")
 
-    monkeypatch.setattr(runs.shutil, "rmtree", leaves_one)
+    monkeypatch.setattr(run_files.shutil, "rmtree", leaves_one)
     for _ in range(2):  # each replaces the run: each save discards the one before
         folder = runs.RunFolder.hold(out)
         try:
@@ -265,5 +266,5 @@ def test_a_discard_that_cannot_be_deleted_does_not_block_the_next(finished, tmp_
             folder.close()
     monkeypatch.undo()
     assert runs.RunFolder(out).saved() == (1, {})
-    assert not (out / runs.PREVIOUS).exists() and not (out / runs.DISCARD).exists()
-    assert list(out.glob(f"{runs.DISCARD}.*/.nfs0001"))
+    assert not (out / run_files.PREVIOUS).exists() and not (out / run_files.DISCARD).exists()
+    assert list(out.glob(f"{run_files.DISCARD}.*/.nfs0001"))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import jaxbp
-from jaxbp._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from jaxbp._files.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jaxbp.app.cli import main
 from jaxbp.runs import RunError, load_run
 
@@ -178,7 +178,7 @@ def test_a_resume_reads_the_checkpoints_arrays_once(finished, tmp_path, monkeypa
     loads the arrays once (`load`); the set-asides ask the folder, not the file again."""
     out = tmp_path / "r"
     shutil.copytree(finished, out)
-    from jaxbp import _checkpoint
+    from jaxbp._files import checkpoint as _checkpoint
 
     calls = {"_read": 0, "read_meta": 0}
 
@@ -192,7 +192,7 @@ def test_a_resume_reads_the_checkpoints_arrays_once(finished, tmp_path, monkeypa
         return wrapper
 
     monkeypatch.setattr(_checkpoint, "_read", counted("_read"))
-    monkeypatch.setattr(jaxbp.runs, "read_meta", counted("read_meta"))
+    monkeypatch.setattr(jaxbp.runs.folder, "read_meta", counted("read_meta"))
     folder = jaxbp.runs.RunFolder.hold(out)
     try:
         epoch, _ = folder.saved()

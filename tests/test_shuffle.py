@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxbp import _shuffle
-from jaxbp._shuffle import permutation, rounds_for
+from jaxbp._train import shuffle as _shuffle
+from jaxbp._train.shuffle import permutation, rounds_for
 
 CHI2_999 = {23: 49.728, 99: 148.230}
 """Chi-square quantiles at 0.999 for these degrees of freedom (scipy.stats.chi2.ppf)."""

@@ -10,7 +10,7 @@ import pytest
 
 import jaxbp
 from conftest import make_problem, rel_err
-from jaxbp._train import epoch_batches
+from jaxbp import epoch_batches
 
 KW = dict(activation="tanh", loss="cross_entropy")
 

@@ -10,7 +10,7 @@ import pytest
 
 import jaxbp
 from conftest import archive, metrics_without_timing, run_train, sealed
-from jaxbp._checkpoint import read_arrays, save_checkpoint
+from jaxbp._files.checkpoint import read_arrays, save_checkpoint
 from jaxbp.app.cli import main
 
 XOR = ["--dataset", "xor", "--hidden", "8,8", "--batch-size", "50", "--quiet"]

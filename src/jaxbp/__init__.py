@@ -6,44 +6,46 @@ README for the notation.
 """
 
 from jaxbp import datasets, runs
-from jaxbp._activations import ACTIVATIONS, SOFTMAX, Activation, Softmax
-from jaxbp._backprop import Trace, backprop, manual_grad
-from jaxbp._check import LOSS_OUTPUTS, parity_grid, random_problem
-from jaxbp._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from jaxbp._config import Config
-from jaxbp._custom_vjp import mlp
-from jaxbp._diagnostics import backward_flow_stats
-from jaxbp._dp import dp_value_and_grad, make_dp_train_epoch, make_dp_train_step
-from jaxbp._dropout import Dropout
-from jaxbp._fused import FusedSGD, fused_epoch_fn, fused_sgd, fused_step_fn
-from jaxbp._init import INITS
-from jaxbp._layers import Activate, Context, Dense
-from jaxbp._losses import LOSSES, Loss, huber
-from jaxbp._mlp import forward, init_layers, init_mlp, init_stats, loss_fn
-from jaxbp._norm import BatchNorm, LayerNorm
-from jaxbp._parity import LeafParity, ParityReport, assert_parity, check_parity
-from jaxbp._per_example import per_example_grad_norms, per_example_grads
-from jaxbp._privacy import DPSampling, dp_epoch_sampling, dp_epsilon, dp_noise_multiplier
-from jaxbp._second_order import gnvp, hvp
-from jaxbp._sharding import data_mesh
-from jaxbp._tasks import TASKS, Task
-from jaxbp._train import (
-    TrainState,
-    epoch_batches,
-    epoch_means,
-    evaluate,
-    evaluate_sweep,
-    init_train_state,
-    make_train_epoch,
-    make_train_step,
-    make_train_sweep,
+from jaxbp._core.activations import ACTIVATIONS, SOFTMAX, Activation, Softmax
+from jaxbp._core.backprop import Trace, backprop, manual_grad
+from jaxbp._core.config import Config
+from jaxbp._core.dropout import Dropout
+from jaxbp._core.flow import forward, loss_fn
+from jaxbp._core.inits import INITS
+from jaxbp._core.layers import Activate, Context, Dense, Layer
+from jaxbp._core.losses import LOSSES, Loss, huber
+from jaxbp._core.mlp import mlp
+from jaxbp._core.network import Network, init_layers, init_mlp, init_stats
+from jaxbp._core.norm import BatchNorm, LayerNorm
+from jaxbp._core.tasks import TASKS, Task
+from jaxbp._curvature.products import gnvp, hvp
+from jaxbp._files.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from jaxbp._fused.path import Fused, FusedSGD, fused_epoch_fn, fused_sgd, fused_step_fn
+from jaxbp._parity.grid import LOSS_OUTPUTS, parity_grid, random_problem
+from jaxbp._parity.report import LeafParity, ParityReport, assert_parity, check_parity
+from jaxbp._per_example.terms import per_example_grad_norms, per_example_grads
+from jaxbp._privacy.accounting import (
+    DPSampling,
+    dp_epoch_sampling,
+    dp_epsilon,
+    dp_noise_multiplier,
 )
+from jaxbp._privacy.dp import DPSGD, dp_value_and_grad, make_dp_train_epoch, make_dp_train_step
+from jaxbp._train.builders import epoch_fn, step_fn, sweep_fn
+from jaxbp._train.diagnostics import backward_flow_stats
+from jaxbp._train.epochs import epoch_batches, epoch_means
+from jaxbp._train.evaluate import evaluate, evaluate_sweep
+from jaxbp._train.factories import make_train_epoch, make_train_step, make_train_sweep
+from jaxbp._train.paths import Autodiff, Gradient, GradientPath, Manual
+from jaxbp._train.sharding import data_mesh
+from jaxbp._train.state import TrainState, init_train_state
 from jaxbp.runs import Run, RunError, load_run
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
+    "DPSGD",
     "INITS",
     "LOSSES",
     "LOSS_OUTPUTS",
@@ -51,6 +53,7 @@ __all__ = [
     "TASKS",
     "Activate",
     "Activation",
+    "Autodiff",
     "BatchNorm",
     "CheckpointError",
     "Config",
@@ -58,10 +61,16 @@ __all__ = [
     "DPSampling",
     "Dense",
     "Dropout",
+    "Fused",
     "FusedSGD",
+    "Gradient",
+    "GradientPath",
+    "Layer",
     "LayerNorm",
     "LeafParity",
     "Loss",
+    "Manual",
+    "Network",
     "ParityReport",
     "Run",
     "RunError",
@@ -80,6 +89,7 @@ __all__ = [
     "dp_noise_multiplier",
     "dp_value_and_grad",
     "epoch_batches",
+    "epoch_fn",
     "epoch_means",
     "evaluate",
     "evaluate_sweep",
@@ -110,4 +120,6 @@ __all__ = [
     "random_problem",
     "runs",
     "save_checkpoint",
+    "step_fn",
+    "sweep_fn",
 ]

@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._data_files import read_table
-from jaxbp._losses import LOSSES
-from jaxbp._tasks import CLASSIFICATION
+from jaxbp._core.losses import LOSSES
+from jaxbp._core.tasks import CLASSIFICATION
+from jaxbp._files.data_files import read_table
 
 __all__ = ["INFO", "Dataset", "DatasetInfo", "for_loss", "load", "load_file"]
 

@@ -148,7 +148,7 @@ class Settings:
             )
         # The layer records say what they need of a batch; of the layers jaxbp train builds,
         # only a --norm one can ask for more than one example (batch norm: min_batch 2).
-        need = max(getattr(layer, "min_batch", 1) for layer in self.layers)
+        need = max(layer.min_batch for layer in self.layers)
         if self.batch_size < need:
             raise JobError(
                 f"--norm {self.norm} normalises over the batch and needs --batch-size {need} "

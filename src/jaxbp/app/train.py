@@ -217,7 +217,7 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
 
 def _stats(opt_state: Any) -> Any:
     """Batch norm's running averages in a step's state, or `None` (no state of its own)."""
-    return opt_state.stats if isinstance(opt_state, jaxbp.TrainState) else None
+    return jaxbp.TrainState.of(opt_state).stats or None
 
 
 def _save(job: Job, epoch: int, row: dict[str, Any], state: dict[str, Any]) -> None:

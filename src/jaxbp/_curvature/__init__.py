@@ -1,0 +1,1 @@
+"""Curvature through the handwritten gradient: Hessian- and Gauss-Newton-vector products."""

@@ -1,0 +1,1 @@
+"""Files: checkpoints, data tables and IDX images, each read back checked."""

@@ -1,0 +1,1 @@
+"""The fused path: a whole SGD step, or epoch, as one Pallas kernel."""

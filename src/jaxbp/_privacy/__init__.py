@@ -1,0 +1,1 @@
+"""Differential privacy: the DP-SGD gradient path and the accounting of its epsilon."""

@@ -1,0 +1,55 @@
+"""Run folders: what `jaxbp train --out` writes, how a run holds one, and `load_run`.
+
+A run folder holds `metrics.jsonl` (one JSON line per epoch, each appended whole with one
+write and fsynced), `checkpoint.jaxbp` (atomic, checksummed, with the epoch and the run's
+settings as its meta), `summary.json`, `curves.png`, `diagnostics.png`, and `.jaxbp.lock`,
+which the writing run holds (`flock`) so that a second run into the same folder is
+refused at once. Whatever a crash leaves (a torn last metrics line, a temporary
+checkpoint file) is repaired or ignored, never trusted.
+
+`jaxbp train` is one client of this module; a training loop of one's own writes a folder
+that `load_run` reads by the same calls, when the settings it saves name the network as
+`jaxbp train`'s do (`hidden`, `activation`, `loss`, `optimizer`, `lr`, `seed`, `dataset`
+or `data`). `jaxbp train --resume` continues it only when the settings are all those
+`jaxbp train` stores for the command (`Run.config` of a `jaxbp train` run shows them:
+`init`, `batch_size`, `grad`, `data_sha256`, ...) and every logged epoch holds what
+`jaxbp train` logs:
+
+    folder = RunFolder.hold(Path("runs/mine"))
+    folder.start_new()                    # a folder holding a run: overwrite=True
+    ...                                   # each epoch:
+    folder.append({"epoch": epoch, "train_loss": ...})
+    folder.save(epoch, {"params": p, "opt_state": s, "key": key}, settings)
+    folder.close()
+"""
+
+from jaxbp._files.checkpoint import write_atomic
+from jaxbp.runs.folder import (
+    CHECKPOINT,
+    FIGURES,
+    METRICS,
+    OPTIMIZERS,
+    SUMMARY,
+    RunError,
+    RunFolder,
+    describe,
+    fingerprint,
+    read_metrics,
+)
+from jaxbp.runs.load import Run, load_run
+
+__all__ = [
+    "CHECKPOINT",
+    "FIGURES",
+    "METRICS",
+    "OPTIMIZERS",
+    "SUMMARY",
+    "Run",
+    "RunError",
+    "RunFolder",
+    "describe",
+    "fingerprint",
+    "load_run",
+    "read_metrics",
+    "write_atomic",
+]

@@ -1,0 +1,419 @@
+"""The run folder a training run holds: its files, its lock, its set-asides (see
+`jaxbp.runs`)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from jaxbp._files.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+    temporary_files,
+    write_atomic,
+)
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: runs are then not locked
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "CHECKPOINT",
+    "FIGURES",
+    "METRICS",
+    "OPTIMIZERS",
+    "SUMMARY",
+    "RunError",
+    "RunFolder",
+    "describe",
+    "fingerprint",
+    "read_metrics",
+]
+
+CHECKPOINT, METRICS, SUMMARY, LOCK = (
+    "checkpoint.jaxbp",
+    "metrics.jsonl",
+    "summary.json",
+    ".jaxbp.lock",
+)
+FIGURES = ("curves.png", "diagnostics.png")
+PREVIOUS, SET_ASIDE = ".jaxbp.previous", "set_aside.json"
+SETTING_ASIDE, RESTORING, DISCARD = ".jaxbp.setting-aside", ".jaxbp.restoring", ".jaxbp.discard"
+RUN_FILES = (METRICS, CHECKPOINT, SUMMARY, *FIGURES)
+
+OPTIMIZERS = {
+    "sgd": lambda lr: optax.sgd(lr),
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "adam": lambda lr: optax.adam(lr),
+}
+"""The optimizers a run may name, built from its learning rate."""
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used as asked: held by another run, damaged, refused."""
+
+
+class _Held(RunError):
+    """The folder is held by another live process (`holder`, its process id)."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The epochs logged in `path` and whether a torn last line (a crash mid-write) was
+    dropped. A damaged line before the last, or epochs out of order, raise `RunError`."""
+    if not path.exists():
+        return [], False
+    blob = path.read_bytes()
+    lines = blob.split(b"\n")
+    torn = lines.pop() != b""  # the text after the last newline: empty unless torn
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line.decode())
+        except (UnicodeDecodeError, ValueError):
+            row = None
+        if not isinstance(row, dict) or row.get("epoch") != i:
+            raise RunError(
+                f"{path}: line {i} is not the record of epoch {i}; the metrics log is damaged "
+                "or was written by two runs at once; refusing to use it."
+            )
+        rows.append(row)
+    return rows, torn
+
+
+def fingerprint(data: Any) -> str:
+    """The SHA-256 of a split (`jaxbp.datasets.Dataset`, or any sequence of arrays): values,
+    shapes and dtypes. `jaxbp train` stores it as `data_sha256`, which a resumed run and
+    `Run.dataset()` must match (a changed data or labels file, another version's data)."""
+    digest = hashlib.sha256()
+    for array in data:
+        array = np.asarray(array)
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def describe(folder: Path) -> str | None:
+    """What run `folder` holds ("a finished run of 4 epochs", ...), or `None` if none."""
+    metrics = folder / METRICS
+    if (folder / SUMMARY).exists():
+        try:
+            epochs = json.loads((folder / SUMMARY).read_text())["epochs"]
+            return f"a finished run of {epochs} epochs"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "a finished run"
+    if (folder / CHECKPOINT).exists():
+        return "an unfinished run with a checkpoint"
+    if metrics.exists() and metrics.stat().st_size > 0:
+        return "a run's metrics.jsonl"
+    present = [name for name in RUN_FILES if name != METRICS and (folder / name).exists()]
+    if present:
+        return f"files a run writes ({', '.join(present)})"
+    return None
+
+
+@dataclasses.dataclass
+class RunFolder:
+    """An `--out` folder held by this process (an exclusive `flock` on its lock file) for
+    one run; `close()` lets it go. The lock dies with the process, whatever kills it."""
+
+    path: Path
+    _lock_fd: int | None = None
+    _epoch_known: bool = False  # whether `_epoch_now` holds the checkpoint's epoch
+    _epoch_now: int | None = None
+
+    @classmethod
+    def hold(cls, path: Path) -> RunFolder:
+        """Create `path` if needed and lock it, or raise `RunError` naming `--out`."""
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--out {path}: is a file, not a folder; name a folder.")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise RunError(
+                f"--out {path}: cannot create or write there ({err.strerror})."
+            ) from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise _Held(
+                    f"--out {path}: another jaxbp train (process {holder}) is writing to this "
+                    "folder; wait for it to finish or choose another --out.",
+                    holder,
+                ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        folder = cls(path, fd)
+        try:
+            folder._check_writable()
+            for name in RUN_FILES:  # temporaries left by a run killed mid-write
+                for tmp in temporary_files(path / name):
+                    tmp.unlink(missing_ok=True)
+            folder._settle()  # what a run killed before its next checkpoint set aside
+        except BaseException:
+            folder._release()  # not settled again: each step so far stands, the next hold goes on
+            raise
+        return folder
+
+    def _check_writable(self) -> None:
+        """Refuse, before anything trains, a folder (or log) this process cannot write."""
+        probe = self.path / f".jaxbp.probe.{os.getpid()}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+            if (self.path / METRICS).exists():
+                with (self.path / METRICS).open("ab"):
+                    pass
+        except OSError as err:
+            raise RunError(
+                f"--out {self.path}: cannot write there ({err.strerror}: {err.filename}); "
+                "make it writable (chmod u+w) or choose another --out."
+            ) from None
+
+    def close(self) -> None:
+        """Let the folder go; files set aside for this run come back if it saved no
+        checkpoint (a replaced run, or a resumed run's summary, is never lost)."""
+        if self._lock_fd is None:
+            return
+        try:
+            self._settle()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    # Files set aside (by --overwrite, or a resumed run's summary and figures) move through
+    # folders whose names say what is to happen to them; each step is an atomic rename, and
+    # `_settle` finishes whatever step a killed process left, whatever the point it died at.
+    #   SETTING_ASIDE  being filled: nothing has trained yet, so it all goes back;
+    #   PREVIOUS       complete, with the checkpoint epoch the folder held when it was made:
+    #                  back if the folder still holds that epoch, gone once a new one is saved;
+    #   RESTORING / DISCARD  the decision taken: finish moving back, or finish deleting.
+
+    def _set_aside(self, names: tuple[str, ...]) -> None:
+        """Move `names` (those present) aside until this run's next checkpoint."""
+        self._settle()
+        present = [name for name in names if (self.path / name).exists()]
+        if not present:
+            return
+        filling = self.path / SETTING_ASIDE
+        filling.mkdir()
+        epoch = None if CHECKPOINT in present else self._epoch()  # what the folder will hold
+        write_atomic(filling / SET_ASIDE, json.dumps({"epoch": epoch}).encode())
+        for name in present:
+            os.replace(self.path / name, filling / name)
+        os.replace(filling, self.path / PREVIOUS)
+        if CHECKPOINT in present:
+            self._remember(None)
+
+    def _settle(self) -> None:
+        """Finish what a set-aside left: restore its files if no checkpoint was saved
+        since, else delete them (see the comment above)."""
+        for name, action in ((SETTING_ASIDE, RESTORING), (PREVIOUS, None)):
+            folder = self.path / name
+            if folder.is_dir():
+                if action is None:
+                    try:
+                        then = json.loads((folder / SET_ASIDE).read_text())["epoch"]
+                    except (OSError, ValueError, KeyError, TypeError):
+                        then = self._epoch()  # unreadable: keep the old run (nothing lost)
+                    action = RESTORING if then == self._epoch() else DISCARD
+                if action == DISCARD:
+                    self._discard(name)
+                else:
+                    os.replace(folder, self.path / action)
+        restoring = self.path / RESTORING
+        if restoring.is_dir():
+            for path in restoring.iterdir():
+                if path.name != SET_ASIDE:
+                    os.replace(path, self.path / path.name)
+            shutil.rmtree(restoring)
+            self._epoch_known = False  # a checkpoint may be back: read it when asked
+        self._clear_discard()
+
+    def _discard(self, name: str) -> None:
+        """Delete the set-aside folder `name`: renamed to DISCARD (the decision, atomic),
+        then removed."""
+        self._clear_discard()
+        os.replace(self.path / name, self.path / DISCARD)
+        self._clear_discard()
+
+    def _clear_discard(self) -> None:
+        """Remove DISCARD. What cannot be removed (no permission, a file still open on
+        NFS) is renamed out of the way (`.jaxbp.discard.<random>`, tried again at each
+        settling), so that the next discard's rename never meets a folder that is not
+        empty."""
+        for path in (self.path / DISCARD, *self.path.glob(f"{DISCARD}.*")):
+            shutil.rmtree(path, ignore_errors=True)
+        if (self.path / DISCARD).exists():
+            os.replace(self.path / DISCARD, self.path / f"{DISCARD}.{uuid.uuid4().hex}")
+
+    def _epoch(self) -> int | None:
+        """The epoch of the folder's checkpoint, `None` without one (or unreadable). Read
+        once (its meta entry alone), then known: only this process writes a held folder,
+        and `save` and the set-asides keep it up to date."""
+        if not self._epoch_known:
+            try:
+                epoch = (
+                    read_meta(self.checkpoint).get("epoch") if self.checkpoint.exists() else None
+                )
+            except (OSError, ValueError):
+                epoch = None
+            self._remember(epoch)
+        return self._epoch_now
+
+    def _remember(self, epoch: int | None) -> None:
+        self._epoch_known, self._epoch_now = True, epoch
+
+    def start_new(self, *, overwrite: bool = False) -> None:
+        """Start an empty log in a folder that holds no run (`describe`), else raise
+        `RunError` naming what it holds. With `overwrite=True` a previous run's files are
+        set aside instead, until this run's first checkpoint, and come back if it ends
+        before one."""
+        what = describe(self.path)
+        if what is not None and not overwrite:
+            raise RunError(
+                f"{self.path} already holds {what}; start_new(overwrite=True) replaces it "
+                "(its files are kept until the new run's first checkpoint), or continue it "
+                "(RunFolder.saved, load, history, keep_epochs) or use another folder."
+            )
+        self._set_aside(RUN_FILES)
+        write_atomic(self.path / METRICS, b"")
+
+    def keep_epochs(self, history: list[dict[str, Any]], torn: bool) -> None:
+        """Cut the log back to `history` (a resumed run's epochs), atomically. The run is
+        unfinished again: its summary and figures are set aside until its next
+        checkpoint (and come back if it ends before one)."""
+        metrics = self.path / METRICS
+        if torn or len(read_metrics(metrics)[0]) != len(history):
+            write_atomic(metrics, "".join(json.dumps(h) + "\n" for h in history).encode())
+        self._set_aside((SUMMARY, *FIGURES))
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def saved(self) -> tuple[int, dict[str, Any]] | None:
+        """`(epoch, settings)` of the folder's checkpoint, checked (`CheckpointError`: its
+        checksum and its meta), without loading its arrays (`load` checks those); `None`
+        if there is no checkpoint."""
+        if not self.checkpoint.exists():
+            self._remember(None)
+            return None
+        found = _check_meta(self.checkpoint, read_meta(self.checkpoint))
+        self._remember(found[0])
+        return found
+
+    def load(self, like: Any) -> Any:
+        """The checkpoint's state in the structure of `like`, refused (`CheckpointError`)
+        if it does not fit `like` or its parameters (`state["params"]` of a dict state,
+        else the whole state) hold NaN or inf."""
+        state, _ = load_checkpoint(self.checkpoint, like)
+        params = state["params"] if isinstance(state, dict) and "params" in state else state
+        _check_finite(self.checkpoint, params)
+        return state
+
+    def history(self) -> tuple[list[dict[str, Any]], bool]:
+        """The epochs logged so far and whether a torn last line was dropped
+        (`read_metrics`)."""
+        return read_metrics(self.path / METRICS)
+
+    def save(self, epoch: int, state: Any, settings: dict[str, Any]) -> None:
+        """Checkpoint `state` (a pytree; `jaxbp train` saves `{"params", "opt_state",
+        "key"}`) after `epoch` epochs, atomically, with the run's `settings` (JSON) as
+        its meta."""
+        self._epoch_known = False  # a failing write may fail after the rename: read it then
+        save_checkpoint(self.checkpoint, state, {"epoch": epoch, "config": settings})
+        self._remember(epoch)
+        if (self.path / PREVIOUS).is_dir():  # what was set aside is replaced for good
+            self._discard(PREVIOUS)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write `summary.json` atomically: a finished run's last word. It replaces the
+        summary a resumed run set aside (`keep_epochs`) even when no epoch was left to
+        train (so no checkpoint was saved since); the figures set aside with it come back
+        until new ones are drawn. A replaced run's files (`start_new(overwrite=True)`)
+        still come back if this run saved no checkpoint."""
+        write_atomic(self.path / SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
+        previous = self.path / PREVIOUS
+        if not previous.is_dir():
+            return
+        if {p.name for p in previous.iterdir()} - {SET_ASIDE} <= {SUMMARY, *FIGURES}:
+            for name in FIGURES:
+                if (previous / name).exists() and not (self.path / name).exists():
+                    os.replace(previous / name, self.path / name)
+            self._discard(PREVIOUS)
+
+    def append(self, row: dict[str, Any]) -> None:
+        """Append one epoch's line whole: one write, then fsync; on a failed or short
+        write the log is cut back to where it was and the `OSError` raised."""
+        data = (json.dumps(row) + "\n").encode()
+        fd = os.open(self.path / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(
+                        errno.EFBIG,
+                        f"only {written} of {len(data)} bytes written (disk full or a file-size "
+                        "limit?)",
+                    )
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):  # best effort: --resume drops a torn line
+                    os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
+
+
+def _check_meta(path: Path, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """`(epoch, config)` of a run checkpoint's meta, or `CheckpointError`."""
+    epoch, config = meta.get("epoch"), meta.get("config")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+        raise CheckpointError(
+            f"{path}: its epoch is {epoch!r}, not a positive integer; refusing to load it."
+        )
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path}: its config is {type(config).__name__}, not an object; refusing to load it."
+        )
+    return epoch, config
+
+
+def _check_finite(path: Path, params: Any) -> None:
+    """Refuse parameters holding NaN or inf (`CheckpointError`); keys and integer leaves
+    are not parameters and pass."""
+    for i, leaf in enumerate(jax.tree.leaves(params)):
+        if jax.numpy.issubdtype(leaf.dtype, jax.numpy.inexact) and not np.all(
+            np.isfinite(np.asarray(leaf))
+        ):
+            raise CheckpointError(
+                f"{path}: parameter array {i} holds NaN or inf; refusing to load it."
+            )

@@ -1,0 +1,201 @@
+"""A run folder read back: `load_run` and the `Run` it returns (see `jaxbp.runs`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxbp._core.config import Config
+from jaxbp._core.network import init_mlp, init_stats
+from jaxbp._files.checkpoint import CheckpointError, load_checkpoint, read_arrays
+from jaxbp._train.state import TrainState, init_train_state
+from jaxbp.runs.folder import (
+    CHECKPOINT,
+    METRICS,
+    OPTIMIZERS,
+    PREVIOUS,
+    RESTORING,
+    SETTING_ASIDE,
+    SUMMARY,
+    RunError,
+    RunFolder,
+    _check_finite,
+    _check_meta,
+    _Held,
+    fingerprint,
+    read_metrics,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A `jaxbp train --out` folder, loaded: the trained state and what was logged.
+
+    - `params`: the parameters at the checkpoint, `[{"W": (n_in, n_out), "b": (n_out,)}, ...]`
+      (with `{"gain", "bias"}` after each hidden one for a normalised network).
+    - `opt_state`: what the run's step takes: the optax state, or a `jaxbp.TrainState`
+      for batch norm (`None` if the optimizer is unknown to this version).
+    - `config`: the run's settings (dataset or data file, hidden, activation, loss, ...).
+    - `epoch`: the epochs the checkpoint has seen; `metrics`: one dict per logged epoch.
+    - `summary`: `summary.json` of the last finished run (`None` if it never finished).
+    - `network`: the network as a `jaxbp.Config` (activation, loss, norm, dropout), for
+      `jaxbp.evaluate(run.params, x, y, run.network, stats=run.stats)`.
+    - `stats`: batch normalisation's running averages (`None` without batch norm).
+    """
+
+    path: Path
+    params: Any
+    opt_state: Any
+    config: dict[str, Any]
+    epoch: int
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    network: Any = None
+    stats: Any = None
+
+    def dataset(self) -> tuple[Any, Any]:
+        """`(Dataset, DatasetInfo)` as the run trained on it: the same split, standardised,
+        targets recast for the run's loss (`jaxbp.datasets.for_loss`). A split whose
+        `fingerprint` differs from the one the run stored (`data_sha256`: an edited data
+        file, another version's dataset) is refused with `RunError`."""
+        from jaxbp import datasets
+
+        cfg = self.config
+        common = dict(seed=cfg["seed"], test_fraction=cfg.get("test_fraction", 0.2))
+        if cfg.get("data") is not None:
+            data, info = datasets.load_file(
+                cfg["data"], target=cfg.get("target"), labels=cfg.get("labels"), **common
+            )
+        else:
+            data, info = datasets.load(cfg["dataset"], **common), datasets.INFO[cfg["dataset"]]
+        split = datasets.for_loss(data, info, cfg["loss"])[0]
+        stored = cfg.get("data_sha256")
+        if stored is not None and fingerprint(split) != stored:
+            source = cfg["data"] if cfg.get("data") is not None else f"dataset {cfg['dataset']!r}"
+            raise RunError(
+                f"{self.path}: {source} no longer gives the split this run trained on (its "
+                "SHA-256 differs from the checkpoint's data_sha256: the file was edited, or "
+                "the data comes from another version); load the data the run trained on."
+            )
+        return split, info
+
+
+def _network(path: Path, config: dict[str, Any]) -> Config:
+    """The run's network (activation, loss, normalisation, dropout) as a `jaxbp.Config`;
+    settings a checkpoint predates take the values those runs had."""
+    try:
+        return Config(
+            activation=config.get("activation"),
+            loss=config.get("loss"),
+            norm=config.get("norm"),
+            dropout=config.get("dropout", 0.0),
+        )
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: its config does not name a network ({err}); refusing to load it."
+        ) from None
+
+
+def _sizes(path: Path, config: dict[str, Any], stored: list[np.ndarray]) -> list[int]:
+    """Layer sizes from the stored weights: the state flattens as key, opt_state, params,
+    and params last, `W_l, b_l` per dense layer (and `bias, gain` per normalisation after
+    each hidden one): the weights are the matrices among them."""
+    hidden = config.get("hidden")
+    n_leaves = None
+    if isinstance(hidden, list):
+        n_leaves = 2 * (len(hidden) + 1) + (2 * len(hidden) if config.get("norm") else 0)
+    if n_leaves is None or n_leaves > len(stored):
+        raise CheckpointError(f"{path}: its config's hidden is {hidden!r}; refusing to load it.")
+    weights = [a for a in stored[len(stored) - n_leaves :] if a.ndim == 2]
+    if len(weights) != len(hidden) + 1:
+        raise CheckpointError(f"{path}: its weights are not matrices; refusing to load it.")
+    return [weights[0].shape[0], *(w.shape[1] for w in weights)]
+
+
+def _settle_for_reading(path: Path) -> None:
+    """Put back what a run that ended before its next checkpoint set aside (a replaced
+    run, a resumed run's summary and figures), by holding the folder a moment; refuse
+    (`RunError`) where that cannot be done now, rather than show the run without them."""
+    aside = [name for name in (SETTING_ASIDE, PREVIOUS, RESTORING) if (path / name).is_dir()]
+    if not aside:
+        return
+    where = path / aside[0]
+    try:
+        RunFolder.hold(path).close()
+    except _Held as err:
+        raise RunError(
+            f"out_dir {path}: process {err.holder} is writing this run and has set files "
+            f"aside in {where} until its next checkpoint; load the run when that process "
+            "has ended."
+        ) from None
+    except (RunError, OSError) as err:
+        reason = (
+            f"{err.strerror}: {err.filename}"
+            if isinstance(err, OSError)
+            else "this process cannot write there"
+        )
+        raise RunError(
+            f"out_dir {path}: a run that ended before its next checkpoint left files set "
+            f"aside in {where}, and they cannot be put back from here ({reason}); make the "
+            "folder writable (chmod u+w) and load it again."
+        ) from None
+
+
+def load_run(out_dir: str | Path) -> Run:
+    """Load what `jaxbp train --out out_dir` wrote: parameters, optimizer state, settings,
+    per-epoch metrics and summary. Raises `RunError`/`CheckpointError` (both `ValueError`)
+    naming the file that is missing or damaged.
+
+    `run.params` scores what `summary.json` says on `run.dataset()` (with
+    `jaxbp.evaluate(run.params, x, y, run.network, stats=run.stats)`) when the run
+    finished; a torn last metrics line (a crash mid-write) is left out. Files a run that
+    ended before its next checkpoint set aside are first put back (the folder is held a
+    moment, as `RunFolder.hold` does), or the load is refused saying why. For a network
+    with batch normalisation `run.opt_state` is the `jaxbp.TrainState` the step takes,
+    its running averages in `run.stats`.
+    """
+    path = Path(out_dir)
+    _settle_for_reading(path)
+    ckpt = path / CHECKPOINT
+    if not ckpt.is_file():
+        raise RunError(f"out_dir {path}: no {CHECKPOINT} there; is it a jaxbp train --out folder?")
+    meta, stored = read_arrays(ckpt)
+    epoch, config = _check_meta(ckpt, meta)
+    network = _network(ckpt, config)
+    sizes = _sizes(ckpt, config, stored)
+    params = init_mlp(jax.random.key(0), sizes, norm=network.norm)
+    stats = init_stats(params, network)
+    key = jax.random.key(0)
+    make = OPTIMIZERS.get(config.get("optimizer"))  # type: ignore[arg-type]
+    if make is not None and isinstance(config.get("lr"), (int, float)):
+        opt_state = init_train_state(make(config["lr"]), params, network)
+        like = {"params": params, "opt_state": opt_state, "key": key}
+        state = load_checkpoint(ckpt, like)[0]
+        params, opt_state = state["params"], state["opt_state"]
+        stats = TrainState.of(opt_state).stats or None
+    else:  # an optimizer this version cannot rebuild: the parameters (and averages) alone
+        like = jax.tree.leaves((stats, params))  # stored last: ..., stats, params
+        tail = stored[len(stored) - len(like) :]
+        if [(a.shape, a.dtype) for a in tail] != [(np.shape(r), r.dtype) for r in like]:
+            raise CheckpointError(
+                f"{ckpt}: its parameters do not fit {sizes}; refusing to load it."
+            )
+        stats, params = jax.tree.unflatten(
+            jax.tree.structure((stats, params)), [jax.numpy.asarray(a) for a in tail]
+        )
+        stats = stats or None
+        opt_state = None
+    _check_finite(ckpt, params)
+    metrics, _ = read_metrics(path / METRICS)
+    summary = None
+    if (path / SUMMARY).is_file():
+        try:
+            summary = json.loads((path / SUMMARY).read_text())
+        except (OSError, ValueError) as err:
+            raise RunError(f"{path / SUMMARY}: not readable JSON ({err}).") from None
+    return Run(path, params, opt_state, config, epoch, metrics[:epoch], summary, network, stats)
