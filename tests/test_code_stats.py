@@ -168,9 +168,21 @@ def test_follow_uses_identity_and_removes_the_profiler():
         code_stats.follow(lambda value: value is target, run)
     assert sys.getprofile() is before
     assert code_stats.follow(lambda value: value is target, lambda: namespace["outer"](target)) == [
-        ["jaxbp._fake", "outer"],
-        ["jaxbp._fake", "inner"],
+        ["jaxbp._fake", "outer", False],
+        ["jaxbp._fake", "inner", False],
     ]
+
+
+def test_follow_marks_a_method_of_the_value_itself():
+    namespace = {"__name__": "jaxbp._fake"}
+    exec(
+        "class Value:\n    def own(self):\n        return other(self)\n\n"
+        "def other(value):\n    return value",
+        namespace,
+    )
+    value = namespace["Value"]()
+    calls = code_stats.follow(lambda v: v is value, value.own)
+    assert calls == [["jaxbp._fake", "Value.own", True], ["jaxbp._fake", "other", False]]
 
 
 def test_configuration_is_found_by_class_name_and_module():

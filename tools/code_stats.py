@@ -36,6 +36,10 @@ figures, and how each is computed:
   calls' modules in order, consecutive repeats merged into one. Reported: distinct
   modules, stops, entries (stops) per module, and climbs back up: the stops whose module
   already appeared earlier in the sequence (= stops - distinct modules).
+- The same chain without the configuration's own methods: the calls where the only
+  matching argument is the first one, named `self` (the value answering about itself:
+  `config.output`, `network.loss`), are left out, so what remains is the code that takes
+  the configuration as an argument and works with it.
 - Call chain of params: the same hook around one eager `jaxbp.manual_grad(params, x, y,
   cfg)` (fresh params, same x, y, cfg), keeping the calls one of whose arguments is
   that `params` list object itself (identity).
@@ -294,9 +298,10 @@ def config_matcher(config_cls: type | None):
     return is_config
 
 
-def follow(matches, run) -> list[list[str]]:
-    """`[module, qualname]` of each library call, during `run()`, with a matching argument."""
-    calls: list[list[str]] = []
+def follow(matches, run) -> list[list[Any]]:
+    """`[module, qualname, only_self]` of each library call, during `run()`, with a matching
+    argument; `only_self` when the one matching argument is the method's own `self`."""
+    calls: list[list[Any]] = []
 
     def profile(frame: Any, event: str, arg: Any) -> None:
         if event != "call":
@@ -304,9 +309,12 @@ def follow(matches, run) -> list[list[str]]:
         module = frame.f_globals.get("__name__", "")
         if not isinstance(module, str) or not in_library(module):
             return
-        if any(matches(value) for value in arguments(frame)):
+        values = arguments(frame)
+        matched = [i for i, value in enumerate(values) if matches(value)]
+        if matched:
             code = frame.f_code
-            calls.append([module, getattr(code, "co_qualname", code.co_name)])
+            only_self = matched == [0] and code.co_varnames[:1] == ("self",)
+            calls.append([module, getattr(code, "co_qualname", code.co_name), only_self])
 
     previous = sys.getprofile()
     sys.setprofile(profile)
@@ -352,10 +360,10 @@ def short(module: str) -> str:
     return module.removeprefix("jaxbp.")
 
 
-def chain(calls: list[list[str]]) -> dict[str, Any]:
+def chain(calls: list[list[Any]]) -> dict[str, Any]:
     """Stops (consecutive calls in one module merged), entries per module, climbs."""
     stops: list[dict[str, Any]] = []
-    for module, function in calls:
+    for module, function, *_ in calls:
         if stops and stops[-1]["module"] == short(module):
             stops[-1]["functions"].append(function)
         else:
@@ -387,7 +395,9 @@ def measure_chains(src: Path) -> dict[str, Any]:
     if done.returncode != 0:
         raise SystemExit(f"the tracing interpreter failed:\n{done.stderr}")
     raw = json.loads(done.stdout.strip().splitlines()[-1])  # the last line: the JSON
-    return {name: chain(calls) for name, calls in raw.items()}
+    chains = {name: chain(calls) for name, calls in raw.items()}
+    chains["config_functions"] = chain([c for c in raw["config"] if not c[2:] or not c[2]])
+    return chains
 
 
 # --- output -----------------------------------------------------------------------------
@@ -474,6 +484,11 @@ def markdown(stats: dict[str, Any], chains: dict[str, Any]) -> str:
     out = static_markdown(stats)
     out += chain_markdown(
         "Call chain: the configuration from make_train_step through one step", chains["config"]
+    )
+    out += chain_markdown(
+        "Call chain: the configuration from make_train_step through one step, functions "
+        "that take it (its own methods, where it is only `self`, left out)",
+        chains["config_functions"],
     )
     out += chain_markdown("Call chain: params through one eager manual_grad", chains["params"])
     return "\n".join(out)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp._core.config import Config, Keywords
-from jaxbp._core.flow import Flow, forward_flow
+from jaxbp._core.flow import Flow, forward_flow, source
 from jaxbp._core.network import Network, Params, resolve
 
 if TYPE_CHECKING:
@@ -89,16 +89,6 @@ def trace_of(flow: Flow, back: Backward) -> Trace:
     a = [flow.x] + [flow.caches[i][1] for i in hidden] + [flow.a]
     delta = [back.into[i] for i in hidden] + [back.out[-1]]
     return Trace(tuple(z), tuple(a), tuple(delta))
-
-
-def source(net: Network, flow: Flow, y: Any) -> tuple[Array, Array]:
-    """The reduced loss and `delta_L = dL/dz_L` (the loss's handwritten delta, scaled);
-    `y` is prepared here by the loss's task."""
-    batch = flow.z.shape[0]
-    y = net.loss.targets(y, batch, net.n_out, flow.z.dtype)
-    scale = net.scale(batch)
-    value = scale * jnp.sum(net.loss.sample_losses(flow.z, flow.a, y))
-    return value, scale * net.loss.output_delta(flow.z, flow.a, y, net.output)
 
 
 def gradient(

@@ -1,8 +1,9 @@
 """The resolved configuration: the four keywords of every call, settled once.
 
-Every public function takes either `config=` (a `jaxbp.Config`) or the keywords
-`activation`, `loss`, `output_activation`, `reduction` (and `layers`), which it turns
-into a `Config` itself. A `Config` is frozen, hashable and a pytree without leaves, so a
+Every public function takes either `config=` (a `jaxbp.Config`, or the `jaxbp.Network`
+built from one) or the keywords `activation`, `loss`, `output_activation`, `reduction`
+(and `norm`, `dropout`, `layers`), which it turns into a `Config` itself
+(`jaxbp._core.network.as_config`). A `Config` is frozen, hashable and a pytree without leaves, so a
 jitted function takes it as an ordinary argument:
 
 ```python
@@ -26,7 +27,7 @@ from jaxbp._core.losses import REDUCTIONS, Loss, OutputActivation, get_loss, get
 from jaxbp._core.norm import BatchNorm, LayerNorm
 from jaxbp._core.validate import is_real
 
-__all__ = ["Config", "Keywords", "as_config"]
+__all__ = ["KEYWORDS", "Config", "Keywords"]
 
 
 class Keywords(TypedDict, total=False):
@@ -159,41 +160,5 @@ def _check_layers(layers: Any) -> tuple[Layer, ...]:
     return tuple(as_layer(layer, i) for i, layer in enumerate(layers))
 
 
-_KEYWORDS = tuple(k for k in Keywords.__annotations__ if k != "key")
-
-
-def as_call(
-    config: Config | None, keywords: dict[str, Any], *, need_loss: bool = True
-) -> tuple[Config, jax.Array | None]:
-    """A call on a batch resolved: its `Config` (see `as_config`) and its `key`."""
-    keywords = dict(keywords)
-    key = keywords.pop("key", None)
-    return as_config(config, keywords, need_loss=need_loss), key
-
-
-def as_config(config: Config | None, keywords: dict[str, Any], *, need_loss: bool = True) -> Config:
-    """`config`, or a `Config` built from `keywords`; refuses both, neither, or a typo."""
-    unknown = sorted(set(keywords) - set(_KEYWORDS))
-    if unknown:
-        raise TypeError(
-            f"unexpected keyword argument {unknown[0]!r}; the configuration keywords are "
-            f"{list(_KEYWORDS)} (or pass config=jaxbp.Config(...))."
-        )
-    if config is None:
-        config = Config(**keywords)
-    elif not isinstance(config, Config):
-        raise TypeError(
-            f"config must be a jaxbp.Config, e.g. jaxbp.Config(activation='tanh', "
-            f"loss='mse'); got {type(config).__name__}."
-        )
-    elif keywords:
-        raise TypeError(
-            f"pass either config or the keywords {sorted(keywords)}, not both: "
-            f"config.replace({', '.join(f'{k}=...' for k in sorted(keywords))}) combines them."
-        )
-    if need_loss and config.loss is None:
-        raise TypeError(
-            "a loss is needed here: pass loss= one of the names in jaxbp.LOSSES or a "
-            "jaxbp.Loss (config has loss=None)."
-        )
-    return config
+KEYWORDS = tuple(k for k in Keywords.__annotations__ if k != "key")
+"""The configuration keywords of `jaxbp.Config`, as every function on a batch takes them."""

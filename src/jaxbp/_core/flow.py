@@ -1,4 +1,4 @@
-"""The forward flow of eq. 1.1 and the loss of eq. 1.2.
+"""The forward flow of eq. 1.1, and the loss of eq. 1.2 with its delta, the source of eq. 1.4.
 
 Parameters are a plain pytree, a list with one `{"W": (n_{l-1}, n_l), "b": (n_l,)}`
 dict per layer; each column of `W_l` holds one neuron's incoming weights. A batch is
@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from jaxbp._core.config import Config, Keywords
 from jaxbp._core.layers import Context, Layer
@@ -70,6 +71,16 @@ def next_states(net: Network, caches: tuple[Any, ...], stats: Any) -> list[Any]:
         for layer, state, cache in zip(net.layers, entries, caches, strict=True)
         if layer.has_state
     ]
+
+
+def source(net: Network, flow: Flow, y: Any) -> tuple[Array, Array]:
+    """The reduced loss and `delta_L = dL/dz_L` (the loss's handwritten delta, scaled);
+    `y` is prepared here by the loss's task."""
+    batch = flow.z.shape[0]
+    y = net.loss.targets(y, batch, net.n_out, flow.z.dtype)
+    scale = net.scale(batch)
+    value = scale * jnp.sum(net.loss.sample_losses(flow.z, flow.a, y))
+    return value, scale * net.loss.output_delta(flow.z, flow.a, y, net.output)
 
 
 def loss_value(net: Network, params: Params, x: Array, y: Any, ctx: Context) -> Array:

@@ -15,7 +15,7 @@ chains these records in reverse (`jaxbp._core.backprop.backward_flow`, eq. 1.4).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -107,22 +107,25 @@ class Layer:
         return None
 
     def forward(self, params: Any, a: Array, ctx: Context) -> tuple[Array, Any]:
-        raise NotImplementedError(f"the layer {self!r} has no forward pass")
+        self._lacks("a forward pass")
 
     def backward(self, params: Any, cache: Any, g: Array) -> tuple[Array, Any]:
-        raise NotImplementedError(f"the layer {self!r} has no backward pass")
+        self._lacks("a backward pass")
 
     def init_state(self, params: Any) -> Any:
-        raise NotImplementedError(f"the layer {self!r} has no state")
+        self._lacks("state")
 
     def next_state(self, state: Any, cache: Any) -> Any:
-        raise NotImplementedError(f"the layer {self!r} has no state")
+        self._lacks("state")
 
     def per_example_grads(self, params: Any, cache: Any, g: Array) -> Any:
-        raise NotImplementedError(f"the layer {self!r} has no per-example gradients")
+        self._lacks("per-example gradients")
 
     def per_example_sq_norms(self, params: Any, cache: Any, g: Array) -> Array:
-        raise NotImplementedError(f"the layer {self!r} has no per-example gradients")
+        self._lacks("per-example gradients")
+
+    def _lacks(self, what: str) -> NoReturn:
+        raise NotImplementedError(f"the layer {self!r} has no {what}")
 
     def provides(self, method: str) -> bool:
         """Whether this layer provides `method` itself, rather than the base's default."""

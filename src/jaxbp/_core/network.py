@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._core.config import NORMS, Config, as_config, check_norm
+from jaxbp._core.config import KEYWORDS, NORMS, Config, check_norm
 from jaxbp._core.inits import check_init
 from jaxbp._core.layers import DENSE_RULE, Context, Dense, Layer
 from jaxbp._core.losses import Loss, OutputActivation
@@ -42,7 +42,7 @@ from jaxbp._core.validate import (
 Array = jax.Array
 Params = list[Any]
 
-__all__ = ["Network", "as_network", "init_layers", "init_mlp", "init_stats", "resolve"]
+__all__ = ["Network", "as_config", "as_network", "init_layers", "init_mlp", "init_stats", "resolve"]
 
 
 @jax.tree_util.register_static
@@ -60,6 +60,10 @@ class Network:
     - `shapes`: the leaf shapes of `params`, in `jax.tree.leaves` order, and `structure`
       their tree: what `fits` compares a call's parameters with.
 
+    Settled with them, as plain attributes: `loss` and `output` (the config's records),
+    `n_out` (`n_L`), `random` (a layer draws masks in training: a call needs a key) and
+    `stateful` (a layer has state that training moves, batch norm's running averages).
+
     Build it with `Network.of(params, config)` or `Network.mlp(sizes, config)`.
     """
 
@@ -68,6 +72,29 @@ class Network:
     widths: tuple[int | None, ...]
     structure: Any
     shapes: tuple[tuple[int, ...], ...]
+    loss: Loss = dataclasses.field(init=False, compare=False, repr=False)
+    output: OutputActivation = dataclasses.field(init=False, compare=False, repr=False)
+    n_out: int | None = dataclasses.field(init=False, compare=False, repr=False)
+    random: bool = dataclasses.field(init=False, compare=False, repr=False)
+    stateful: bool = dataclasses.field(init=False, compare=False, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"Network({self.describe()}, widths={list(self.widths)}, loss="
+            f"{None if self.loss is None else self.loss.name!r}, output={self.output.name!r}, "
+            f"reduction={self.config.reduction!r})"
+        )
+
+    def __post_init__(self) -> None:
+        facts = {
+            "loss": self.config.loss,
+            "output": self.config.output_activation,
+            "n_out": self.widths[-1],
+            "random": any(layer.random for layer in self.layers),
+            "stateful": any(layer.has_state for layer in self.layers),
+        }
+        for name, value in facts.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def of(cls, params: Params, config: Config | None = None, **keywords: Any) -> Network:
@@ -89,28 +116,6 @@ class Network:
             )
         shapes = jax.eval_shape(lambda: init_mlp(jax.random.key(0), sizes, norm=cfg.norm))
         return _build(shapes, cfg)
-
-    @property
-    def loss(self) -> Loss:
-        return self.config.loss
-
-    @property
-    def output(self) -> OutputActivation:
-        return self.config.output
-
-    @property
-    def n_out(self) -> int:
-        return self.widths[-1]
-
-    @property
-    def random(self) -> bool:
-        """Whether a layer draws random masks in training (a call then needs a key)."""
-        return any(layer.random for layer in self.layers)
-
-    @property
-    def stateful(self) -> bool:
-        """Whether a layer has state that training moves (batch norm's running averages)."""
-        return any(layer.has_state for layer in self.layers)
 
     def replace(self, **changes: Any) -> Network:
         """This network under a changed configuration (`Config.replace`), e.g.
@@ -222,6 +227,34 @@ def _spread(
     return tuple(next(it) if owns(layer) else None for layer in layers)
 
 
+def as_config(config: Config | None, keywords: dict[str, Any], *, need_loss: bool = True) -> Config:
+    """`config`, or a `Config` built from `keywords`; refuses both, neither, or a typo."""
+    unknown = sorted(set(keywords) - set(KEYWORDS))
+    if unknown:
+        raise TypeError(
+            f"unexpected keyword argument {unknown[0]!r}; the configuration keywords are "
+            f"{list(KEYWORDS)} (or pass config=jaxbp.Config(...))."
+        )
+    if config is None:
+        config = Config(**keywords)
+    elif not isinstance(config, Config):
+        raise TypeError(
+            f"config must be a jaxbp.Config, e.g. jaxbp.Config(activation='tanh', "
+            f"loss='mse'); got {type(config).__name__}."
+        )
+    elif keywords:
+        raise TypeError(
+            f"pass either config or the keywords {sorted(keywords)}, not both: "
+            f"config.replace({', '.join(f'{k}=...' for k in sorted(keywords))}) combines them."
+        )
+    if need_loss and config.loss is None:
+        raise TypeError(
+            "a loss is needed here: pass loss= one of the names in jaxbp.LOSSES or a "
+            "jaxbp.Loss (config has loss=None)."
+        )
+    return config
+
+
 def as_network(config: Any, keywords: dict[str, Any] | None = None) -> Config | Network:
     """A builder's network before it sees parameters: the `Network` given, or the `Config`
     of `config` or the keywords (`as_config`)."""
@@ -247,12 +280,13 @@ def resolve(
 
 
 def _build(params: Any, config: Config) -> Network:
-    """The network of `params` under `config`: each layer checks its entry once."""
-    layers = config.body(len(params) if isinstance(params, (list, tuple)) else 0)
+    """The network of `params` under `config`: each layer checks its entry once. The one
+    place where the plain MLP's depth is read off `params` (`Config.body`)."""
     if not isinstance(params, (list, tuple)):
         raise TypeError(f"{DENSE_RULE}; got {type(params).__name__}.")
     if len(params) == 0:
         raise ValueError(f"{DENSE_RULE}; got an empty {type(params).__name__}.")
+    layers = config.body(len(params))
     wanted = sum(layer.has_params for layer in layers)
     if len(params) != wanted:
         raise ValueError(

@@ -35,7 +35,7 @@ from jaxbp._fused.support import (
     run_step,
 )
 from jaxbp._train.epochs import batch_indices
-from jaxbp._train.paths import Gradient, GradientPath
+from jaxbp._train.paths import Batch, GradientPath, Setting
 from jaxbp._train.state import TrainState
 
 Array = jax.Array
@@ -165,7 +165,7 @@ class Fused(GradientPath):
     def wrap(self, fn: Any) -> Any:
         return Explained(fn)
 
-    def check_state(self, net: Network, optimizer: Any, params: Params, state: Any) -> None:
+    def check_state(self, net: Network, optimizer: Any, params: Params, state: Any) -> TrainState:
         """`state.opt_state` must be `optimizer.init(params)`: optax.sgd's state, with a
         momentum trace shaped like `params` when there is momentum."""
         opt_state = TrainState.check(state).opt_state
@@ -175,7 +175,7 @@ class Fused(GradientPath):
             if jax.tree.structure(opt_state) == jax.tree.structure(want) and (
                 _avals(opt_state) == _avals(want)
             ):
-                return
+                return state
             leaves = jax.tree.leaves(_avals(opt_state)), jax.tree.leaves(_avals(want))
             got = f"{got} with leaves {leaves[0]}, not {leaves[1]}"
         trace = "" if optimizer.momentum is None else " with a momentum trace shaped like params"
@@ -188,60 +188,26 @@ class Fused(GradientPath):
     def kernel(self, net: Network, optimizer: FusedSGD) -> Kernel:
         """The kernel of `net` trained by `optimizer`, checked (`check_fused_supported`)."""
         dense = [w for layer, w in zip(net.layers, net.widths[1:], strict=True) if layer.has_params]
-        return check_fused_supported(
-            [net.widths[0], *dense],
-            net.config,
-            learning_rate=optimizer.learning_rate,
-            momentum=optimizer.momentum,
-            interpret=self.interpret,
-            pad=self.pad,
-            precision=self.precision,
-            num_warps=self.num_warps,
-        )
-
-    def value_and_grad(self, *args: Any) -> Gradient:
-        raise ValueError(
-            "the fused path applies the update inside its kernel and gives no gradient out; "
-            "use jaxbp.Manual() for the gradient."
-        )
+        sgd = optimizer._asdict()  # learning_rate, momentum
+        return check_fused_supported([net.widths[0], *dense], net.config, **sgd, **vars(self))
 
     def step(
-        self,
-        net: Network,
-        optimizer: Any,
-        params: Params,
-        state: TrainState,
-        key: Any,
-        x: Array,
-        y: Any,
-        *,
-        grad_norm: bool = False,
+        self, setting: Setting, params: Params, state: TrainState, batch: Batch
     ) -> tuple[Params, TrainState, dict[str, Array]]:
-        """One kernel a step: the update applied on chip."""
-        del key, grad_norm  # no random layers (check_config), no gradient out
-        kernel = self.kernel(net, optimizer)
-        params, trace, loss = run_step(kernel, params, _buffer(kernel, state), x, y)
+        """One kernel a step: the update applied on chip (no random layers: refused)."""
+        kernel = self.kernel(setting.net, setting.optimizer)
+        params, trace, loss = run_step(kernel, params, _buffer(kernel, state), batch.x, batch.y)
         return params, _with_buffer(kernel, state, trace), {"loss": loss}
 
     def epoch(
-        self,
-        net: Network,
-        optimizer: Any,
-        params: Params,
-        state: TrainState,
-        key: Array,
-        x: Array,
-        y: Any,
-        *,
-        batch_size: int,
-        grad_norm: bool = False,
-        constrain: Any = None,
+        self, setting: Setting, params: Params, state: TrainState, data: Batch, batch_size: int
     ) -> tuple[Params, TrainState, dict[str, Array]]:
         """One kernel for the whole epoch, over the batches of the other paths' epochs."""
-        del grad_norm, constrain  # refused by check_options
-        kernel = self.kernel(net, optimizer)
-        idx = batch_indices(key, x.shape[0], batch_size)
-        params, trace, losses = run_epoch(kernel, params, _buffer(kernel, state), x[idx], y[idx])
+        kernel = self.kernel(setting.net, setting.optimizer)
+        idx = batch_indices(data.key, data.x.shape[0], batch_size)
+        params, trace, losses = run_epoch(
+            kernel, params, _buffer(kernel, state), data.x[idx], data.y[idx]
+        )
         return params, _with_buffer(kernel, state, trace), {"loss": losses}
 
 

@@ -37,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._core.config import Config, Keywords, as_config
-from jaxbp._core.network import Network
+from jaxbp._core.config import KEYWORDS, Config, Keywords
+from jaxbp._core.network import Network, as_config
 from jaxbp._core.validate import (
     check_output_units,
     check_x,
@@ -172,7 +172,6 @@ def _check_sgd(learning_rate: Any, momentum: Any, fix: str) -> tuple[float, floa
     return lr, mu
 
 
-_CONFIG_KEYWORDS = tuple(k for k in Keywords.__annotations__ if k != "key")
 _OPTIONS = ("learning_rate", "momentum", "interpret", "pad", "precision", "num_warps")
 
 
@@ -218,11 +217,11 @@ def check_fused_supported(
     copy of the kernel through Triton, so an activation or loss whose primitives Triton
     lacks (the exact GELU's `erfc`) is refused here rather than inside the first step.
     """
-    unknown = sorted(set(keywords) - set(_CONFIG_KEYWORDS))
+    unknown = sorted(set(keywords) - set(KEYWORDS))
     if unknown:
         raise TypeError(
             f"unexpected keyword argument {unknown[0]!r}; the fused kernel takes sizes, config "
-            f"or its keywords {list(_CONFIG_KEYWORDS)}, and the options {list(_OPTIONS)}."
+            f"or its keywords {list(KEYWORDS)}, and the options {list(_OPTIONS)}."
         )
     cfg = as_config(config, keywords)
     _check_plain(cfg)

@@ -169,11 +169,7 @@ def make_dp_train_step(
     privacy spent is `jaxbp.dp_epsilon`'s.
     """
     plan = _dp_plan(optimizer, config, keywords, l2_clip, noise_multiplier, donate)
-
-    def step(params: Params, opt_state: Any, key: Array, x: Any, y: Any) -> Any:
-        return plan.step(plan.network_of(params), params, opt_state, key, x, y)
-
-    return plan.jit(step, donate)
+    return plan.jit(plan.step, donate)  # the builders' signature: (params, state, key, x, y)
 
 
 def make_dp_train_epoch(

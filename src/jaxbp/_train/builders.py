@@ -14,7 +14,6 @@ enters, once per trace; the path's `step` and `epoch` take it as checked.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -26,7 +25,7 @@ from jaxbp._core.network import Network, Params, as_network, resolve
 from jaxbp._core.validate import check_int, check_key, epoch_data, stacked_models
 from jaxbp._fused.path import Fused
 from jaxbp._train.epochs import check_batch_size, repeat_epochs
-from jaxbp._train.paths import Autodiff, GradientPath, Manual
+from jaxbp._train.paths import Autodiff, Batch, GradientPath, Manual, Setting
 from jaxbp._train.sharding import DataParallel, Mesh, data_parallel
 from jaxbp._train.state import TrainState
 
@@ -106,47 +105,45 @@ class Plan(NamedTuple):
             self.path.check(net)
         return net
 
-    def state_in(self, net: Network, params: Params, state: Any) -> TrainState:
-        """A call's state, checked against the path, optimizer and parameters."""
-        if self.slot:
-            state = TrainState.of_slot(state, net.stateful)
-        self.path.check_state(net, self.optimizer, params, state)
-        return state
+    def state_in(self, state: Any, stateful: bool) -> TrainState:
+        """A call's state as a `TrainState` (from an older factory's slot)."""
+        return TrainState.of_slot(state, stateful) if self.slot else state
 
     def state_out(self, state: TrainState) -> Any:
         return state.slot() if self.slot else state
 
-    def step(self, net: Network, params: Params, state: Any, key: Any, x: Any, y: Any) -> Any:
-        """One checked step: the batch, the key and the state at the edge, then the path's."""
+    def step(self, params: Params, state: Any, key: Any, x: Any, y: Any) -> Any:
+        """One checked step: the network, the batch, the key and the state at the edge, then
+        the path's step."""
+        net = self.network_of(params)
         x = net.check_x(x)
         if self.path.random or key is not None:
             check_key(key)
-        state = self.state_in(net, params, state)
+        state = self.state_in(state, net.stateful)
+        state = self.path.check_state(net, self.optimizer, params, state)
         if self.shard is not None:
             self.shard.check_batch(x.shape[0], "the batch")  # at trace time, before XLA's
             params, state = self.shard.replicate((params, state))
             x, y = self.shard.constrain_batch(x), self.shard.constrain_batch(y)
-        params, state, metrics = self.path.step(
-            net, self.optimizer, params, state, key, x, y, grad_norm=self.grad_norm
-        )
+        setting = Setting(net, self.optimizer, self.grad_norm)
+        params, state, metrics = self.path.step(setting, params, state, Batch(key, x, y))
         return params, self.state_out(state), metrics
 
     def epochs(self, batch_size: int, epochs: int) -> Callable[..., Any]:
-        """`run(net, params, state, key, x, y)`: `epochs` checked epochs of the path's."""
+        """`run(params, state, key, x, y)`: `epochs` checked epochs of the path's."""
         constrain = None if self.shard is None else self.shard.constrain_batch
 
-        def run(net: Network, params: Params, state: Any, key: Array, x: Any, y: Any) -> Any:
+        def run(params: Params, state: Any, key: Array, x: Any, y: Any) -> Any:
             check_key(key)
+            net = self.network_of(params)
             x, y, _ = epoch_data(x, y, batch_size, net.widths[0])
-            state = self.state_in(net, params, state)
-            one = functools.partial(
-                self.path.epoch,
-                net,
-                self.optimizer,
-                batch_size=batch_size,
-                grad_norm=self.grad_norm,
-                constrain=constrain,
-            )
+            state = self.state_in(state, net.stateful)
+            state = self.path.check_state(net, self.optimizer, params, state)
+            setting = Setting(net, self.optimizer, self.grad_norm, constrain)
+
+            def one(params: Params, state: Any, key: Array, x: Array, y: Any) -> Any:
+                return self.path.epoch(setting, params, state, Batch(key, x, y), batch_size)
+
             params, state, metrics = repeat_epochs(one, epochs)(params, state, key, x, y)
             return params, self.state_out(state), metrics
 
@@ -195,10 +192,7 @@ def step_fn(
     """
     plan = Plan.of(optimizer, network, path, grad_norm=grad_norm, donate=donate, mesh=mesh)
 
-    def step(params: Params, state: Any, key: Any, x: Any, y: Any) -> Any:
-        return plan.step(plan.network_of(params), params, state, key, x, y)
-
-    return plan.jit(step, donate)
+    return plan.jit(plan.step, donate)
 
 
 def epoch_fn(
@@ -233,12 +227,7 @@ def build_epoch(plan: Plan, batch_size: Any, epochs: Any, donate: bool) -> Fn:
     epochs = check_int("epochs", epochs, 1)
     if plan.shard is not None:
         plan.shard.check_batch(batch_size, "batch_size")
-    run = plan.epochs(batch_size, epochs)
-
-    def epoch(params: Params, state: Any, key: Array, x: Any, y: Any) -> Any:
-        return run(plan.network_of(params), params, state, key, x, y)
-
-    return plan.jit(epoch, donate, epoch=True)
+    return plan.jit(plan.epochs(batch_size, epochs), donate, epoch=True)
 
 
 def sweep_fn(
@@ -246,9 +235,9 @@ def sweep_fn(
     network: Config | Network,
     path: GradientPath | str = "manual",
     *,
+    shared_order: bool = False,
     batch_size: int,
     epochs: int = 1,
-    shared_order: bool = False,
     grad_norm: bool = False,
     donate: bool = False,
 ) -> Fn:
@@ -293,9 +282,7 @@ def build_sweep(plan: Plan, batch_size: Any, epochs: Any, shared_order: bool, do
             )
         _refuse_per_model_constants(plan.optimizer, params, TrainState.of(state), models)
 
-        def one(p: Params, s: Any, k: Array) -> Any:
-            return run(plan.network_of(p), p, s, k, x, y)
-
+        one = lambda p, s, k: run(p, s, k, x, y)  # noqa: E731
         return jax.vmap(one, in_axes=(0, 0, key_axis))(params, state, keys)
 
     return plan.jit(sweep, donate)

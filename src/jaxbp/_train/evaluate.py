@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 
-from jaxbp._core.backprop import source
 from jaxbp._core.config import Config, Keywords
-from jaxbp._core.flow import forward_flow
+from jaxbp._core.flow import forward_flow, source
 from jaxbp._core.network import Network, Params, resolve
 from jaxbp._core.tasks import TASKS, Task
 from jaxbp._core.validate import stacked_models

@@ -1,10 +1,11 @@
 """The training factories of the keyword API: thin wrappers of the builders
 (`jaxbp._train.builders`) that keep their older signatures.
 
-They take the network as `config` or its keywords, the gradient path as a name or a
-value (`grad=`), donate by default, and carry the state in the step's `opt_state` slot:
-the optimizer's state alone for a network without state, a `jaxbp.TrainState` for one
-with state (`TrainState.of_slot`). The numbers are the builders'.
+They take the network as `config` or its keywords, and the training options as keywords
+too (`TrainKeywords`): the gradient path as a name or a value (`grad=`), donation by
+default, and the state in the step's `opt_state` slot: the optimizer's state alone for a
+network without state, a `jaxbp.TrainState` for one with state (`TrainState.of_slot`).
+The numbers are the builders'.
 """
 
 from __future__ import annotations
@@ -16,58 +17,66 @@ import optax
 from jaxbp._core.config import Config, Keywords
 from jaxbp._core.network import Network, Params
 from jaxbp._train.builders import Fn, Plan, as_path, build_epoch, build_sweep
+from jaxbp._train.paths import GradientPath
 from jaxbp._train.sharding import Mesh
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-__all__ = ["make_train_epoch", "make_train_step", "make_train_sweep"]
+__all__ = [
+    "SweepKeywords",
+    "TrainKeywords",
+    "make_train_epoch",
+    "make_train_step",
+    "make_train_sweep",
+]
+
+
+class TrainKeywords(Keywords, total=False):
+    """The keyword API's training options, beside the network's keywords (`Keywords`):
+
+    - `grad`: a path's name, "manual" (default: eq. 1.4), "autodiff" (`jax.grad`) or
+      "fused" (one Pallas kernel, with `jaxbp.fused_sgd`), or a `jaxbp.GradientPath`.
+    - `diagnostics`: the manual path's backward-flow statistics in the metrics (False).
+    - `grad_norm`: the gradient's global L2 norm in the metrics (False).
+    - `donate`: donate `params` and `opt_state` to the compiled program (True: do not
+      reuse the arrays passed in).
+    - `mesh`: a `jax.sharding.Mesh` whose first axis carries the batch (`None`: one
+      device; steps and epochs).
+    """
+
+    grad: str | GradientPath
+    diagnostics: bool
+    grad_norm: bool
+    donate: bool
+    mesh: Mesh | None
+
+
+class SweepKeywords(TrainKeywords, total=False):
+    """`TrainKeywords` (but `mesh`), and a sweep's `epochs` (1) and `shared_order` (False)."""
+
+    epochs: int
+    shared_order: bool
 
 
 def make_train_step(
     optimizer: optax.GradientTransformation,
     config: Config | Network | None = None,
-    *,
-    grad: Any = "manual",
-    diagnostics: bool = False,
-    grad_norm: bool = False,
-    donate: bool = True,
-    mesh: Mesh | None = None,
-    **keywords: Unpack[Keywords],
+    **keywords: Unpack[TrainKeywords],
 ) -> Any:
-    """A jitted training step `step(params, opt_state, x, y, key=None) -> (params,
-    opt_state, metrics)` (`jaxbp.step_fn` with the older signature).
-
-    - `optimizer`: an `optax.GradientTransformation` (or `optax.MultiSteps`).
-    - `grad="manual"` takes the gradient from `manual_grad` (eq. 1.4), `grad="autodiff"`
-      from `jax.grad`, `grad="fused"` runs the whole step as one Pallas kernel (with
-      `jaxbp.fused_sgd`); any `jaxbp.GradientPath` value works too. Nothing else differs.
-    - `metrics`: `loss` (before the update), a scalar; with `grad_norm=True` also the
-      global L2 norm of the gradient; with `diagnostics=True` (manual only) also the
-      backward flow of `backward_flow_stats`, per layer, read from the same single
-      backward pass.
-    - `donate`: `params` and `opt_state` are donated (default): do not reuse the arrays
-      passed in. `donate=False` keeps them.
-    - `mesh`: a `jax.sharding.Mesh` whose first axis carries the batch: `x` and `y` are
-      split over it, parameters and optimizer state replicated, and XLA reduces the
-      gradient across devices (see `jaxbp.data_mesh`). `None`: one device.
+    """`jaxbp.step_fn` in the keyword API: `step(params, opt_state, x, y, key=None) ->
+    (params, opt_state, metrics)`.
 
     The network is `config` (a `jaxbp.Config` or `jaxbp.Network`) or the keywords of
-    `jaxbp.Config`; `key` draws a dropout network's masks.
+    `jaxbp.Config`; the options are `TrainKeywords` (`grad="manual"`, donation on).
+    `metrics`: `loss` before the update, `grad_norm` if asked, then the path's own
+    (diagnostics: `jaxbp.backward_flow_stats` per layer). `key` draws a dropout
+    network's masks.
     """
-    plan = Plan.of(
-        optimizer,
-        config,
-        as_path(grad, diagnostics),
-        grad_norm=grad_norm,
-        donate=donate,
-        mesh=mesh,
-        slot=True,
-        keywords=keywords,
-    )
+    plan, donate = _plan(optimizer, config, keywords)
 
     def step(params: Params, opt_state: Any, x: Any, y: Any, key: Any = None) -> Any:
-        return plan.step(plan.network_of(params), params, opt_state, key, x, y)
+        return plan.step(params, opt_state, key, x, y)
 
     return plan.jit(step, donate)
 
@@ -78,37 +87,18 @@ def make_train_epoch(
     *,
     batch_size: int,
     epochs: int = 1,
-    grad: Any = "manual",
-    diagnostics: bool = False,
-    grad_norm: bool = False,
-    donate: bool = True,
-    mesh: Mesh | None = None,
-    **keywords: Unpack[Keywords],
+    **keywords: Unpack[TrainKeywords],
 ) -> Fn:
-    """One whole epoch (or `epochs` of them) compiled into one program:
-    `epoch(params, opt_state, key, x, y) -> (params, opt_state, metrics)`
-    (`jaxbp.epoch_fn` with the state in the `opt_state` slot).
+    """`jaxbp.epoch_fn` in the keyword API: `epoch(params, opt_state, key, x, y) ->
+    (params, opt_state, metrics)`, `epochs` epochs in one program.
 
-    The epoch shuffles `x: (n, n_0)` and `y` with `key`, cuts them into
-    `ceil(n / batch_size)` minibatches (see `epoch_batches` for the last one) and runs
-    the step of `make_train_step` on each inside `jax.lax.scan`. `metrics` holds each
-    step's metrics stacked along a leading `(n_steps,)` axis. With `mesh`, the whole
-    dataset is replicated and each minibatch split over the mesh's first axis. The
-    other keywords are those of `make_train_step`; `params` and `opt_state` are donated
-    unless `donate=False`. With `epochs=E` the program runs E epochs (epoch `e` shuffles
-    with `jax.random.fold_in(key, e)`) and metrics are `(E, n_steps)`;
-    `jaxbp.epoch_means(metrics)` averages each epoch's steps.
+    Each epoch shuffles with its key (`jax.random.fold_in(key, e)` for epoch `e`), runs
+    the step of `make_train_step` on each of its `ceil(n / batch_size)` batches
+    (`jaxbp.epoch_batches`) in one `lax.scan`, and stacks each step's metrics, `(n_steps,)`,
+    or `(epochs, n_steps)` (`jaxbp.epoch_means` averages them). The other arguments are
+    `make_train_step`'s.
     """
-    plan = Plan.of(
-        optimizer,
-        config,
-        as_path(grad, diagnostics),
-        grad_norm=grad_norm,
-        donate=donate,
-        mesh=mesh,
-        slot=True,
-        keywords=keywords,
-    )
+    plan, donate = _plan(optimizer, config, keywords)
     return build_epoch(plan, batch_size, epochs, donate)
 
 
@@ -117,38 +107,34 @@ def make_train_sweep(
     config: Config | Network | None = None,
     *,
     batch_size: int,
-    epochs: int = 1,
-    grad: Any = "manual",
-    shared_order: bool = False,
-    grad_norm: bool = False,
-    donate: bool = True,
-    **keywords: Unpack[Keywords],
+    **keywords: Unpack[SweepKeywords],
 ) -> Fn:
-    """N models trained for one epoch each in one compiled program (`jax.vmap` of the
-    epoch of `make_train_epoch`): `sweep(params, opt_state, keys, x, y)`
-    (`jaxbp.sweep_fn` with the state in the `opt_state` slot).
+    """`jaxbp.sweep_fn` in the keyword API: `sweep(params, opt_state, keys, x, y)`, N models
+    trained in one compiled program, each for `epochs=1` epochs.
 
-    `params` and `opt_state` carry a leading model axis `(N, ...)` (stack N
-    initialisations, and `jax.vmap(optimizer.init)` them); `x, y` are shared. `keys`
-    holds one key per model, `(N,)`, so each model shuffles on its own; with
-    `shared_order=True` it is a single key and every model sees the same minibatches in
-    the same order. That is the controlled comparison for a hyperparameter sweep, and
-    faster: the first layer's products of all N models then share their input and run
-    as one matmul. To sweep a hyperparameter, make it part of the state, e.g.
-    `optax.inject_hyperparams(optax.sgd)(learning_rate=lrs)`, vmapped init with one rate
-    per model. Metrics gain a leading `(N,)` axis. `grad_norm` and `donate` are those
-    of `make_train_step`; `epochs=E` runs E epochs per model in the one program (as
-    `make_train_epoch`), metrics `(N, E, n_steps)`. Score the N models with
-    `jaxbp.evaluate_sweep`.
+    `params` and `opt_state` stack N models along a leading axis (N initialisations,
+    `jax.vmap(optimizer.init)`); `keys` holds one key per model, or with
+    `shared_order=True` (default False) one key for the same batches in the same order.
+    Sweep a hyperparameter by injecting it (`optax.inject_hyperparams`, one value per
+    model). Metrics gain a leading `(N,)` axis; `jaxbp.evaluate_sweep` scores the models.
+    The other arguments are `make_train_epoch`'s (no mesh, no diagnostics).
     """
-    plan = Plan.of(
-        optimizer,
-        config,
-        as_path(grad),
-        grad_norm=grad_norm,
-        donate=donate,
-        sweep=True,
-        slot=True,
-        keywords=keywords,
-    )
+    keywords = dict(keywords)
+    epochs, shared_order = keywords.pop("epochs", 1), keywords.pop("shared_order", False)
+    plan, donate = _plan(optimizer, config, keywords, sweep=True)
     return build_sweep(plan, batch_size, epochs, shared_order, donate)
+
+
+def _plan(
+    optimizer: Any, config: Any, keywords: dict[str, Any], *, sweep: bool = False
+) -> tuple[Plan, bool]:
+    """A factory's `Plan` and whether it donates: the options popped from `keywords`
+    (`TrainKeywords`), the network from `config` or the rest, the state in the slot."""
+    keywords = dict(keywords)
+    path = as_path(keywords.pop("grad", "manual"), keywords.pop("diagnostics", False))
+    donate = keywords.pop("donate", True)
+    options = dict(grad_norm=keywords.pop("grad_norm", False), donate=donate)
+    if not sweep:
+        options["mesh"] = keywords.pop("mesh", None)
+    plan = Plan.of(optimizer, config, path, sweep=sweep, slot=True, keywords=keywords, **options)
+    return plan, donate

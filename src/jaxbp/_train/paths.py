@@ -19,14 +19,15 @@ Their arguments are trusted: the builders check what a user passes where it ente
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
 
 import jax
 import optax
 
-from jaxbp._core.backprop import cast_like, gradient, source, trace_of
+from jaxbp._core.backprop import cast_like, gradient, trace_of
 from jaxbp._core.config import Config
-from jaxbp._core.flow import forward_flow, next_states
+from jaxbp._core.flow import forward_flow, next_states, source
 from jaxbp._core.network import Network, Params
 from jaxbp._core.validate import check_real
 from jaxbp._train.diagnostics import SATURATION_THRESHOLD, backward_flow_stats
@@ -37,7 +38,7 @@ from jaxbp._train.state import TrainState
 Array = jax.Array
 Metrics = dict[str, Array]
 
-__all__ = ["Autodiff", "Gradient", "GradientPath", "Manual"]
+__all__ = ["Autodiff", "Batch", "Gradient", "GradientPath", "Manual", "Setting"]
 
 
 class Gradient(NamedTuple):
@@ -56,6 +57,26 @@ class Gradient(NamedTuple):
     stats: list[Any]
 
 
+class Setting(NamedTuple):
+    """What a path trains with besides the data: the network, the optimizer (as the path
+    checked it), whether the metrics add the gradient's norm, and a batch's sharding
+    constraint on a mesh (`None`: one device)."""
+
+    net: Network
+    optimizer: Any
+    grad_norm: bool = False
+    constrain: Callable[[Array], Array] | None = None
+
+
+class Batch(NamedTuple):
+    """A step's data, `key` (dropout masks, DP noise; `None` when nothing draws), inputs
+    `x: (batch, n_0)` and targets `y`; or an epoch's whole data and its shuffle key."""
+
+    key: Any
+    x: Array
+    y: Any
+
+
 class GradientPath:
     """The base of the gradient paths: what a path may state, with its defaults.
 
@@ -67,12 +88,13 @@ class GradientPath:
       the builders call them as soon as each is known.
     - `check_options(...)`: refuse builder options this path cannot honour.
     - `optimizer(optimizer)`: the optax transformation it trains with, checked.
-    - `check_state(net, optimizer, params, state)`: the state must be what
+    - `check_state(net, optimizer, params, state) -> state`: the state must be what
       `TrainState.create` builds for these parameters.
     - `init(net, params)`: the path's own state in the `TrainState` (default `None`).
     - `value_and_grad(net, params, x, y, key, stats) -> Gradient`.
-    - `step(...)`, `epoch(...)`: one update, one epoch (defaults: the optimizer on
-      `value_and_grad`'s gradient; a `lax.scan` of steps over shuffled batches).
+    - `step(setting, params, state, batch)`, `epoch(setting, params, state, data,
+      batch_size)`: one update, one epoch (defaults: the optimizer on `value_and_grad`'s
+      gradient; a `lax.scan` of steps over shuffled batches).
     """
 
     name: ClassVar[str] = "path"
@@ -109,60 +131,45 @@ class GradientPath:
         del net, params
         return None
 
-    def check_state(self, net: Network, optimizer: Any, params: Params, state: Any) -> None:
+    def check_state(self, net: Network, optimizer: Any, params: Params, state: Any) -> TrainState:
         check_opt_state(optimizer, TrainState.check(state).opt_state, params)
         if net.stateful:
             net.check_stats(params, state.stats)
+        return state
 
     def value_and_grad(
         self, net: Network, params: Params, x: Array, y: Any, key: Any, stats: list[Any]
     ) -> Gradient:
-        raise NotImplementedError
+        raise ValueError(
+            f"the {self.name} path gives no gradient out (its step applies the update "
+            "itself); use jaxbp.Manual() for the gradient."
+        )
 
     def step(
-        self,
-        net: Network,
-        optimizer: optax.GradientTransformation,
-        params: Params,
-        state: TrainState,
-        key: Any,
-        x: Array,
-        y: Any,
-        *,
-        grad_norm: bool = False,
+        self, setting: Setting, params: Params, state: TrainState, batch: Batch
     ) -> tuple[Params, TrainState, Metrics]:
         """One update: the gradient, then the optimizer. Metrics: `loss`, `grad_norm`
-        (with `grad_norm`), then the path's own."""
+        (with `setting.grad_norm`), then the path's own."""
+        net, key, x, y = setting.net, *batch
         g = self.value_and_grad(net, params, x, y, key, state.stats)
-        params, opt_state = apply_optimizer(optimizer, g.grads, state.opt_state, params)
+        params, opt_state = apply_optimizer(setting.optimizer, g.grads, state.opt_state, params)
         metrics = {"loss": g.value}
-        if grad_norm:
+        if setting.grad_norm:
             metrics["grad_norm"] = tree_norm(g.grads)
         return params, state._replace(opt_state=opt_state, stats=g.stats), metrics | g.metrics
 
     def epoch(
-        self,
-        net: Network,
-        optimizer: optax.GradientTransformation,
-        params: Params,
-        state: TrainState,
-        key: Array,
-        x: Array,
-        y: Any,
-        *,
-        batch_size: int,
-        grad_norm: bool = False,
-        constrain: Any = None,
+        self, setting: Setting, params: Params, state: TrainState, data: Batch, batch_size: int
     ) -> tuple[Params, TrainState, Metrics]:
-        """One epoch of `step`s over the batches `key` shuffles (`jaxbp.epoch_batches`),
+        """One epoch of `step`s over the batches `data.key` shuffles (`jaxbp.epoch_batches`),
         in one `lax.scan`; each step gets a key of its own where the path or the network
         draws from one."""
 
-        def update(params: Params, state: TrainState, key_b: Any, x_b: Array, y_b: Any) -> Any:
-            return self.step(net, optimizer, params, state, key_b, x_b, y_b, grad_norm=grad_norm)
+        def update(params: Params, state: TrainState, key: Any, x: Array, y: Any) -> Any:
+            return self.step(setting, params, state, Batch(key, x, y))
 
-        keyed = self.random or net.random
-        return scan_epoch(update, batch_size, constrain, keyed)(params, state, key, x, y)
+        keyed = self.random or setting.net.random
+        return scan_epoch(update, batch_size, setting.constrain, keyed)(params, state, *data)
 
 
 @jax.tree_util.register_static

@@ -32,18 +32,7 @@ try:
 except ImportError:  # not on Windows: runs are then not locked
     fcntl = None  # type: ignore[assignment]
 
-__all__ = [
-    "CHECKPOINT",
-    "FIGURES",
-    "METRICS",
-    "OPTIMIZERS",
-    "SUMMARY",
-    "RunError",
-    "RunFolder",
-    "describe",
-    "fingerprint",
-    "read_metrics",
-]
+__all__ = ["RunError", "RunFolder", "describe", "fingerprint", "read_metrics"]
 
 CHECKPOINT, METRICS, SUMMARY, LOCK = (
     "checkpoint.jaxbp",
