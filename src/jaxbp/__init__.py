@@ -18,11 +18,22 @@ from jaxbp._core.mlp import mlp
 from jaxbp._core.network import Network, init_layers, init_mlp, init_stats
 from jaxbp._core.norm import BatchNorm, LayerNorm
 from jaxbp._core.tasks import TASKS, Task
+from jaxbp._curvature.diagonals import diag_ggn, diag_hessian, per_example_diag_ggn
+from jaxbp._curvature.kfac import (
+    EigenFactors,
+    KroneckerFactors,
+    ekfac,
+    ekfac_mvp,
+    kfac,
+    kfac_mvp,
+)
+from jaxbp._curvature.kfac_path import KFAC, KFACState
 from jaxbp._curvature.products import gnvp, hvp
 from jaxbp._files.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from jaxbp._fused.path import Fused, FusedSGD, fused_epoch_fn, fused_sgd, fused_step_fn
 from jaxbp._parity.grid import LOSS_OUTPUTS, parity_grid, random_problem
 from jaxbp._parity.report import LeafParity, ParityReport, assert_parity, check_parity
+from jaxbp._per_example.statistics import batch_dot_grad, grad_variance, sum_grad_squared
 from jaxbp._per_example.terms import per_example_grad_norms, per_example_grads
 from jaxbp._privacy.accounting import (
     DPSampling,
@@ -47,6 +58,7 @@ __all__ = [
     "ACTIVATIONS",
     "DPSGD",
     "INITS",
+    "KFAC",
     "LOSSES",
     "LOSS_OUTPUTS",
     "SOFTMAX",
@@ -61,10 +73,13 @@ __all__ = [
     "DPSampling",
     "Dense",
     "Dropout",
+    "EigenFactors",
     "Fused",
     "FusedSGD",
     "Gradient",
     "GradientPath",
+    "KFACState",
+    "KroneckerFactors",
     "Layer",
     "LayerNorm",
     "LeafParity",
@@ -81,13 +96,18 @@ __all__ = [
     "assert_parity",
     "backprop",
     "backward_flow_stats",
+    "batch_dot_grad",
     "check_parity",
     "data_mesh",
     "datasets",
+    "diag_ggn",
+    "diag_hessian",
     "dp_epoch_sampling",
     "dp_epsilon",
     "dp_noise_multiplier",
     "dp_value_and_grad",
+    "ekfac",
+    "ekfac_mvp",
     "epoch_batches",
     "epoch_fn",
     "epoch_means",
@@ -98,12 +118,15 @@ __all__ = [
     "fused_sgd",
     "fused_step_fn",
     "gnvp",
+    "grad_variance",
     "huber",
     "hvp",
     "init_layers",
     "init_mlp",
     "init_stats",
     "init_train_state",
+    "kfac",
+    "kfac_mvp",
     "load_checkpoint",
     "load_run",
     "loss_fn",
@@ -115,11 +138,13 @@ __all__ = [
     "manual_grad",
     "mlp",
     "parity_grid",
+    "per_example_diag_ggn",
     "per_example_grad_norms",
     "per_example_grads",
     "random_problem",
     "runs",
     "save_checkpoint",
     "step_fn",
+    "sum_grad_squared",
     "sweep_fn",
 ]

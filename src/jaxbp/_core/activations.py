@@ -75,9 +75,11 @@ class Activation:
       finite differences whose step carries a pre-activation across one of them.
     - `init`: the weight initialisation it prefers (one of `jaxbp.INITS`), used by
       `jaxbp train` when no `--init` is given.
+    - `deriv2`: `(z, a) -> phi''(z)`, elementwise, the second derivative (at a kink the
+      one-sided value, 0 for the rectifiers), or `None`; `jaxbp.diag_hessian` needs it.
 
-    The signatures of `fn` and `deriv` are checked when the record is built. Example,
-    a user's own activation:
+    The signatures of `fn`, `deriv` and `deriv2` are checked when the record is built.
+    Example, a user's own activation:
 
     ```python
     cube = jaxbp.Activation("cube", lambda z: z**3, lambda z, a: 3 * z**2)
@@ -89,6 +91,7 @@ class Activation:
     deriv: Callable[[Array, Array], Array]
     kinks: tuple[float, ...] = ()
     init: str = "glorot_normal"
+    deriv2: Callable[[Array, Array], Array] | None = None
 
     min_units = 1  # the smallest output layer it makes sense on
 
@@ -96,6 +99,8 @@ class Activation:
         owner = record_owner("Activation", self.name)
         check_arity(owner, "fn", self.fn, "z")
         check_arity(owner, "deriv", self.deriv, "z, a")
+        if self.deriv2 is not None:
+            check_arity(owner, "deriv2", self.deriv2, "z, a")
         try:
             kinks = tuple(float(k) for k in self.kinks)
         except (TypeError, ValueError):
@@ -131,6 +136,7 @@ class Softmax:
     name: str = "softmax"
     kinks: tuple[float, ...] = ()
     min_units = 2
+    deriv2 = None  # not elementwise: no diagonal second derivative
 
     def fn(self, z: Array) -> Array:
         return jax.nn.softmax(z, axis=-1)
@@ -158,16 +164,34 @@ def _identity_deriv(z: Array, a: Array) -> Array:
     return jnp.ones_like(z)
 
 
+def _zero(z: Array, a: Array) -> Array:
+    """0: a piecewise linear activation (identity, the rectifiers away from 0)."""
+    del a
+    return jnp.zeros_like(z)
+
+
 def _sigmoid_deriv(z: Array, a: Array) -> Array:
     """sigma(z) (1 - sigma(z)) = a (1 - a); uses `a` (fig. 1.11: at most 1/4)."""
     del z
     return a * (1 - a)
 
 
+def _sigmoid_deriv2(z: Array, a: Array) -> Array:
+    """a (1 - a) (1 - 2 a); uses `a`."""
+    del z
+    return a * (1 - a) * (1 - 2 * a)
+
+
 def _tanh_deriv(z: Array, a: Array) -> Array:
     """1 - tanh(z)^2 = 1 - a^2; uses `a`."""
     del z
     return 1 - a * a
+
+
+def _tanh_deriv2(z: Array, a: Array) -> Array:
+    """-2 a (1 - a^2); uses `a`."""
+    del z
+    return -2 * a * (1 - a * a)
 
 
 def _relu_deriv(z: Array, a: Array) -> Array:
@@ -197,10 +221,22 @@ def _elu_deriv(z: Array, a: Array) -> Array:
     return jnp.where(z > 0, 1, a + 1).astype(z.dtype)
 
 
+def _elu_deriv2(z: Array, a: Array) -> Array:
+    """0 where z > 0, else exp(z) = a + 1 (the left value at 0, where it jumps); uses both."""
+    return jnp.where(z > 0, 0, a + 1).astype(z.dtype)
+
+
 def _softplus_deriv(z: Array, a: Array) -> Array:
     """sigma(z); uses `z`."""
     del a
     return jax.nn.sigmoid(z)
+
+
+def _softplus_deriv2(z: Array, a: Array) -> Array:
+    """sigma(z) (1 - sigma(z)); uses `z`."""
+    del a
+    s = jax.nn.sigmoid(z)
+    return s * (1 - s)
 
 
 def _gelu(z: Array) -> Array:
@@ -215,6 +251,12 @@ def _gelu_deriv(z: Array, a: Array) -> Array:
     return cdf + z * pdf
 
 
+def _gelu_deriv2(z: Array, a: Array) -> Array:
+    """phi(z) (2 - z^2), phi the normal pdf; uses `z`."""
+    del a
+    return _INV_SQRT_2PI * jnp.exp(-0.5 * z * z) * (2 - z * z)
+
+
 def _silu_deriv(z: Array, a: Array) -> Array:
     """s (1 + z (1 - s)) with s = sigma(z); uses `z`."""
     del a
@@ -222,18 +264,25 @@ def _silu_deriv(z: Array, a: Array) -> Array:
     return s * (1 + z * (1 - s))
 
 
+def _silu_deriv2(z: Array, a: Array) -> Array:
+    """s (1 - s) (2 + z (1 - 2 s)) with s = sigma(z); uses `z`."""
+    del a
+    s = jax.nn.sigmoid(z)
+    return s * (1 - s) * (2 + z * (1 - 2 * s))
+
+
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act
     for act in (
-        Activation("identity", _identity, _identity_deriv),
-        Activation("sigmoid", jax.nn.sigmoid, _sigmoid_deriv),
-        Activation("tanh", jnp.tanh, _tanh_deriv),
-        Activation("relu", jax.nn.relu, _relu_deriv, kinks=(0.0,), init="he_normal"),
-        Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv, kinks=(0.0,), init="he_normal"),
-        Activation("elu", _elu, _elu_deriv, init="he_normal"),  # C^1 at 0 for alpha = 1
-        Activation("softplus", jax.nn.softplus, _softplus_deriv),
-        Activation("gelu", _gelu, _gelu_deriv, init="he_normal"),
-        Activation("silu", jax.nn.silu, _silu_deriv, init="he_normal"),
+        Activation("identity", _identity, _identity_deriv, deriv2=_zero),
+        Activation("sigmoid", jax.nn.sigmoid, _sigmoid_deriv, deriv2=_sigmoid_deriv2),
+        Activation("tanh", jnp.tanh, _tanh_deriv, deriv2=_tanh_deriv2),
+        Activation("relu", jax.nn.relu, _relu_deriv, (0.0,), "he_normal", _zero),
+        Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv, (0.0,), "he_normal", _zero),
+        Activation("elu", _elu, _elu_deriv, (), "he_normal", _elu_deriv2),  # C^1 at 0
+        Activation("softplus", jax.nn.softplus, _softplus_deriv, deriv2=_softplus_deriv2),
+        Activation("gelu", _gelu, _gelu_deriv, (), "he_normal", _gelu_deriv2),
+        Activation("silu", jax.nn.silu, _silu_deriv, (), "he_normal", _silu_deriv2),
     )
 }
 """The built-in hidden activations by name. GELU is the exact (erf) form."""

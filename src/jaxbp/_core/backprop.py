@@ -48,13 +48,15 @@ class Backward(NamedTuple):
         return self.into[0]
 
 
-def backward_flow(flow: Flow, delta_L: Array) -> Backward:
+def backward_flow(flow: Flow, delta_L: Array, upto: int | None = None) -> Backward:
     """Eq. 1.4 over the layers in reverse, from the source `delta_L = dL/dz_L: (n, n_L)`.
 
     Started from a loss's output delta this is the gradient; started from any cotangent
     of `z_L` it is the network's vector-Jacobian product (`jaxbp.mlp`, `jaxbp.gnvp`).
+    With `upto = i` it starts at the output of layer `i - 1` and runs through the first
+    `i` layers only (the curvature of a layer's input, `jaxbp.diag_hessian`).
     """
-    layers = list(zip(flow.layers, flow.params, flow.caches, strict=True))
+    layers = list(zip(flow.layers, flow.params, flow.caches, strict=True))[:upto]
     delta, grads, outs, ins = delta_L, [], [], []
     for layer, theta, cache in reversed(layers):
         outs.append(delta)  # dL/d out: delta_l at a dense layer's output z_l

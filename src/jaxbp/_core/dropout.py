@@ -56,3 +56,7 @@ class Dropout(Layer):
     def backward(self, params: None, scale: Array | None, g: Array) -> tuple[Array, None]:
         del params
         return (g if scale is None else g * scale), None
+
+    def input_curvature(self, params: None, scale: Array | None, g: Array) -> None:
+        """None: a fixed mask is linear."""
+        del params, scale, g

@@ -83,6 +83,18 @@ class Layer:
     - `per_example_grads(params, cache, g)`: the gradient's terms, each leaf with a
       leading `(n,)` axis; `per_example_sq_norms(params, cache, g) -> (n,)`: their
       squared norms. With `per_example` and parameters.
+    - `squared_terms(params, cache, gs, per_example)`: for cotangent columns `gs: (C, n,
+      o)`, the squares of the terms each column gives, summed over the columns and (unless
+      `per_example`) the batch: `jaxbp.sum_grad_squared` (`C = 1`), `jaxbp.diag_ggn` (the
+      columns of the loss's curvature factor). `batch_dot(params, cache, g) -> (n, n)`:
+      the terms' Gram matrix. Both default to what `per_example_grads` gives; a layer
+      overrides them with closed forms.
+    - `outer_factors(cache, g) -> (a, g)`: for a layer whose weight gradient terms are
+      outer products `a^(n) (g^(n))^T` (a dense layer), the two flows; K-FAC needs them.
+    - `input_curvature(params, cache, g) -> (n, i) | None`: the second-order term the
+      layer adds to the Hessian of the loss in its input, `sum_k g_k d^2 out_k / d in^2`,
+      as its diagonal for an elementwise layer (an activation: `phi''(z) * g`), `None`
+      for a layer linear in its input (dense, dropout); `jaxbp.diag_hessian` needs it.
     """
 
     name: ClassVar[str] = "layer"
@@ -124,6 +136,22 @@ class Layer:
     def per_example_sq_norms(self, params: Any, cache: Any, g: Array) -> Array:
         self._lacks("per-example gradients")
 
+    def squared_terms(self, params: Any, cache: Any, gs: Array, per_example: bool) -> Any:
+        terms = jax.vmap(lambda g: self.per_example_grads(params, cache, g))(gs)
+        axes = 0 if per_example else (0, 1)
+        return jax.tree.map(lambda t: jnp.sum(t * t, axis=axes), terms)
+
+    def batch_dot(self, params: Any, cache: Any, g: Array) -> Array:
+        terms = jax.tree.leaves(self.per_example_grads(params, cache, g))
+        flat = jnp.concatenate([t.reshape(t.shape[0], -1) for t in terms], axis=1)
+        return flat @ flat.T
+
+    def outer_factors(self, cache: Any, g: Array) -> tuple[Array, Array]:
+        self._lacks("weight gradient made of outer products (K-FAC)")
+
+    def input_curvature(self, params: Any, cache: Any, g: Array) -> Array | None:
+        self._lacks("second derivative in its input (input_curvature)")
+
     def _lacks(self, what: str) -> NoReturn:
         raise NotImplementedError(f"the layer {self!r} has no {what}")
 
@@ -136,6 +164,7 @@ FACTS = ("name", "has_params", "has_state", "random", "per_example", "min_batch"
 FACTS += ("zeroes_preceding_bias", "phi")
 REQUIRED = ("init", "check", "forward", "backward")
 OPTIONAL = ("n_in", "init_state", "next_state", "per_example_grads", "per_example_sq_norms")
+OPTIONAL += ("squared_terms", "batch_dot", "outer_factors", "input_curvature")
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -255,6 +284,28 @@ class Dense(Layer):
         del params
         return (jnp.sum(a * a, axis=1) + 1) * jnp.sum(g * g, axis=1)
 
+    def squared_terms(self, params: Params, a: Array, gs: Array, per_example: bool) -> Params:
+        """`{"W": (a^2)^T sum_c g_c^2, "b": sum_n sum_c g_c^2}` (or per example): the square
+        of an outer product is the outer product of the squares."""
+        del params
+        g2 = jnp.sum(gs * gs, axis=0)  # (n, o)
+        if per_example:
+            return {"W": jnp.einsum("ni,no->nio", a * a, g2), "b": g2}
+        return {"W": (a * a).T @ g2, "b": jnp.sum(g2, axis=0)}
+
+    def batch_dot(self, params: Params, a: Array, g: Array) -> Array:
+        """`(a a^T + 1) * (g g^T)`, `(n, n)`: `<a^(n), a^(m)> <g^(n), g^(m)>`, and the bias."""
+        del params
+        return (a @ a.T + 1) * (g @ g.T)
+
+    def outer_factors(self, a: Array, g: Array) -> tuple[Array, Array]:
+        """`(a_{l-1}, delta_l)`: eq. 1.3's terms are their outer products."""
+        return a, g
+
+    def input_curvature(self, params: Params, a: Array, g: Array) -> None:
+        """None: `z` is linear in `a`."""
+        del params, a, g
+
 
 @dataclasses.dataclass(frozen=True)
 class Activate(Layer):
@@ -287,3 +338,17 @@ class Activate(Layer):
         del params
         z, a = cache
         return self.activation.backward(z, a, g), None
+
+    def input_curvature(self, params: None, cache: tuple[Array, Array], g: Array) -> Array:
+        """`phi''(z) * g`, the diagonal second-order term of an elementwise activation;
+        refused, naming the activation, where its record has no `deriv2`."""
+        del params
+        deriv2 = self.activation.deriv2
+        if deriv2 is None:
+            raise ValueError(
+                f"the activation {self.activation.name!r} has no second derivative (deriv2), "
+                "which the Hessian needs; give its jaxbp.Activation a deriv2=(z, a) -> "
+                "phi''(z), or use jaxbp.diag_ggn, which needs none."
+            )
+        z, a = cache
+        return deriv2(z, a) * g

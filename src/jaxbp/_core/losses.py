@@ -88,7 +88,13 @@ class Loss:
     - `task`: a `jaxbp.Task` or its name: how targets are checked and prepared, and what
       `jaxbp.evaluate` reports.
     - `curvature(z, a, y, u) -> (batch, n_L)`: `H u` per sample (module docstring), or
-      `None`; `jaxbp.gnvp` needs it.
+      `None`; `jaxbp.gnvp` and the curvature quantities need it.
+    - `curvature_sqrt(z, a, y) -> (batch, n_L, C)`: a factor `S` with `H = S S^T` per
+      sample, or `None` (then one is built from `curvature` by `eigh`): the columns
+      `jaxbp.diag_ggn` and K-FAC push back through eq. 1.4.
+    - `curvature_sample(z, a, y, key) -> (batch, n_L)`: one Monte Carlo column `v` with
+      `E[v v^T] = H` per sample (the built-in cross-entropies: the output delta at a target
+      drawn from the model), or `None` (then `S e`, `e ~ N(0, I)`).
 
     The signatures are checked when the record is built. Example, a user's own robust
     regression loss (log-cosh):
@@ -110,13 +116,21 @@ class Loss:
     any_output: bool = True
     task: Any = "regression"
     curvature: Callable[[Array, Array, Array, Array], Array] | None = None
+    curvature_sqrt: Callable[[Array, Array, Array], Array] | None = None
+    curvature_sample: Callable[[Array, Array, Array, Array], Array] | None = None
 
     def __post_init__(self) -> None:
         owner = record_owner("Loss", self.name)
         check_arity(owner, "value", self.value, "z, a, y")
         check_arity(owner, "delta", self.delta, "z, a, y, output")
-        if self.curvature is not None:
-            check_arity(owner, "curvature", self.curvature, "z, a, y, u")
+        optional = (
+            ("curvature", "z, a, y, u"),
+            ("curvature_sqrt", "z, a, y"),
+            ("curvature_sample", "z, a, y, key"),
+        )
+        for field, args in optional:
+            if getattr(self, field) is not None:
+                check_arity(owner, field, getattr(self, field), args)
         try:
             link = get_output_activation(self.link)
         except ValueError as err:
@@ -166,6 +180,38 @@ class Loss:
         """Whether this loss may sit on `output`."""
         return self.any_output or output == self.link
 
+    def sqrt_curvature(self, z: Array, a: Array, y: Array) -> Array:
+        """`S: (batch, n_L, C)` with `H = S S^T` per sample, `H` the output curvature of
+        `curvature` (module docstring): the record's `curvature_sqrt`, or, without one, a
+        symmetric square root of `H` built from `curvature` column by column (`eigh`,
+        negative eigenvalues of rounding clipped to 0)."""
+        if self.curvature_sqrt is not None:
+            return self.curvature_sqrt(z, a, y)
+        if self.curvature is None:
+            raise ValueError(
+                f"{record_owner('Loss', self.name)} has no curvature, so the Gauss-Newton "
+                "matrix and its approximations are undefined for it: give it curvature(z, a, "
+                "y, u) -> H u (and, for speed, curvature_sqrt(z, a, y) -> S with H = S S^T)."
+            )
+        columns = jnp.broadcast_to(
+            jnp.eye(z.shape[1], dtype=z.dtype), (z.shape[0], *z.shape[1:], z.shape[1])
+        )
+        h = jax.vmap(lambda u: self.curvature(z, a, y, u), in_axes=2, out_axes=2)(columns)
+        w, v = jnp.linalg.eigh((h + jnp.swapaxes(h, 1, 2)) / 2)
+        return v * jnp.sqrt(jnp.maximum(w, 0))[:, None, :]
+
+    def sample_curvature(self, z: Array, a: Array, y: Array, key: Array, samples: int) -> Array:
+        """`V: (batch, n_L, samples)` whose columns `v` have `E[v v^T] = H` per sample (the
+        Monte Carlo factor): the record's `curvature_sample` (one column a key), or `S e`
+        with `e ~ N(0, I)` and `S` of `sqrt_curvature`."""
+        keys = jax.random.split(key, samples)
+        if self.curvature_sample is not None:
+            draw = lambda k: self.curvature_sample(z, a, y, k)  # noqa: E731
+            return jax.vmap(draw, out_axes=2)(keys)
+        s = self.sqrt_curvature(z, a, y)
+        e = jax.random.normal(key, (z.shape[0], s.shape[2], samples), z.dtype)
+        return s @ e
+
 
 def _mse_value(z: Array, a: Array, y: Array) -> Array:
     del z
@@ -180,6 +226,21 @@ def _mse_delta(z: Array, a: Array, y: Array, output: OutputActivation) -> Array:
 def _mse_curvature(z: Array, a: Array, y: Array, u: Array) -> Array:
     del z, a, y
     return 2 * u  # d^2 l / dy_hat^2 = 2 I
+
+
+def _diagonal(d: Array) -> Array:
+    """`(batch, K) -> (batch, K, K)`: each row on a diagonal."""
+    return d[:, :, None] * jnp.eye(d.shape[1], dtype=d.dtype)[None]
+
+
+def _mse_sqrt(z: Array, a: Array, y: Array) -> Array:
+    del z, y
+    return _diagonal(jnp.full_like(a, 2**0.5))  # sqrt(2) I
+
+
+def _mse_sample(z: Array, a: Array, y: Array, key: Array) -> Array:
+    del z, y
+    return 2**0.5 * jax.random.normal(key, a.shape, a.dtype)  # E[v v^T] = 2 I
 
 
 def _bce_value(z: Array, a: Array, y: Array) -> Array:
@@ -197,6 +258,17 @@ def _bce_delta(z: Array, a: Array, y: Array, output: OutputActivation) -> Array:
 def _bce_curvature(z: Array, a: Array, y: Array, u: Array) -> Array:
     del z, y
     return a * (1 - a) * u  # d^2 l / dz^2 = diag(sigma (1 - sigma))
+
+
+def _bce_sqrt(z: Array, a: Array, y: Array) -> Array:
+    del z, y
+    return _diagonal(jnp.sqrt(a * (1 - a)))
+
+
+def _bce_sample(z: Array, a: Array, y: Array, key: Array) -> Array:
+    # the output delta at a target drawn from the model: E[(a - t)(a - t)^T] = diag(a (1 - a))
+    del z, y
+    return a - jax.random.bernoulli(key, a).astype(a.dtype)
 
 
 def _ce_value(z: Array, a: Array, y: Array) -> Array:
@@ -217,6 +289,20 @@ def _ce_curvature(z: Array, a: Array, y: Array, u: Array) -> Array:
     del z
     mass = jnp.sum(y, axis=-1, keepdims=True)
     return mass * a * (u - jnp.sum(a * u, axis=-1, keepdims=True))
+
+
+def _ce_sqrt(z: Array, a: Array, y: Array) -> Array:
+    # column k: sqrt(y_hat_k) (e_k - y_hat); S S^T = diag(y_hat) - y_hat y_hat^T (sum y_hat = 1)
+    del z
+    root = jnp.sqrt(a)
+    s = _diagonal(root) - a[:, :, None] * root[:, None, :]
+    return jnp.sqrt(jnp.sum(y, axis=-1))[:, None, None] * s
+
+
+def _ce_sample(z: Array, a: Array, y: Array, key: Array) -> Array:
+    # the output delta at a label drawn from the model: E[v v^T] = diag(y_hat) - y_hat y_hat^T
+    drawn = jax.nn.one_hot(jax.random.categorical(key, z), a.shape[1], dtype=a.dtype)
+    return jnp.sqrt(jnp.sum(y, axis=-1, keepdims=True)) * (a - drawn)
 
 
 def huber(delta: float = 1.0) -> Loss:
@@ -245,14 +331,28 @@ def huber(delta: float = 1.0) -> Loss:
         del z
         return jnp.where(jnp.abs(a - y) <= d, u, jnp.zeros_like(u))
 
+    def sqrt(z: Array, a: Array, y: Array) -> Array:
+        del z
+        return _diagonal((jnp.abs(a - y) <= d).astype(a.dtype))
+
     name = "huber" if d == 1.0 else f"huber(delta={d:g})"
-    return Loss(name, value, dl, "identity", True, "regression", curvature)
+    return Loss(name, value, dl, "identity", True, "regression", curvature, sqrt)
 
 
 LOSSES: dict[str, Loss] = {
     loss.name: loss
     for loss in (
-        Loss("mse", _mse_value, _mse_delta, "identity", True, "regression", _mse_curvature),
+        Loss(
+            "mse",
+            _mse_value,
+            _mse_delta,
+            "identity",
+            True,
+            "regression",
+            _mse_curvature,
+            _mse_sqrt,
+            _mse_sample,
+        ),
         Loss(
             "binary_cross_entropy",
             _bce_value,
@@ -261,9 +361,19 @@ LOSSES: dict[str, Loss] = {
             False,
             "binary",
             _bce_curvature,
+            _bce_sqrt,
+            _bce_sample,
         ),
         Loss(
-            "cross_entropy", _ce_value, _ce_delta, "softmax", False, "classification", _ce_curvature
+            "cross_entropy",
+            _ce_value,
+            _ce_delta,
+            "softmax",
+            False,
+            "classification",
+            _ce_curvature,
+            _ce_sqrt,
+            _ce_sample,
         ),
         huber(1.0),
     )

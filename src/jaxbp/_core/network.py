@@ -227,6 +227,11 @@ def _spread(
     return tuple(next(it) if owns(layer) else None for layer in layers)
 
 
+NetworkLike = Config | Network | None
+"""What a function on a batch takes as `config`: a `jaxbp.Config`, a `jaxbp.Network`, or
+`None` (the keywords of `jaxbp.Config` then)."""
+
+
 def as_config(config: Config | None, keywords: dict[str, Any], *, need_loss: bool = True) -> Config:
     """`config`, or a `Config` built from `keywords`; refuses both, neither, or a typo."""
     unknown = sorted(set(keywords) - set(KEYWORDS))
