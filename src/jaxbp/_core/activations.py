@@ -113,9 +113,23 @@ class Activation:
         object.__setattr__(self, "kinks", kinks)
         check_init(self.init, f"{owner}: init")
 
+    def forward(self, z: Array) -> Array:
+        """`phi(z)`, checked to keep `z`'s shape (elementwise), at trace time."""
+        return _checked(self.fn(z), z.shape, self.name, "fn(z), phi(z) elementwise,")
+
+    def derivative(self, z: Array, a: Array) -> Array:
+        """`phi'(z)`, checked to have `z`'s shape (or be a scalar: a constant)."""
+        return _checked(self.deriv(z, a), z.shape, self.name, "deriv(z, a), phi'(z),")
+
+    def second_derivative(self, z: Array, a: Array) -> Array | None:
+        """`phi''(z)` checked like `derivative`, or `None` without a `deriv2`."""
+        if self.deriv2 is None:
+            return None
+        return _checked(self.deriv2(z, a), z.shape, self.name, "deriv2(z, a), phi''(z),")
+
     def backward(self, z: Array, a: Array, g: Array) -> Array:
         """`g * phi'(z)`: the backward flow through this activation (eq. 1.4)."""
-        return g * self.deriv(z, a)
+        return g * self.derivative(z, a)
 
     def crossings(self, lo: Array, hi: Array) -> Array:
         """Where `lo` and `hi` (same shape) lie on different sides of some kink: a bool mask."""
@@ -136,10 +150,15 @@ class Softmax:
     name: str = "softmax"
     kinks: tuple[float, ...] = ()
     min_units = 2
-    deriv2 = None  # not elementwise: no diagonal second derivative
 
     def fn(self, z: Array) -> Array:
         return jax.nn.softmax(z, axis=-1)
+
+    def forward(self, z: Array) -> Array:
+        return self.fn(z)
+
+    def second_derivative(self, z: Array, a: Array) -> None:
+        del z, a  # not elementwise: no diagonal second derivative
 
     def backward(self, z: Array, a: Array, g: Array) -> Array:
         """`g @ J` with `J = diag(a) - a a^T`, i.e. `a * (g - <g, a>)`; uses `a` only."""
@@ -152,6 +171,18 @@ class Softmax:
 
 
 SOFTMAX = Softmax()
+
+
+def _checked(value: Any, shape: tuple[int, ...], name: str, what: str) -> Array:
+    """A user's activation output, refused unless it has `shape` (a scalar passes where
+    it is a derivative: a constant broadcasts correctly; `(batch, 1)` would not)."""
+    got = jnp.shape(value)
+    if got != shape and not (got == () and what.startswith("deriv")):
+        raise ValueError(
+            f"Activation {name!r}: {what} must return an array of shape {shape}; got "
+            f"shape {got}. Fix that function of the record."
+        )
+    return value
 
 
 def _identity(z: Array) -> Array:

@@ -59,7 +59,7 @@ def forward_flow(net: Network, params: Params, x: Array, ctx: Context) -> Flow:
     for layer, p, key, state in zip(layers, net.spread(params), keys, stats, strict=True):
         a, cache = layer.forward(p, a, Context(ctx.train, key, state))  # eq. 1.1
         caches.append(cache)
-    return Flow(layers, net.spread(params), tuple(caches), a, net.output.fn(a), x)
+    return Flow(layers, net.spread(params), tuple(caches), a, net.output.forward(a), x)
 
 
 def next_states(net: Network, caches: tuple[Any, ...], stats: Any) -> list[Any]:

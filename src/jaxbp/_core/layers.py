@@ -330,7 +330,7 @@ class Activate(Layer):
     def forward(self, params: None, z: Array, ctx: Context) -> tuple[Array, tuple[Array, Array]]:
         """`a = phi(z)`; caches `(z, a)`, as the derivative may use either."""
         del params, ctx
-        a = self.activation.fn(z)
+        a = self.activation.forward(z)
         return a, (z, a)
 
     def backward(self, params: None, cache: tuple[Array, Array], g: Array) -> tuple[Array, None]:
@@ -343,12 +343,12 @@ class Activate(Layer):
         """`phi''(z) * g`, the diagonal second-order term of an elementwise activation;
         refused, naming the activation, where its record has no `deriv2`."""
         del params
-        deriv2 = self.activation.deriv2
-        if deriv2 is None:
+        z, a = cache
+        second = self.activation.second_derivative(z, a)
+        if second is None:
             raise ValueError(
                 f"the activation {self.activation.name!r} has no second derivative (deriv2), "
                 "which the Hessian needs; give its jaxbp.Activation a deriv2=(z, a) -> "
                 "phi''(z), or use jaxbp.diag_ggn, which needs none."
             )
-        z, a = cache
-        return deriv2(z, a) * g
+        return second * g

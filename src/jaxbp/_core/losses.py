@@ -180,13 +180,29 @@ class Loss:
         """Whether this loss may sit on `output`."""
         return self.any_output or output == self.link
 
+    def curvature_times(self, z: Array, a: Array, y: Array, u: Array) -> Array:
+        """`curvature(z, a, y, u)`, checked to be `H u` per sample, of `u`'s shape."""
+        hu = self.curvature(z, a, y, u)
+        return self._checked(hu, u.shape, "curvature(z, a, y, u), H u per sample,")
+
+    def _checked(self, value: Any, shape: tuple[int, ...], what: str) -> Array:
+        """A user's output, refused (naming the record) unless it has `shape`."""
+        if jnp.shape(value) != shape:
+            raise ValueError(
+                f"{record_owner('Loss', self.name)}: {what} must return shape {shape}; it "
+                f"returned shape {jnp.shape(value)}. Fix that function of the record."
+            )
+        return value
+
     def sqrt_curvature(self, z: Array, a: Array, y: Array) -> Array:
         """`S: (batch, n_L, C)` with `H = S S^T` per sample, `H` the output curvature of
         `curvature` (module docstring): the record's `curvature_sqrt`, or, without one, a
         symmetric square root of `H` built from `curvature` column by column (`eigh`,
         negative eigenvalues of rounding clipped to 0)."""
         if self.curvature_sqrt is not None:
-            return self.curvature_sqrt(z, a, y)
+            s = self.curvature_sqrt(z, a, y)
+            columns = jnp.shape(s)[-1] if jnp.ndim(s) == 3 else 0
+            return self._checked(s, (*z.shape, columns), "curvature_sqrt(z, a, y), S per sample,")
         if self.curvature is None:
             raise ValueError(
                 f"{record_owner('Loss', self.name)} has no curvature, so the Gauss-Newton "
@@ -196,7 +212,7 @@ class Loss:
         columns = jnp.broadcast_to(
             jnp.eye(z.shape[1], dtype=z.dtype), (z.shape[0], *z.shape[1:], z.shape[1])
         )
-        h = jax.vmap(lambda u: self.curvature(z, a, y, u), in_axes=2, out_axes=2)(columns)
+        h = jax.vmap(lambda u: self.curvature_times(z, a, y, u), in_axes=2, out_axes=2)(columns)
         w, v = jnp.linalg.eigh((h + jnp.swapaxes(h, 1, 2)) / 2)
         return v * jnp.sqrt(jnp.maximum(w, 0))[:, None, :]
 
@@ -206,7 +222,8 @@ class Loss:
         with `e ~ N(0, I)` and `S` of `sqrt_curvature`."""
         keys = jax.random.split(key, samples)
         if self.curvature_sample is not None:
-            draw = lambda k: self.curvature_sample(z, a, y, k)  # noqa: E731
+            what = "curvature_sample(z, a, y, key), one column v per sample,"
+            draw = lambda k: self._checked(self.curvature_sample(z, a, y, k), z.shape, what)  # noqa: E731
             return jax.vmap(draw, out_axes=2)(keys)
         s = self.sqrt_curvature(z, a, y)
         e = jax.random.normal(key, (z.shape[0], s.shape[2], samples), z.dtype)

@@ -26,9 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp._core.config import KEYWORDS, NORMS, Config, check_norm
+from jaxbp._core.contracts import Checked
+from jaxbp._core.dropout import Dropout
 from jaxbp._core.inits import check_init
-from jaxbp._core.layers import DENSE_RULE, Context, Dense, Layer
+from jaxbp._core.layers import DENSE_RULE, Activate, Context, Dense, Layer
 from jaxbp._core.losses import Loss, OutputActivation
+from jaxbp._core.norm import BatchNorm, LayerNorm
 from jaxbp._core.validate import (
     check_float_dtype,
     check_int,
@@ -41,6 +44,8 @@ from jaxbp._core.validate import (
 
 Array = jax.Array
 Params = list[Any]
+TRUSTED = (Dense, Activate, LayerNorm, BatchNorm, Dropout)
+"""The built-in layers, whose outputs are not checked again (a user's are: `Checked`)."""
 
 __all__ = ["Network", "as_config", "as_network", "init_layers", "init_mlp", "init_stats", "resolve"]
 
@@ -308,6 +313,10 @@ def _build(params: Any, config: Config) -> Network:
             widths.append(layer.check(None, widths[-1], "a parameter-free layer"))
     widths[0] = _input_width(layers, params)  # once every entry is checked
     check_output_units(config.output, widths[-1])
+    layers = tuple(  # a user's layers answer for their outputs (contracts.py)
+        layer if type(layer) in TRUSTED else Checked(layer, widths[i], widths[i + 1])
+        for i, layer in enumerate(layers)
+    )
     leaves, structure = jax.tree.flatten(params)
     shapes = tuple(tuple(np.shape(leaf)) for leaf in leaves)
     return Network(config, layers, tuple(widths), structure, shapes)

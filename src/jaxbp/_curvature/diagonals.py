@@ -156,14 +156,14 @@ def _to_logits(net: Network, flow: Flow, s: Array) -> Array:
 
 def _output_curvature(net: Network, flow: Flow, dl_dyhat: Array) -> Array:
     """`phi_out''(z_L) * dL/dy_hat`: the output activation's second-order term at `z_L`."""
-    deriv2 = net.output.deriv2
-    if deriv2 is None:
+    second = net.output.second_derivative(flow.z, flow.a)
+    if second is None:
         raise ValueError(
             f"diag_hessian needs the second derivative of output_activation="
             f"{net.output.name!r} under loss={net.loss.name!r}, which is not elementwise "
             "(or has no deriv2); use its canonical link, or jaxbp.diag_ggn."
         )
-    return deriv2(flow.z, flow.a) * dl_dyhat
+    return second * dl_dyhat
 
 
 def _signed_columns(r: Array, upto: int | None) -> list[tuple[float, int | None, Array]]:

@@ -71,6 +71,7 @@ class KFAC(GradientPath):
     kind: str = "mc"
 
     name = "K-FAC"
+    keeps = "K-FAC's factors"
 
     def __post_init__(self) -> None:
         meaning = "> 0, added to each factor as sqrt(damping) I"

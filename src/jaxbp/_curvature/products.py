@@ -101,7 +101,7 @@ def gnvp(
     y = loss.targets(y, x.shape[0], net.n_out, flow.z.dtype)
     at_output = loss.any_output  # split at y_hat; a link-bound loss at z_L
     jv = da if at_output else dz  # J v: (batch, n_L)
-    u = net.scale(x.shape[0]) * loss.curvature(flow.z, flow.a, y, jv)  # H_out J v
+    u = net.scale(x.shape[0]) * loss.curvature_times(flow.z, flow.a, y, jv)  # H_out J v
     if at_output:
         u = net.output.backward(flow.z, flow.a, u)  # through phi_out', to z_L
     return cast_like(backward_flow(flow, u).grads, params)  # J^T u, eq. 1.4

@@ -105,9 +105,12 @@ class Plan(NamedTuple):
             self.path.check(net)
         return net
 
-    def state_in(self, state: Any, stateful: bool) -> TrainState:
+    def state_in(self, state: Any, net: Network) -> TrainState:
         """A call's state as a `TrainState` (from an older factory's slot)."""
-        return TrainState.of_slot(state, stateful) if self.slot else state
+        if not self.slot:
+            return state
+        keeps = "batch normalisation" if net.stateful else self.path.keeps
+        return TrainState.of_slot(state, keeps)
 
     def state_out(self, state: TrainState) -> Any:
         return state.slot() if self.slot else state
@@ -119,7 +122,7 @@ class Plan(NamedTuple):
         x = net.check_x(x)
         if self.path.random or key is not None:
             check_key(key)
-        state = self.state_in(state, net.stateful)
+        state = self.state_in(state, net)
         state = self.path.check_state(net, self.optimizer, params, state)
         if self.shard is not None:
             self.shard.check_batch(x.shape[0], "the batch")  # at trace time, before XLA's
@@ -137,7 +140,7 @@ class Plan(NamedTuple):
             check_key(key)
             net = self.network_of(params)
             x, y, _ = epoch_data(x, y, batch_size, net.widths[0])
-            state = self.state_in(state, net.stateful)
+            state = self.state_in(state, net)
             state = self.path.check_state(net, self.optimizer, params, state)
             setting = Setting(net, self.optimizer, self.grad_norm, constrain)
 

@@ -49,7 +49,7 @@ def backward_flow_stats(
         )
     layers = zip(records, trace.z[:-1], trace.a[1:-1], strict=True)
     saturated = [
-        jnp.mean(phi.deriv(z, a) < threshold)
+        jnp.mean(phi.derivative(z, a) < threshold)
         if isinstance(phi, Activation)
         else jnp.full((), jnp.nan, z.dtype)
         for phi, z, a in layers

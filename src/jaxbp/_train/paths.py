@@ -83,6 +83,8 @@ class GradientPath:
     - `name`: how messages name it.
     - `random`: whether each step draws from its key (DP-SGD's noise); a network with
       dropout needs a key anyway.
+    - `keeps`: what state of its own the path keeps in `TrainState.path_state` (K-FAC:
+      "K-FAC's factors"), `None` for none.
     - `check_config(config)`, `check_params(params)`, `check(net)`: refuse, by name, a
       configuration, parameters or a network this path cannot train (default: none);
       the builders call them as soon as each is known.
@@ -99,6 +101,7 @@ class GradientPath:
 
     name: ClassVar[str] = "path"
     random: ClassVar[bool] = False
+    keeps: ClassVar[str | None] = None
 
     def check_config(self, config: Config) -> None:
         del config

@@ -48,19 +48,19 @@ class TrainState(NamedTuple):
         return cls(opt_state, net.initial_states(params), path_state)
 
     @classmethod
-    def of_slot(cls, slot: Any, stateful: bool) -> TrainState:
-        """The state in an older factory's `opt_state` slot: a `TrainState` for a network
-        with state (`stateful`), the optimizer's state alone otherwise; else a
-        `ValueError` saying which the network wants."""
-        if stateful != isinstance(slot, TrainState):
-            want = "a jaxbp.TrainState" if stateful else "the optimizer's state alone"
+    def of_slot(cls, slot: Any, state: str | None) -> TrainState:
+        """The state in an older factory's `opt_state` slot: a `TrainState` where there is
+        more to carry than the optimizer's state (`state` says what: "batch
+        normalisation", "K-FAC's factors"), the optimizer's state alone otherwise; else a
+        `ValueError` saying which is wanted."""
+        if (state is not None) != isinstance(slot, TrainState):
+            want = "a jaxbp.TrainState" if state else "the optimizer's state alone"
             raise ValueError(
                 f"opt_state must be {want} for this network (it has "
-                f"{'batch normalisation' if stateful else 'no layer with state'}); got "
-                f"{type(slot).__name__}. Build it with jaxbp.init_train_state(optimizer, "
-                "params, config)."
+                f"{state or 'no layer with state'}); got {type(slot).__name__}. Build it "
+                "with jaxbp.init_train_state(optimizer, params, config)."
             )
-        return slot if stateful else cls(slot, [])
+        return slot if state else cls(slot, [])
 
     def slot(self) -> Any:
         """This state as an older factory's `opt_state` slot holds it (`of_slot`'s
@@ -88,6 +88,7 @@ def init_train_state(
     optimizer: Any, params: Params, config: Config | Network | None = None, **keywords: Any
 ) -> Any:
     """What `make_train_step` and its kin take as `opt_state`: `optimizer.init(params)`,
-    or for a network with batch normalisation a `TrainState` that adds the running
-    averages (`TrainState.create(...).slot()`)."""
-    return TrainState.create(optimizer, params, config, **keywords).slot()
+    or for a network with batch normalisation, or a gradient path with state of its own
+    (`path=jaxbp.KFAC()`), a `TrainState` that adds them (`TrainState.create(...).slot()`)."""
+    path = keywords.pop("path", None)
+    return TrainState.create(optimizer, params, config, path, **keywords).slot()

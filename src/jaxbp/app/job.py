@@ -16,7 +16,7 @@ import optax
 import jaxbp
 from jaxbp import datasets
 from jaxbp.app.settings import ADDED_SETTINGS, RESUMABLE_CHANGES, JobError, Settings
-from jaxbp.runs import METRICS, OPTIMIZERS, RunFolder, describe, fingerprint
+from jaxbp.runs import METRICS, OPTIMIZERS, PATHS, RunFolder, describe, fingerprint
 
 __all__ = [
     "MAX_ACTIVATIONS",
@@ -81,6 +81,7 @@ class Job:
     sizes: tuple[int, ...]
     key: jax.Array
     optimizer: optax.GradientTransformation
+    path: Any
     params: Any
     opt_state: Any
     history: tuple[dict[str, Any], ...]
@@ -125,7 +126,8 @@ def prepare(settings: Settings) -> Job:
         jax.random.fold_in(key, 0), list(sizes), init=settings.init, norm=settings.norm
     )
     optimizer = OPTIMIZERS[settings.optimizer](settings.lr)
-    opt_state = jaxbp.init_train_state(optimizer, params, model)
+    path = PATHS.get(settings.optimizer, settings.grad)  # K-FAC brings its own
+    opt_state = jaxbp.init_train_state(optimizer, params, model, path=PATHS.get(settings.optimizer))
     metric = jaxbp.TASKS[info.task].metric
     folder, history = None, ()
     if settings.out is not None:
@@ -156,6 +158,7 @@ def prepare(settings: Settings) -> Job:
         sizes=sizes,
         key=key,
         optimizer=optimizer,
+        path=path,
         params=params,
         opt_state=opt_state,
         history=tuple(history),

@@ -135,6 +135,23 @@ class Settings:
         if self.out is None and (self.resume or self.overwrite):
             flag = "--resume" if self.resume else "--overwrite"
             raise JobError(f"{flag} needs --out DIR, the folder of the run.")
+        kfac_clash = [
+            flag
+            for flag, clash in (
+                ("--grad autodiff", self.grad != "manual"),
+                (f"--norm {self.norm}", bool(self.norm)),
+                ("--dp-clip/--dp-noise", self.dp),
+                ("--diagnostics", self.diagnostics),
+            )
+            if clash
+        ]
+        if self.optimizer == "kfac" and kfac_clash:
+            flag = kfac_clash[0]
+            raise JobError(
+                f"--optimizer kfac preconditions the manual gradient of dense layers with "
+                f"their Kronecker factors, and {flag} does not go with it: drop {flag}, or "
+                "use another --optimizer."
+            )
         if self.diagnostics and self.grad != "manual":
             raise JobError(
                 "--diagnostics reads the backward flow delta_l, which manual_grad keeps and "

@@ -152,7 +152,7 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
             job.optimizer,
             job.model,
             batch_size=s.batch_size,
-            grad=s.grad,
+            grad=job.path,
             diagnostics=s.diagnostics,
             grad_norm=True,
             mesh=job.mesh,

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 import optax
 
+from jaxbp._curvature.kfac_path import KFAC
 from jaxbp._files.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -32,7 +33,7 @@ try:
 except ImportError:  # not on Windows: runs are then not locked
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RunError", "RunFolder", "describe", "fingerprint", "read_metrics"]
+__all__ = ["PATHS", "RunError", "RunFolder", "describe", "fingerprint", "read_metrics"]
 
 CHECKPOINT, METRICS, SUMMARY, LOCK = (
     "checkpoint.jaxbp",
@@ -49,8 +50,14 @@ OPTIMIZERS = {
     "sgd": lambda lr: optax.sgd(lr),
     "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
     "adam": lambda lr: optax.adam(lr),
+    "kfac": lambda lr: optax.sgd(lr, momentum=0.9),
 }
 """The optimizers a run may name, built from its learning rate."""
+
+PATHS = {"kfac": KFAC()}
+"""The gradient paths an optimizer's name brings with it (K-FAC: the preconditioned
+gradient, `jaxbp.KFAC` with its defaults, under `optax.sgd(lr, momentum=0.9)`); the
+others train on the gradient `--grad` names."""
 
 
 class RunError(ValueError):

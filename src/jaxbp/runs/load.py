@@ -13,11 +13,12 @@ import numpy as np
 from jaxbp._core.config import Config
 from jaxbp._core.network import init_mlp, init_stats
 from jaxbp._files.checkpoint import CheckpointError, load_checkpoint, read_arrays
-from jaxbp._train.state import TrainState, init_train_state
+from jaxbp._train.state import TrainState
 from jaxbp.runs.folder import (
     CHECKPOINT,
     METRICS,
     OPTIMIZERS,
+    PATHS,
     PREVIOUS,
     RESTORING,
     SETTING_ASIDE,
@@ -173,7 +174,8 @@ def load_run(out_dir: str | Path) -> Run:
     key = jax.random.key(0)
     make = OPTIMIZERS.get(config.get("optimizer"))  # type: ignore[arg-type]
     if make is not None and isinstance(config.get("lr"), (int, float)):
-        opt_state = init_train_state(make(config["lr"]), params, network)
+        trains = PATHS.get(config["optimizer"])  # K-FAC keeps its factors in the state
+        opt_state = TrainState.create(make(config["lr"]), params, network, trains).slot()
         like = {"params": params, "opt_state": opt_state, "key": key}
         state = load_checkpoint(ckpt, like)[0]
         params, opt_state = state["params"], state["opt_state"]
