@@ -486,3 +486,12 @@ def test_extreme_noise_is_answered_quietly(caplog):
         eps = jaxbp.dp_epsilon(noise_multiplier=1e30, sample_rate=0.02, steps=100, delta=1e-5)
     assert eps == 0.0
     assert not [r for r in caplog.records if r.name == "absl"]
+
+
+def test_tiny_noise_pld_is_a_finite_bound_not_an_overflow():
+    """sigma = 3e-4 asked dp-accounting for a grid coarse enough that its discretisation
+    overflowed (OverflowError); the grid is capped, and the result is a finite upper
+    bound, below RDP's (PLD is the tighter of the two)."""
+    kw = dict(noise_multiplier=3e-4, sample_rate=0.01, steps=100, delta=1e-5)
+    pld = jaxbp.dp_epsilon(**kw, accountant="pld")
+    assert math.isfinite(pld) and 1e6 < pld < jaxbp.dp_epsilon(**kw)

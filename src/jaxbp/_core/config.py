@@ -137,7 +137,7 @@ NORMS: dict[str | None, Any] = {None: None, "layer": LayerNorm(), "batch": Batch
 
 def check_norm(norm: Any) -> str | None:
     norm = None if norm == "none" else norm
-    if norm not in NORMS:
+    if not (norm is None or isinstance(norm, str)) or norm not in NORMS:
         raise ValueError(
             f"norm must be None, 'layer' or 'batch' (a normalisation after each hidden dense "
             f"layer); got {norm!r}."

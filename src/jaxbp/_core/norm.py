@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp._core.layers import Context, Layer, check_floating, check_keys
-from jaxbp._core.validate import is_real
+from jaxbp._core.validate import check_in_dtype, is_real
 
 Array = jax.Array
 Params = dict[str, Array]
@@ -65,6 +65,7 @@ def _check_affine(params: Any, n_in: int | None, where: str, owner: str) -> int:
 
 def _normalise(a: Array, axis: int, eps: float) -> tuple[Array, Array, Array, Array]:
     """`(xhat, inv_std, mean, var)` with the statistics over `axis` (kept as an axis)."""
+    check_in_dtype("eps", eps, a.dtype, "Pass an eps the inputs' dtype holds, e.g. 1e-5.")
     mean = jnp.mean(a, axis=axis, keepdims=True)
     var = jnp.mean(jnp.square(a - mean), axis=axis, keepdims=True)
     inv_std = jax.lax.rsqrt(var + eps)
@@ -178,6 +179,7 @@ class BatchNorm(Layer):
                     "stats= (from jaxbp.init_stats and the training steps)."
                 )
             mean, var = (jnp.asarray(ctx.stats[k], a.dtype)[None, :] for k in ("mean", "var"))
+            check_in_dtype("eps", self.eps, a.dtype, "Pass an eps the inputs' dtype holds.")
             inv_std = jax.lax.rsqrt(var + self.eps)
             xhat = (a - mean) * inv_std
             cache = (xhat, inv_std, None, None)

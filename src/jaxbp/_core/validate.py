@@ -211,3 +211,26 @@ def stacked_models(tree: Any, what: str, fix: str) -> int:
             f"leaves of shapes {shapes}."
         )
     return models.pop()
+
+
+def check_in_dtype(name: str, value: Any, dtype: Any, fix: str) -> None:
+    """Refuse a concrete hyperparameter that the dtype of the computation cannot hold: one
+    that overflows to inf (`1e300` in float32), or a nonzero one that underflows to 0 (an
+    `eps` of `1e-50` in float32). Checked at trace time, where the dtype is known; a
+    traced `value` passes (its own rule makes it NaN where it breaks)."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    with np.errstate(over="ignore", under="ignore"):
+        cast = np.asarray(value, dtype=np.dtype(dtype))
+    info = np.finfo(dtype)
+    if not np.isfinite(cast):
+        raise ValueError(
+            f"{name}={value!r} overflows {np.dtype(dtype).name}, the dtype of the computation "
+            f"(its largest value is {info.max:.3g}): it would become inf and the result "
+            f"NaN. {fix}"
+        )
+    if value != 0 and cast == 0:
+        raise ValueError(
+            f"{name}={value!r} underflows to 0 in {np.dtype(dtype).name}, the dtype of the "
+            f"computation (its smallest normal value is {info.tiny:.3g}). {fix}"
+        )

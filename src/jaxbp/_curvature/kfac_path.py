@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jaxbp._core.backprop import backward_flow, cast_like
 from jaxbp._core.flow import forward_flow, next_states, source
 from jaxbp._core.network import Network, Params
-from jaxbp._core.validate import check_int, check_real
+from jaxbp._core.validate import check_in_dtype, check_int, check_real
 from jaxbp._curvature.diagonals import curvature_columns
 from jaxbp._curvature.kfac import KINDS, check_dense
 from jaxbp._per_example.terms import check_per_example
@@ -113,6 +113,8 @@ class KFAC(GradientPath):
         pass, the running averages, the inverses (refreshed every `every` steps), the
         preconditioned gradient, the optimizer."""
         net, (key, x, y) = setting.net, batch
+        dtype = jnp.result_type(*jax.tree.leaves(params))
+        check_in_dtype("damping", self.damping, dtype, "Pass e.g. damping=0.1.")
         flow = forward_flow(net, params, x, net.context(True, key))  # masks from the key
         value, delta_L = source(net, flow, y)
         columns = curvature_columns(net, flow, y, None if self.kind == "exact" else 1, key)

@@ -40,6 +40,7 @@ import numpy as np
 from jaxbp._core.config import KEYWORDS, Config, Keywords
 from jaxbp._core.network import Network, as_config
 from jaxbp._core.validate import (
+    check_in_dtype,
     check_output_units,
     check_x,
     is_int,
@@ -336,6 +337,14 @@ def _check_widths(kernel: Kernel, params: Any) -> None:
 
 
 def _dtype(kernel: Kernel, params: Any, trace: Any) -> str:
+    """The dtype the kernel computes in (`_params_dtype`), which must hold the rate."""
+    dtype = _params_dtype(kernel, params, trace)
+    fix = "Pass a learning rate the parameters' dtype can hold."
+    check_in_dtype("learning_rate", kernel.learning_rate, dtype, fix)
+    return dtype
+
+
+def _params_dtype(kernel: Kernel, params: Any, trace: Any) -> str:
     """At trace time: the dtype the kernel computes in, the parameters' (one of `DTYPES`),
     with `trace` the momentum buffer shaped like them (or `None` without momentum)."""
     dtypes = {jnp.result_type(leaf).name for leaf in jax.tree.leaves(params)}

@@ -317,6 +317,12 @@ PLD_INTERVAL = 1e-4
 the run needs a coarser one (`_pld_interval`)."""
 
 PLD_STEP_POINTS = 200_000
+PLD_MAX_INTERVAL = 50.0
+"""The coarsest grid `dp_epsilon`'s PLD takes: dp-accounting's discretisation computes
+`expm1(interval)`, which overflows past about 709, and a noise that would call for a
+coarser grid (sigma below about 1e-3) spends an epsilon in the millions, which a grid of
+50 still bounds from above."""
+
 PLD_RUN_POINTS = 1_000_000
 """Most grid points `dp_epsilon`'s PLD gives one step's privacy loss distribution, and
 about the most it gives the composed one (whose span is about the epsilon)."""
@@ -353,10 +359,12 @@ def _pld_interval(dpa: Any, sigma: float, q: float, steps: int, delta: float) ->
             ).connect_dots_bounds()
         ]
     )
-    fine = max(PLD_INTERVAL, span / PLD_STEP_POINTS)
-    coarse = dpa.pld.PLDAccountant(value_discretization_interval=100 * fine)
+    fine = min(max(PLD_INTERVAL, span / PLD_STEP_POINTS), PLD_MAX_INTERVAL)
+    coarse_interval = min(100 * fine, PLD_MAX_INTERVAL)
+    coarse = dpa.pld.PLDAccountant(value_discretization_interval=coarse_interval)
     scale = coarse.compose(_event(dpa, sigma, q, steps)).get_epsilon(delta)
-    return max(fine, scale / PLD_RUN_POINTS) if math.isfinite(scale) else fine
+    chosen = max(fine, scale / PLD_RUN_POINTS) if math.isfinite(scale) else fine
+    return min(chosen, PLD_MAX_INTERVAL)
 
 
 def _event(dpa: Any, sigma: float, q: float, steps: int) -> Any:

@@ -31,7 +31,7 @@ import optax
 from jaxbp._core.backprop import cast_like, gradient
 from jaxbp._core.config import Config, Keywords
 from jaxbp._core.network import Network, Params, resolve
-from jaxbp._core.validate import check_key
+from jaxbp._core.validate import check_in_dtype, check_key
 from jaxbp._per_example.terms import check_per_example, norms, parametric
 from jaxbp._train.builders import Fn, Plan, build_epoch
 from jaxbp._train.paths import Gradient, GradientPath
@@ -83,6 +83,11 @@ def dp_gradient(
 ) -> tuple[Array, Params, Array]:
     """`(mean loss, DP-SGD gradient, per-example norms)` on checked arguments (see
     `dp_value_and_grad`)."""
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    fix = "Pass values the parameters' dtype can hold (or train in float64)."
+    check_in_dtype("l2_clip", l2_clip, dtype, fix)
+    if not isinstance(noise, jax.core.Tracer) and not isinstance(l2_clip, jax.core.Tracer):
+        check_in_dtype("noise_multiplier * l2_clip", noise * l2_clip, dtype, fix)
     net = net.replace(reduction="sum")  # each row of delta_l is example n's own dl^n/dz_l
     # the summed loss; a dropout network's masks come from a key of their own
     value, flow, back = gradient(net, params, x, y, jax.random.fold_in(key, 1))

@@ -105,8 +105,16 @@ def repeat_epochs(epoch: Epoch, epochs: int) -> Epoch:
 def epoch_means(metrics: Metrics) -> Metrics:
     """Each per-step metric averaged over its epoch's steps (the last axis of a scalar
     metric; per-layer diagnostics keep their layer axis): `(steps,)` -> `()`,
-    `(epochs, steps)` -> `(epochs,)`, `(N, epochs, steps)` -> `(N, epochs)`."""
-    return {
-        name: jnp.mean(value, axis=-2 if name in PER_LAYER else -1)
-        for name, value in metrics.items()
-    }
+    `(epochs, steps)` -> `(epochs,)`, `(N, epochs, steps)` -> `(N, epochs)`. A metric
+    without a steps axis (one step's) is refused, naming it."""
+    means = {}
+    for name, value in metrics.items():
+        axis = -2 if name in PER_LAYER else -1
+        if jnp.ndim(value) < -axis:
+            raise ValueError(
+                f"epoch_means averages each metric over its epoch's steps, but {name!r} has "
+                f"shape {jnp.shape(value)}, no steps axis: pass the metrics of an epoch "
+                "(make_train_epoch, epoch_fn), not of one step."
+            )
+        means[name] = jnp.mean(value, axis=axis)
+    return means
