@@ -350,12 +350,14 @@ def test_max_scaled_err_is_on_the_verdicts_scale(rtol, atol, leaves, want):
 def test_max_scaled_err_of_a_real_report_by_hand():
     """A batch-norm network (the bias before each norm has an exactly-zero gradient),
     judged with atol="auto": the worst scaled error recomputed from jax.grad and
-    manual_grad in numpy."""
+    manual_grad in numpy (both compiled, as check_parity compiles them: the error is
+    rounding, and eager evaluation rounds otherwise)."""
     params, x, y = make_problem(3, [4, 6, 6, 3], 5, "cross_entropy", jnp.float64, norm="batch")
     cfg = jaxbp.Config("tanh", "cross_entropy", norm="batch")
     report = jaxbp.check_parity(params, x, y, cfg, atol="auto")
-    manual = [np.asarray(g) for g in jax.tree.leaves(jaxbp.manual_grad(params, x, y, cfg))]
-    auto = [np.asarray(g) for g in jax.tree.leaves(jax.grad(jaxbp.loss_fn)(params, x, y, cfg))]
+    manual = jax.jit(jaxbp.manual_grad)(params, x, y, cfg)
+    auto = jax.jit(jax.grad(jaxbp.loss_fn))(params, x, y, cfg)
+    manual, auto = ([np.asarray(g) for g in jax.tree.leaves(t)] for t in (manual, auto))
     norm = np.sqrt(sum(np.sum(a * a) for a in auto))
     assert report.atol == pytest.approx(report.rtol * norm, rel=1e-12)
     want = max(np.linalg.norm(m - a) / (norm + np.linalg.norm(a)) for m, a in zip(manual, auto))

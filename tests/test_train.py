@@ -81,10 +81,13 @@ def test_manual_and_autodiff_trajectories_agree_over_120_steps(problem):
         assert rel_err(a, b) < 1e-4
 
 
-def test_step_compiles_once_and_donates(problem, caplog):
+def test_step_compiles_once_and_donates_when_asked(problem, caplog):
     params, x, y = problem
     optimizer = optax.adam(1e-3)
-    step = jaxbp.make_train_step(optimizer, **KW)
+    kept = jaxbp.make_train_step(optimizer, **KW)  # the default, as JAX's: no donation
+    kept(params, optimizer.init(params), x[:16], y[:16])
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(params))
+    step = jaxbp.make_train_step(optimizer, donate=True, **KW)
     p, s = copy(params), optimizer.init(params)
     with jax.log_compiles(), caplog.at_level(logging.WARNING, logger="jax"):
         p, s, _ = step(p, s, x[:16], y[:16])

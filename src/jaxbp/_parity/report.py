@@ -260,10 +260,11 @@ def check_parity(
     # tf32/bf16 passes, whose error (~1e-3) would drown the comparison. No effect on CPU.
     key = jax.random.key(0) if key is None else key
     masks = jax.random.fold_in(key, 1) if net.random else None
-    ctx = net.context(True, masks)
+    net.context(True, masks)  # checked here, eagerly; the targets too, by their task:
+    dtype = jnp.result_type(x, *jax.tree.leaves(params))
+    y = net.loss.targets(y, x.shape[0], net.n_out, dtype)
     with jax.default_matmul_precision("highest"):
-        manual = cast_like(gradient(net, params, x, y, masks)[2].grads, params)
-        auto = jax.grad(loss_value, argnums=1)(net, params, x, y, ctx)
+        manual, auto = _gradients(net, params, x, y, masks)
     dtype = str(jnp.result_type(*jax.tree.leaves(params)))
     if rtol is None:
         rtol = DEFAULT_RTOL.get(dtype, 1e-5)
@@ -279,7 +280,7 @@ def check_parity(
     fd_kinks = [0] * len(paths)
     kinks = None
     if finite_differences:
-        gaps, crossings = _finite_difference_errors(net, params, x, y, manual, key, ctx)
+        gaps, crossings = _finite_difference_errors(net, params, x, y, manual, key, masks)
         norms = [float(np.linalg.norm(np.asarray(g, np.float64))) for g in jax.tree.leaves(manual)]
         fd_errs = [gap / (max(norm, floor) or 1.0) for gap, norm in zip(gaps, norms, strict=True)]
         fd_kinks = [sum(int(np.sum(c)) for c in leaf) for leaf in crossings]
@@ -325,8 +326,22 @@ def _rel(m: np.ndarray, a: np.ndarray) -> float:
     return float(diff / ref)
 
 
+@jax.jit
+def _gradients(net: Network, params: Params, x: Array, y: Array, masks: Any) -> tuple[Any, Any]:
+    """Both gradients in one compiled program (a parity check of the same network and
+    shapes compiles once): eqs. 1.3-1.4 by hand, and `jax.grad` of the same loss."""
+    manual = cast_like(gradient(net, params, x, y, masks)[2].grads, params)
+    auto = jax.grad(loss_value, argnums=1)(net, params, x, y, net.context(True, masks))
+    return manual, auto
+
+
+@jax.jit
+def _loss(net: Network, params: Params, x: Array, y: Array, masks: Any) -> Array:
+    return loss_value(net, params, x, y, net.context(True, masks))
+
+
 def _finite_difference_errors(
-    net: Network, params: Params, x: Array, y: Array, grads: Params, key: Array, ctx: Any
+    net: Network, params: Params, x: Array, y: Array, grads: Params, key: Array, masks: Any
 ) -> tuple[list[float], list[list[np.ndarray]]]:
     """Per leaf, `|fd - <g, v>|` for one random unit direction `v` on that leaf, and per
     leaf and layer a `(batch, n_l)` mask of the kink crossings of its step."""
@@ -343,7 +358,7 @@ def _finite_difference_errors(
 
     def pre_activations(p: Params) -> list[tuple[Array, Any]]:
         """`(z_l, its activation)` for every activation of the body, then `(z_L, output)`."""
-        flow = forward_flow(net, p, x, ctx)
+        flow = forward_flow(net, p, x, net.context(True, masks))
         hidden = [
             (cache[0], layer.phi)
             for layer, cache in zip(net.layers, flow.caches, strict=True)
@@ -367,7 +382,7 @@ def _finite_difference_errors(
     for i, (k, g) in enumerate(zip(keys, jax.tree.leaves(grads), strict=True)):
         v = jax.random.normal(k, flat[i].shape, jnp.float64)
         v = v / jnp.linalg.norm(v)
-        ends = [float(loss_value(net, moved(i, v, step), x, y, ctx)) for step in (FD_EPS, -FD_EPS)]
+        ends = [float(_loss(net, moved(i, v, step), x, y, masks)) for step in (FD_EPS, -FD_EPS)]
         fd = (ends[0] - ends[1]) / (2 * FD_EPS)
         errs.append(abs(fd - float(np.vdot(np.asarray(g, np.float64), v))))
         kink_masks.append(crossings(i, v))

@@ -160,7 +160,7 @@ def make_dp_train_step(
     *,
     l2_clip: float,
     noise_multiplier: float,
-    donate: bool = True,
+    donate: bool = False,
     **keywords: Unpack[Keywords],
 ) -> Fn:
     """A jitted DP-SGD step `step(params, opt_state, key, x, y) -> (params, opt_state, metrics)`
@@ -170,7 +170,7 @@ def make_dp_train_step(
     transformation, e.g. `optax.sgd(0.1)`) turns it into the update. `metrics` holds
     scalars: `loss` (mean, before the update), `grad_norm` (of the noised mean gradient)
     and `clipped` (the fraction of examples whose norm exceeded `l2_clip`). Pass a fresh
-    `key` every step. `params` and `opt_state` are donated unless `donate=False`. The
+    `key` every step. `params` and `opt_state` are donated if `donate=True`. The
     privacy spent is `jaxbp.dp_epsilon`'s.
     """
     plan = _dp_plan(optimizer, config, keywords, l2_clip, noise_multiplier, donate)
@@ -185,7 +185,7 @@ def make_dp_train_epoch(
     l2_clip: float,
     noise_multiplier: float,
     epochs: int = 1,
-    donate: bool = True,
+    donate: bool = False,
     **keywords: Unpack[Keywords],
 ) -> Fn:
     """A whole DP-SGD epoch in one `lax.scan`: `epoch(params, opt_state, key, x, y)`

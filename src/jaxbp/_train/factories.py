@@ -39,8 +39,8 @@ class TrainKeywords(Keywords, total=False):
       "fused" (one Pallas kernel, with `jaxbp.fused_sgd`), or a `jaxbp.GradientPath`.
     - `diagnostics`: the manual path's backward-flow statistics in the metrics (False).
     - `grad_norm`: the gradient's global L2 norm in the metrics (False).
-    - `donate`: donate `params` and `opt_state` to the compiled program (True: do not
-      reuse the arrays passed in).
+    - `donate`: donate `params` and `opt_state` to the compiled program (False, as JAX's
+      own functions; with True, do not reuse the arrays passed in).
     - `mesh`: a `jax.sharding.Mesh` whose first axis carries the batch (`None`: one
       device; steps and epochs).
     """
@@ -68,7 +68,7 @@ def make_train_step(
     (params, opt_state, metrics)`.
 
     The network is `config` (a `jaxbp.Config` or `jaxbp.Network`) or the keywords of
-    `jaxbp.Config`; the options are `TrainKeywords` (`grad="manual"`, donation on).
+    `jaxbp.Config`; the options are `TrainKeywords` (`grad="manual"`, no donation).
     `metrics`: `loss` before the update, `grad_norm` if asked, then the path's own
     (diagnostics: `jaxbp.backward_flow_stats` per layer). `key` draws a dropout
     network's masks.
@@ -132,7 +132,7 @@ def _plan(
     (`TrainKeywords`), the network from `config` or the rest, the state in the slot."""
     keywords = dict(keywords)
     path = as_path(keywords.pop("grad", "manual"), keywords.pop("diagnostics", False))
-    donate = keywords.pop("donate", True)
+    donate = keywords.pop("donate", False)
     options = dict(grad_norm=keywords.pop("grad_norm", False), donate=donate)
     if not sweep:
         options["mesh"] = keywords.pop("mesh", None)

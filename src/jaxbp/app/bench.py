@@ -130,7 +130,7 @@ def step_call(config: Config, grad: str) -> Callable[[int], None]:
     `grad` is "manual", "autodiff" or `PLAIN` (the plain step, plain networks only)."""
     if grad == PLAIN:
         return plain_call(config)
-    step = make_train_step(optimizer(), network(config), grad=grad)
+    step = make_train_step(optimizer(), network(config), grad=grad, donate=True)
     params, opt_state = init(config)
     state = {"params": params, "opt_state": opt_state}
     data = batches(config, 8, jax.random.key(1))
@@ -165,7 +165,9 @@ def plain_call(config: Config) -> Callable[[int], None]:
 
 def scan_call(config: Config, grad: str, steps: int) -> Callable[[int], None]:
     """`call(i)`: one epoch of `steps` steps compiled into one `lax.scan` program."""
-    epoch = make_train_epoch(optimizer(), network(config), batch_size=config.batch, grad=grad)
+    epoch = make_train_epoch(
+        optimizer(), network(config), batch_size=config.batch, grad=grad, donate=True
+    )
     params, opt_state = init(config)
     state = {"params": params, "opt_state": opt_state}
     n = steps * config.batch
@@ -210,7 +212,7 @@ def round_robin(
 def step_memory_bytes(config: Config, grad: str) -> int:
     """Peak bytes of the compiled step by XLA's memory analysis: arguments, outputs and
     temporaries, less what donation lets outputs share with arguments."""
-    step = make_train_step(optimizer(), network(config), grad=grad)
+    step = make_train_step(optimizer(), network(config), grad=grad, donate=True)
     params, opt_state = init(config)
     x, y = batches(config, 1, jax.random.key(1))[0]
     stats = step.lower(params, opt_state, x, y).compile().memory_analysis()
@@ -228,7 +230,9 @@ def sweep_call(
     """`call(i)`: `models` models each train one epoch of `steps` steps, in one program;
     each shuffles with its own key, or all with one (`shared_order`)."""
     opt = optimizer()
-    sweep = make_train_sweep(opt, batch_size=config.batch, shared_order=shared_order, **KW)
+    sweep = make_train_sweep(
+        opt, batch_size=config.batch, shared_order=shared_order, donate=True, **KW
+    )
     inits = [init_mlp(jax.random.key(s), config.sizes) for s in range(models)]
     params = jax.tree.map(lambda *v: jnp.stack(v), *inits)
     state = {"params": params, "opt_state": jax.vmap(opt.init)(params)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -150,6 +151,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
     parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="do not keep compiled programs between runs (default: JAX's persistent "
+        "compilation cache in $JAXBP_CACHE_DIR, else $XDG_CACHE_HOME/jaxbp/xla, else "
+        "~/.cache/jaxbp/xla)",
+    )
+    parser.add_argument(
         "--diagnostics",
         action="store_true",
         help="log per-layer ||delta_l||, ||dW_l|| and saturated units per epoch (manual gradients)",
@@ -194,10 +202,33 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def compile_cache(enabled: bool) -> Path | None:
+    """Turn on JAX's persistent compilation cache for this process, so that a second
+    `jaxbp train` of the same shapes loads its programs instead of compiling them; the
+    folder is `$JAXBP_CACHE_DIR`, else `$XDG_CACHE_HOME/jaxbp/xla`, else
+    `~/.cache/jaxbp/xla`. A folder that cannot be made means no cache, said in one line.
+    Returns the folder in use, or `None`."""
+    if not enabled:
+        return None
+    import jax
+
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    folder = Path(os.environ.get("JAXBP_CACHE_DIR") or Path(base) / "jaxbp" / "xla")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"jaxbp: no compilation cache ({folder}: {err.strerror}).", file=sys.stderr)
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return folder
+
+
 def _train(args: argparse.Namespace) -> int:
     from jaxbp.app import train
     from jaxbp.app.settings import Settings
 
+    compile_cache(not args.no_compile_cache)
     return train.run(Settings.from_args(args))
 
 
