@@ -150,3 +150,24 @@ def test_sweep_takes_raw_uint32_keys():
     sweep = jaxbp.make_train_sweep(optimizer, activation="tanh", loss="cross_entropy", batch_size=8)
     _, _, metrics = sweep(stack, states, jax.random.split(jax.random.PRNGKey(0), 3), x, y)
     assert metrics["loss"].shape == (3, 2)
+
+
+@pytest.mark.parametrize("threshold", [0.01, 0.5, 0.9])
+def test_saturation_is_relative_to_the_activations_own_slope(threshold):
+    """`|phi'(z)| < threshold * phi.slope`, counted by hand from the trace: a sigmoid at
+    its steepest (1/4) is not saturated; a user's activation without `max_deriv` gets its
+    slope from a grid (softsign: 1, at 0)."""
+    softsign = jaxbp.Activation(
+        "softsign", lambda z: z / (1 + jnp.abs(z)), lambda z, a: (1 - jnp.abs(a)) ** 2
+    )
+    assert softsign.slope == pytest.approx(1.0, abs=1e-9)
+    assert jaxbp.ACTIVATIONS["sigmoid"].slope == 0.25
+    for act in (jaxbp.ACTIVATIONS["sigmoid"], softsign):
+        params, x, y = make_problem(1, [5, 8, 8, 3], 40, "cross_entropy", x_scale=3.0)
+        _, grads, trace = jaxbp.backprop(params, x, y, activation=act, loss="cross_entropy")
+        stats = jaxbp.backward_flow_stats(trace, grads, act, threshold)
+        for l, (z, a) in enumerate(zip(trace.z[:-1], trace.a[1:-1])):
+            slope = np.abs(np.asarray(act.deriv(z, a)))
+            np.testing.assert_allclose(
+                stats["saturated"][l], np.mean(slope < threshold * act.slope)
+            )

@@ -17,6 +17,7 @@ the `where(z > 0, ...)` forms written here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -77,6 +78,9 @@ class Activation:
       `jaxbp train` when no `--init` is given.
     - `deriv2`: `(z, a) -> phi''(z)`, elementwise, the second derivative (at a kink the
       one-sided value, 0 for the rectifiers), or `None`; `jaxbp.diag_hessian` needs it.
+    - `max_deriv`: the largest `|phi'(z)|` (sigmoid 1/4, tanh 1), the scale of the
+      saturation measure (`jaxbp.backward_flow_stats`); `None`: found on a grid of `z` in
+      `[-40, 40]` when first asked for.
 
     The signatures of `fn`, `deriv` and `deriv2` are checked when the record is built.
     Example, a user's own activation:
@@ -92,6 +96,7 @@ class Activation:
     kinks: tuple[float, ...] = ()
     init: str = "glorot_normal"
     deriv2: Callable[[Array, Array], Array] | None = None
+    max_deriv: float | None = None
 
     min_units = 1  # the smallest output layer it makes sense on
 
@@ -110,8 +115,21 @@ class Activation:
             ) from None
         if not all(math.isfinite(k) for k in kinks):
             raise ValueError(f"{owner}: kinks must be finite; got {kinks!r}.")
+        if self.max_deriv is not None and not (
+            isinstance(self.max_deriv, (int, float)) and 0 < self.max_deriv < math.inf
+        ):
+            raise ValueError(f"{owner}: max_deriv must be a number > 0; got {self.max_deriv!r}.")
         object.__setattr__(self, "kinks", kinks)
         check_init(self.init, f"{owner}: init")
+
+    @functools.cached_property
+    def slope(self) -> float:
+        """`max_deriv`, or the largest `|phi'(z)|` on a grid of `z` in `[-40, 40]`."""
+        if self.max_deriv is not None:
+            return self.max_deriv
+        with jax.ensure_compile_time_eval():
+            z = jnp.linspace(-40.0, 40.0, 80_001)
+            return float(jnp.max(jnp.abs(self.derivative(z[None, :], self.fn(z[None, :])))))
 
     def forward(self, z: Array) -> Array:
         """`phi(z)`, checked to keep `z`'s shape (elementwise), at trace time."""
@@ -305,15 +323,23 @@ def _silu_deriv2(z: Array, a: Array) -> Array:
 ACTIVATIONS: dict[str, Activation] = {
     act.name: act
     for act in (
-        Activation("identity", _identity, _identity_deriv, deriv2=_zero),
-        Activation("sigmoid", jax.nn.sigmoid, _sigmoid_deriv, deriv2=_sigmoid_deriv2),
-        Activation("tanh", jnp.tanh, _tanh_deriv, deriv2=_tanh_deriv2),
-        Activation("relu", jax.nn.relu, _relu_deriv, (0.0,), "he_normal", _zero),
-        Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv, (0.0,), "he_normal", _zero),
-        Activation("elu", _elu, _elu_deriv, (), "he_normal", _elu_deriv2),  # C^1 at 0
-        Activation("softplus", jax.nn.softplus, _softplus_deriv, deriv2=_softplus_deriv2),
-        Activation("gelu", _gelu, _gelu_deriv, (), "he_normal", _gelu_deriv2),
-        Activation("silu", jax.nn.silu, _silu_deriv, (), "he_normal", _silu_deriv2),
+        Activation("identity", _identity, _identity_deriv, (), "glorot_normal", _zero, 1.0),
+        Activation(
+            "sigmoid", jax.nn.sigmoid, _sigmoid_deriv, (), "glorot_normal", _sigmoid_deriv2, 0.25
+        ),
+        Activation("tanh", jnp.tanh, _tanh_deriv, (), "glorot_normal", _tanh_deriv2, 1.0),
+        Activation("relu", jax.nn.relu, _relu_deriv, (0.0,), "he_normal", _zero, 1.0),
+        Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv, (0.0,), "he_normal", _zero, 1.0),
+        Activation("elu", _elu, _elu_deriv, (), "he_normal", _elu_deriv2, 1.0),  # C^1 at 0
+        Activation(
+            "softplus", jax.nn.softplus, _softplus_deriv, (), "glorot_normal", _softplus_deriv2, 1.0
+        ),
+        # the exact GELU's slope peaks at z = sqrt(2): Phi(sqrt 2) + sqrt(2) phi(sqrt 2)
+        Activation("gelu", _gelu, _gelu_deriv, (), "he_normal", _gelu_deriv2, 1.1289041451469775),
+        # SiLU's at z ~ 2.3994, where s (1 + z (1 - s)) is largest
+        Activation(
+            "silu", jax.nn.silu, _silu_deriv, (), "he_normal", _silu_deriv2, 1.0998393200453496
+        ),
     )
 }
 """The built-in hidden activations by name. GELU is the exact (erf) form."""

@@ -14,8 +14,9 @@ from jaxbp._core.network import Params
 Array = jax.Array
 
 SATURATION_THRESHOLD = 0.01
-"""A hidden unit counts as saturated on a sample where phi'(z) < 0.01 (a flat sigmoid or
-tanh, a relu at or below zero)."""
+"""A hidden unit counts as saturated on a sample where `|phi'(z)|` is below this fraction
+of its activation's largest slope (`Activation.slope`: 1/4 for the sigmoid, 1 for tanh and
+relu): a flat sigmoid or tanh, a relu at or below zero."""
 
 
 PER_LAYER = ("delta_norm", "grad_W_norm", "saturated")
@@ -37,8 +38,11 @@ def backward_flow_stats(
     - `delta_norm`: `(L,)`, the Frobenius norm of `delta_l` over the batch.
     - `grad_W_norm`: the norm of `dL/dW_l`, one per layer whose parameters hold a `W`.
     - `saturated`: `(L - 1,)`, for each hidden layer the fraction of (sample, unit) pairs
-      where `phi'(z_l) < threshold`: the units that pass (almost) nothing back (eq. 1.4).
-      A hidden softmax has no elementwise `phi'`: its entry is NaN.
+      where `|phi'(z_l)| < threshold * phi.slope`, the slope relative to the activation's
+      own largest one: the units that pass (almost) nothing back (eq. 1.4). A sigmoid at
+      its steepest passes back 1/4 and counts as unsaturated: a deep sigmoid network's
+      gradient vanishes through the 1/4s themselves (fig. 1.11), saturated or not. A
+      hidden softmax has no elementwise `phi'`: its entry is NaN.
     """
     n_hidden = len(trace.z) - 1
     records = [hidden] * n_hidden if isinstance(hidden, (Activation, Softmax)) else list(hidden)
@@ -49,7 +53,7 @@ def backward_flow_stats(
         )
     layers = zip(records, trace.z[:-1], trace.a[1:-1], strict=True)
     saturated = [
-        jnp.mean(phi.derivative(z, a) < threshold)
+        jnp.mean(jnp.abs(phi.derivative(z, a)) < threshold * phi.slope)
         if isinstance(phi, Activation)
         else jnp.full((), jnp.nan, z.dtype)
         for phi, z, a in layers
