@@ -22,14 +22,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp._core.backprop import backward_flow, cast_like
-from jaxbp._core.flow import forward_flow, next_states, source
+from jaxbp._core.flow import forward_flow, source
 from jaxbp._core.network import Network, Params
 from jaxbp._core.validate import check_in_dtype, check_int, check_real
 from jaxbp._curvature.diagonals import curvature_columns
 from jaxbp._curvature.kfac import KINDS, check_dense
 from jaxbp._per_example.terms import check_per_example
-from jaxbp._train.optimizers import apply_optimizer, tree_norm
-from jaxbp._train.paths import Batch, GradientPath, Setting
+from jaxbp._train.paths import Batch, Gradient, GradientPath, Setting
 from jaxbp._train.state import TrainState
 
 Array = jax.Array
@@ -124,13 +123,8 @@ class KFAC(GradientPath):
         kstate = self._averaged(state.path_state, flow, back)
         kstate = jax.lax.cond(kstate.count % self.every == 0, self._refreshed, lambda s: s, kstate)
         kstate = kstate._replace(count=kstate.count + 1)
-        direction = self._preconditioned(kstate, grads)
-        params, opt_state = apply_optimizer(setting.optimizer, direction, state.opt_state, params)
-        metrics = {"loss": value}
-        if setting.grad_norm:
-            metrics["grad_norm"] = tree_norm(grads)
-        stats = next_states(net, flow.caches, state.stats)
-        return params, state._replace(opt_state=opt_state, stats=stats, path_state=kstate), metrics
+        g = Gradient(value, self._preconditioned(kstate, grads), {}, state.stats)
+        return self.update(setting, params, state._replace(path_state=kstate), g)
 
     def _averaged(self, kstate: KFACState, flow: Any, back: Any) -> KFACState:
         """The running averages moved toward this batch's factors (the batch's alone at the

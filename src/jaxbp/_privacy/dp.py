@@ -33,8 +33,10 @@ from jaxbp._core.config import Config, Keywords
 from jaxbp._core.network import Network, Params, resolve
 from jaxbp._core.validate import check_in_dtype, check_key
 from jaxbp._per_example.terms import check_per_example, norms, parametric
+from jaxbp._privacy.poisson import SAMPLINGS, poisson_epoch
 from jaxbp._train.builders import Fn, Plan, build_epoch
-from jaxbp._train.paths import Gradient, GradientPath
+from jaxbp._train.paths import Batch, Gradient, GradientPath, Setting
+from jaxbp._train.state import TrainState
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -55,6 +57,7 @@ class DPSGD(GradientPath):
 
     l2_clip: float
     noise_multiplier: float
+    sampling: str = "shuffle"
 
     name = "DP-SGD"
     random = True
@@ -63,6 +66,41 @@ class DPSGD(GradientPath):
         _check_dp(self.l2_clip, self.noise_multiplier)
         object.__setattr__(self, "l2_clip", float(self.l2_clip))
         object.__setattr__(self, "noise_multiplier", float(self.noise_multiplier))
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(
+                f"sampling must be one of {list(SAMPLINGS)} ('shuffle': a permutation cut "
+                "into fixed-size batches; 'poisson': each example in a step's batch with "
+                f"probability batch_size / n, as the accountant assumes); got {self.sampling!r}."
+            )
+
+    def epoch(
+        self, setting: Setting, params: Params, state: TrainState, data: Batch, batch_size: int
+    ) -> tuple[Params, TrainState, dict[str, Array]]:
+        """Shuffled fixed-size batches (the other paths' epoch), or Poisson-sampled ones
+        (`jaxbp._privacy.poisson`)."""
+        if self.sampling == "shuffle":
+            return super().epoch(setting, params, state, data, batch_size)
+        return poisson_epoch(self, setting, params, state, data, batch_size)
+
+    def masked(
+        self,
+        setting: Setting,
+        params: Params,
+        state: TrainState,
+        batch: Batch,
+        mask: Array,
+        size: float,
+    ) -> tuple[Params, TrainState, dict[str, Array]]:
+        """One update on the rows of `batch` that `mask` keeps, normalised by `size` (the
+        expected batch size of Poisson sampling, as Opacus does)."""
+        key, x, y = batch
+        value, grads, norms_n = dp_gradient(
+            setting.net, params, key, x, y, self.l2_clip, self.noise_multiplier, mask, size
+        )
+        kept = jnp.maximum(jnp.sum(mask), 1)
+        over = jnp.sum(mask * (norms_n > self.l2_clip)) / kept
+        metrics = {"clipped": over.astype(value.dtype), "batch": jnp.sum(mask)}
+        return self.update(setting, params, state, Gradient(value, grads, metrics, []))
 
     def check(self, net: Network) -> None:
         check_per_example(net, "DP-SGD")
@@ -79,10 +117,19 @@ class DPSGD(GradientPath):
 
 
 def dp_gradient(
-    net: Network, params: Params, key: Array, x: Array, y: Any, l2_clip: Any, noise: Any
+    net: Network,
+    params: Params,
+    key: Array,
+    x: Array,
+    y: Any,
+    l2_clip: Any,
+    noise: Any,
+    mask: Array | None = None,
+    size: Any = None,
 ) -> tuple[Array, Params, Array]:
     """`(mean loss, DP-SGD gradient, per-example norms)` on checked arguments (see
-    `dp_value_and_grad`)."""
+    `dp_value_and_grad`). With `mask: (batch,)` only its rows count (a padded Poisson
+    batch: the loss is their mean), and the sum is divided by `size` instead of the batch."""
     dtype = jnp.result_type(*jax.tree.leaves(params))
     fix = "Pass values the parameters' dtype can hold (or train in float64)."
     check_in_dtype("l2_clip", l2_clip, dtype, fix)
@@ -92,7 +139,12 @@ def dp_gradient(
     # the summed loss; a dropout network's masks come from a key of their own
     value, flow, back = gradient(net, params, x, y, jax.random.fold_in(key, 1))
     norms_n = norms(flow, back)
-    scale = (l2_clip / jnp.maximum(norms_n, l2_clip))[:, None]  # min(1, C / ||g_n||), (batch, 1)
+    scale = l2_clip / jnp.maximum(norms_n, l2_clip)  # min(1, C / ||g_n||), (batch,)
+    if mask is not None:
+        scale = scale * mask
+        targets = net.loss.targets(y, *flow.z.shape, flow.z.dtype)
+        value = jnp.sum(mask * net.loss.sample_losses(flow.z, flow.a, targets))
+    scale = scale[:, None]
     clipped = [  # eq. 1.3 with each example's rows of delta_l scaled
         layer.backward(p, cache, scale * g)[1] for layer, p, cache, g in parametric(flow, back)
     ]
@@ -104,9 +156,9 @@ def dp_gradient(
             g + std * jax.random.normal(k, g.shape, g.dtype)
             for g, k in zip(leaves, keys, strict=True)
         ]
-    batch = flow.z.shape[0]
-    grads = cast_like([g / batch for g in leaves], params)
-    return value / batch, grads, norms_n
+    rows = flow.z.shape[0] if mask is None else jnp.maximum(jnp.sum(mask), 1)
+    grads = cast_like([g / (rows if size is None else size) for g in leaves], params)
+    return value / rows, grads, norms_n
 
 
 def dp_value_and_grad(
@@ -173,7 +225,7 @@ def make_dp_train_step(
     `key` every step. `params` and `opt_state` are donated if `donate=True`. The
     privacy spent is `jaxbp.dp_epsilon`'s.
     """
-    plan = _dp_plan(optimizer, config, keywords, l2_clip, noise_multiplier, donate)
+    plan = _dp_plan(optimizer, config, keywords, DPSGD(l2_clip, noise_multiplier), donate)
     return plan.jit(plan.step, donate)  # the builders' signature: (params, state, key, x, y)
 
 
@@ -186,6 +238,7 @@ def make_dp_train_epoch(
     noise_multiplier: float,
     epochs: int = 1,
     donate: bool = False,
+    sampling: str = "shuffle",
     **keywords: Unpack[Keywords],
 ) -> Fn:
     """A whole DP-SGD epoch in one `lax.scan`: `epoch(params, opt_state, key, x, y)`
@@ -195,21 +248,24 @@ def make_dp_train_epoch(
     (fixed-size batches of one permutation, `ceil(n / batch_size)` steps), then runs the
     step of `make_dp_train_step` on each, with a noise key per step drawn from `key`.
     `metrics` stack each step's along a leading `(n_steps,)` axis; `epochs=E` runs E
-    epochs in the one program (as `make_train_epoch`). For the privacy
-    spent, `jaxbp.dp_epsilon` with `jaxbp.dp_epoch_sampling(n=..., batch_size=...,
-    epochs=...)`: note the sampling there (shuffling, not Poisson).
+    epochs in the one program (as `make_train_epoch`). With `sampling="poisson"` each
+    step's batch is Poisson-sampled instead (`jaxbp._privacy.poisson`: every example in
+    with probability `batch_size / n`, padded and masked, the sum divided by the expected
+    batch size), the sampling `jaxbp.dp_epsilon` analyses; metrics then add `batch`. For
+    the privacy spent, `jaxbp.dp_epsilon` with `jaxbp.dp_epoch_sampling(n=...,
+    batch_size=..., epochs=...)`.
     """
-    plan = _dp_plan(optimizer, config, keywords, l2_clip, noise_multiplier, donate)
+    path = DPSGD(l2_clip, noise_multiplier, sampling)
+    plan = _dp_plan(optimizer, config, keywords, path, donate)
     return build_epoch(plan, batch_size, epochs, donate)
 
 
 def _dp_plan(
-    optimizer: Any, config: Any, keywords: dict[str, Any], clip: Any, noise: Any, donate: Any
+    optimizer: Any, config: Any, keywords: dict[str, Any], path: DPSGD, donate: Any
 ) -> Plan:
     """The older DP factories' plan: the recipe fixes the reduction, the gradient's norm
     is always a metric, the state travels in the `opt_state` slot."""
     _refuse_reduction(keywords)
-    path = DPSGD(clip, noise)
     return Plan.of(
         optimizer, config, path, grad_norm=True, donate=donate, slot=True, keywords=keywords
     )

@@ -151,10 +151,16 @@ class GradientPath:
     def step(
         self, setting: Setting, params: Params, state: TrainState, batch: Batch
     ) -> tuple[Params, TrainState, Metrics]:
-        """One update: the gradient, then the optimizer. Metrics: `loss`, `grad_norm`
-        (with `setting.grad_norm`), then the path's own."""
-        net, key, x, y = setting.net, *batch
-        g = self.value_and_grad(net, params, x, y, key, state.stats)
+        """One update: the gradient (`value_and_grad`), then the optimizer (`update`)."""
+        key, x, y = batch
+        g = self.value_and_grad(setting.net, params, x, y, key, state.stats)
+        return self.update(setting, params, state, g)
+
+    def update(
+        self, setting: Setting, params: Params, state: TrainState, g: Gradient
+    ) -> tuple[Params, TrainState, Metrics]:
+        """The optimizer on the gradient `g`. Metrics: `loss`, `grad_norm` (with
+        `setting.grad_norm`: the norm of what the optimizer takes), then the path's own."""
         params, opt_state = apply_optimizer(setting.optimizer, g.grads, state.opt_state, params)
         metrics = {"loss": g.value}
         if setting.grad_norm:
@@ -168,11 +174,11 @@ class GradientPath:
         in one `lax.scan`; each step gets a key of its own where the path or the network
         draws from one."""
 
-        def update(params: Params, state: TrainState, key: Any, x: Array, y: Any) -> Any:
+        def one_step(params: Params, state: TrainState, key: Any, x: Array, y: Any) -> Any:
             return self.step(setting, params, state, Batch(key, x, y))
 
         keyed = self.random or setting.net.random
-        return scan_epoch(update, batch_size, setting.constrain, keyed)(params, state, *data)
+        return scan_epoch(one_step, batch_size, setting.constrain, keyed)(params, state, *data)
 
 
 @jax.tree_util.register_static
