@@ -368,8 +368,8 @@ def test_max_scaled_err_of_a_real_report_by_hand():
     ("norm", "want"), [(None, 0.0), ("layer", 0.0), ("batch", "auto")], ids=str
 )
 def test_atol_none_takes_the_networks_default(norm, want):
-    """`atol=None` is "auto" exactly where a layer zeroes a gradient leaf (batch norm's
-    preceding bias), as `jaxbp check` and `jaxbp train` judge; the default stays 0."""
+    """`atol=None`, the default, is "auto" exactly where a layer zeroes a gradient leaf
+    (batch norm's preceding bias), as `jaxbp check` and `jaxbp train` judge; 0 elsewhere."""
     params, x, y = make_problem(2, [4, 6, 6, 3], 5, "cross_entropy", jnp.float64, norm=norm)
     cfg = jaxbp.Config("tanh", "cross_entropy", norm=norm)
     assert default_atol(params, cfg) == want
@@ -377,4 +377,23 @@ def test_atol_none_takes_the_networks_default(norm, want):
     by_default = jaxbp.check_parity(params, x, y, cfg, atol=None)
     assert by_default == jaxbp.check_parity(params, x, y, cfg, atol=want)
     assert (by_default.atol > 0) == (want == "auto")
-    assert jaxbp.check_parity(params, x, y, cfg).atol == 0.0
+    assert jaxbp.check_parity(params, x, y, cfg) == by_default and by_default.passed
+    assert jaxbp.check_parity(params, x, y, cfg, atol=0).atol == 0.0
+
+
+def test_a_failure_says_what_to_try():
+    """The batch norm's preceding bias, judged purely relatively, fails on rounding: the
+    report says atol='auto' and why; a wrong derivative in float64 is named as one; the
+    same in float32 suggests float64 first."""
+    params, x, y = make_problem(2, [4, 6, 6, 3], 5, "cross_entropy", jnp.float64, norm="batch")
+    cfg = jaxbp.Config("tanh", "cross_entropy", norm="batch")
+    strict = jaxbp.check_parity(params, x, y, cfg, atol=0)
+    assert not strict.passed and strict.advice.startswith("atol='auto'")
+    assert "try: atol='auto'" in str(strict)
+    bad = jaxbp.Activation("tanh", jnp.tanh, lambda z, a: 1.01 * (1 - a * a))
+    for dtype, start in ((jnp.float64, "a leaf off"), (jnp.float32, "the same check in")):
+        problem = make_problem(0, [4, 6, 3], 5, "mse", dtype)
+        report = jaxbp.check_parity(*problem, activation=bad, loss="mse")
+        assert not report.passed and report.advice.startswith(start)
+        assert str(report).splitlines()[-1] == f"try: {report.advice}"
+    assert "try:" not in str(jaxbp.check_parity(*problem, activation="tanh", loss="mse"))

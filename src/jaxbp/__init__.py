@@ -47,6 +47,7 @@ from jaxbp._train.diagnostics import backward_flow_stats
 from jaxbp._train.epochs import epoch_batches, epoch_means
 from jaxbp._train.evaluate import evaluate, evaluate_sweep
 from jaxbp._train.factories import make_train_epoch, make_train_step, make_train_sweep
+from jaxbp._train.grid import Grid, Masked, sgdw
 from jaxbp._train.paths import Autodiff, Gradient, GradientPath, Manual
 from jaxbp._train.sharding import data_mesh
 from jaxbp._train.state import TrainState, init_train_state
@@ -78,6 +79,7 @@ __all__ = [
     "FusedSGD",
     "Gradient",
     "GradientPath",
+    "Grid",
     "KFACState",
     "KroneckerFactors",
     "Layer",
@@ -85,6 +87,7 @@ __all__ = [
     "LeafParity",
     "Loss",
     "Manual",
+    "Masked",
     "Network",
     "ParityReport",
     "Run",
@@ -144,6 +147,7 @@ __all__ = [
     "random_problem",
     "runs",
     "save_checkpoint",
+    "sgdw",
     "step_fn",
     "sum_grad_squared",
     "sweep_fn",

@@ -159,7 +159,32 @@ class ParityReport:
         tol += f", atol {self.atol:.1e}" if self.atol else ""
         tol += f", fd rtol {self.fd_rtol:.0e}" if self.fd_rtol else ""
         lines.append(f"{verdict} ({self.dtype}, {tol}; worst rel err {self.max_rel_err:.2e})")
+        if not self.passed:
+            lines.append(f"try: {self.advice}")
         return "\n".join(lines)
+
+    @property
+    def advice(self) -> str:
+        """What to try after a failure, from how the failing leaves failed."""
+        failing = [leaf for leaf in self.leaves if not self.leaf_passed(leaf)]
+        whole = math.sqrt(sum(leaf.ref_norm**2 for leaf in self.leaves))
+        if self.atol == 0 and all(leaf.abs_err <= self.rtol * whole for leaf in failing):
+            return (
+                "atol='auto'. The failing leaves are off by less than rtol times the whole "
+                "gradient: their own gradients cancel to (nearly) 0, and rounding is all "
+                "there is of them. A layer that makes the bias before it exactly 0 (batch "
+                "norm) says so with zeroes_preceding_bias = True, and atol=None picks 'auto'."
+            )
+        if self.dtype != "float64":
+            return (
+                "the same check in float64 (jax.config.update('jax_enable_x64', True), "
+                "params and x cast): float32 rounding of a cancelling sum can exceed rtol."
+            )
+        return (
+            "a leaf off on the scale of the whole gradient in float64 is a wrong "
+            "derivative: look at the backward of the layer (or the delta of the loss, the "
+            "derivative of the activation) that the leaf belongs to."
+        )
 
 
 def gradient_floor(atol: float, rtol: float) -> float:
@@ -192,7 +217,7 @@ def check_parity(
     config: Config | Network | None = None,
     *,
     rtol: float | None = None,
-    atol: float | str | None = 0.0,
+    atol: float | str | None = None,
     finite_differences: bool = False,
     key: Array | None = None,
     **keywords: Unpack[Keywords],
@@ -203,14 +228,15 @@ def check_parity(
 
     - `rtol`, `atol`: each leaf passes when `||manual - autodiff|| <= atol + rtol
       ||autodiff||` (the rule of `numpy.allclose`, on the leaf's norm). `rtol` defaults
-      by the parameters' dtype (`DEFAULT_RTOL`: 1e-12 float64, 1e-5 float32), `atol` to 0
-      (purely relative, per leaf). `atol="auto"` is `rtol` times the norm of the whole
+      by the parameters' dtype (`DEFAULT_RTOL`: 1e-12 float64, 1e-5 float32). `atol=0`
+      is purely relative, per leaf. `atol="auto"` is `rtol` times the norm of the whole
       gradient: error judged on the scale of the gradient. Use it where a leaf's
       gradient cancels to (nearly) nothing, so that both paths' rounding is all there is
       of it: the bias before a batch normalisation (exactly 0), a well-trained network's
       output bias. A wrong derivative is off on the scale of the gradient and still
-      fails. `atol=None` picks by the network (`default_atol`): "auto" where a
-      layer makes a leaf exactly 0, else 0.
+      fails. `atol=None`, the default, picks by the network's layer records
+      (`default_atol`): "auto" where a layer makes a leaf exactly 0, else 0. A failing
+      report ends with what to try (`ParityReport.advice`).
     - `finite_differences`: also check each leaf's directional derivative along one
       random unit direction against central differences in float64 (needs
       `jax_enable_x64`); the error is `|fd - <g, v>| / ||g||` (with `||g||` at least
