@@ -280,3 +280,15 @@ def test_a_failing_write_stays_an_oserror_and_keeps_the_old_file(tmp_path, monke
     monkeypatch.undo()
     assert path.read_bytes() == before and not temporary_files(path)
     assert read_meta(path) == {"epoch": 1}
+
+
+def test_a_big_endian_leaf_loads_as_its_values(tmp_path):
+    """Another writer's big-endian array is the same numbers: read in native order."""
+    from conftest import archive, sealed
+
+    path = tmp_path / "c.jaxbp"
+    w = np.arange(6.0).reshape(2, 3)
+    path.write_bytes(sealed(archive([w.astype(">f8")], {"epoch": 1})))
+    back, _ = jaxbp.load_checkpoint(path, [np.zeros((2, 3))])
+    assert back[0].dtype == np.float64 and back[0].dtype.isnative
+    np.testing.assert_array_equal(back[0], w)

@@ -5,6 +5,8 @@ with one `CheckpointError`-style line and exit status 2, and changes nothing on 
 import io
 import json
 import shutil
+import struct
+import zipfile
 
 import numpy as np
 import pytest
@@ -38,6 +40,35 @@ def nan_params(leaves):
     leaves = list(leaves)
     leaves[-4] = np.full_like(leaves[-4], np.nan)  # W_1: params come last, W before b
     return leaves
+
+
+def with_member(payload, name, data):
+    """An `.npz` payload with a member added as it is: any name, any bytes."""
+    buf = io.BytesIO(payload)
+    with zipfile.ZipFile(buf, "a") as z:
+        z.writestr(name, data)
+    return buf.getvalue()
+
+
+def huge_npy():
+    """An `.npy` member that declares 10^12 float64 values and holds none."""
+    text = "{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }"
+    text += " " * (-(10 + len(text) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode()
+
+
+def tree_entry(n, dtypes):
+    """A `tree` entry for `n` leaves whose `dtypes` object is `dtypes`."""
+    text = json.dumps({"paths": [f"[{i}]" for i in range(n)], "dtypes": dtypes})
+    return np.frombuffer(text.encode(), np.uint8)
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def deep_config(meta):
+    text = json.dumps(with_meta(meta, config="<deep>"))
+    return text.replace('"<deep>"', '{"a":' * 5000 + "1" + "}" * 5000).encode()
 
 
 CHECKPOINTS = {
@@ -75,6 +106,35 @@ CHECKPOINTS = {
     ),
     "leaf-shape": (lambda m, l: archive([*l[:-1], l[-1][:0]], m), "but the template expects"),
     "params-nan": (lambda m, l: archive(nan_params(l), m), "holds NaN or inf"),
+    # Issue 22: found by fuzzing (tests/test_fuzz_readers.py), each a traceback before.
+    "meta-deep": (lambda m, l: archive(l, DEEP), "its meta is not JSON (nested 100000 levels"),
+    "config-deep": (lambda m, l: archive(l, deep_config(m)), "its meta is not JSON (nested"),
+    "meta-not-npy": (
+        lambda m, l: with_member(archive(l, None), "meta", json.dumps(m).encode()),
+        "its member 'meta' is not an .npy array",
+    ),
+    "leaf-not-npy": (
+        lambda m, l: with_member(
+            archive([], m, **{f"leaf_{i}": a for i, a in enumerate(l) if i}), "leaf_0", b"\0"
+        ),
+        "its member 'leaf_0' is not an .npy array",
+    ),
+    "leaf-huge": (
+        lambda m, l: with_member(
+            archive([], m, **{f"leaf_{i}": a for i, a in enumerate(l) if i}),
+            "leaf_0.npy",
+            huge_npy(),
+        ),
+        "declares float64[1000000000000] (8,000,000,000,000 bytes) but holds 0 bytes",
+    ),
+    "dtypes-list": (
+        lambda m, l: archive(l, m, tree=tree_entry(len(l), {"0": ["bfloat16"]})),
+        "its tree entry gives array '0' the dtype ['bfloat16']",
+    ),
+    "dtypes-superscript": (
+        lambda m, l: archive(l, m, tree=tree_entry(len(l), {"\u00b2": "bfloat16"})),
+        "its tree entry gives array '\u00b2' the dtype 'bfloat16'",
+    ),
 }
 
 
@@ -114,6 +174,13 @@ METRICS = {
         "logs 4 epochs, the checkpoint 2",
     ),
     "short-of-checkpoint": (lambda r: lines(r[:1]), "logs 1 epochs, the checkpoint 2"),
+    # Issue 22: a traceback (RecursionError), or a record trusted by its keys.
+    "deep-line": (lambda r: DEEP + b"\n" + lines(r[1:]), "line 1 is not the record of epoch 1"),
+    "epoch-true": (lambda r: lines([r[0] | {"epoch": True}, r[1]]), "line 1 is not the record"),
+    "seconds-null": (
+        lambda r: lines([r[0], r[1] | {"seconds": None}]),
+        "line 2 (epoch 2): seconds is null, not a finite number >= 0",
+    ),
 }
 
 

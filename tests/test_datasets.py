@@ -241,3 +241,54 @@ def test_file_errors(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(ValueError, match=r"dataset must be one of \['breast_cancer'.*got 'mnist'"):
         datasets.load("mnist")
+
+
+def npz_with(path, **members):
+    """An `.npz` file whose members are written as given: arrays (as `.npy`) or raw bytes
+    under any name (issue 22: the members `np.load` trusts)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as z:
+        for name, value in members.items():
+            if isinstance(value, np.ndarray):
+                buf = io.BytesIO()
+                np.save(buf, value, allow_pickle=True)
+                z.writestr(f"{name}.npy", buf.getvalue())
+            else:
+                z.writestr(name, value)
+    return path
+
+
+def test_npz_members_that_np_load_trusts_are_refused_naming_the_file(tmp_path):
+    y = np.array([0, 1, 0, 1])
+    cases = {
+        "not-npy": ({"x": b"\x00\x01", "y": y}, "its member 'x' is not an .npy array"),
+        "folder": ({"x/": b"", "y": y}, "needs arrays 'x' and 'y'; found ['x/', 'y']"),
+        "objects": ({"x": np.array([{}] * 4, object), "y": y}, "holds Python objects"),
+        "truncated": ({"x.npy": np.lib.format.magic(1, 0), "y": y}, "its member 'x.npy' is"),
+    }
+    for name, (members, fragment) in cases.items():
+        path = npz_with(tmp_path / f"{name}.npz", **members)
+        with pytest.raises(ValueError, match=re.escape(f"{path}: ")) as e:
+            datasets.load_file(path)
+        assert fragment in str(e.value) and "\n" not in str(e.value), name
+
+
+def test_npz_values_past_float64_are_refused_without_a_warning(tmp_path):
+    """A longdouble past float64 used to warn (a second line on stderr) on its way to inf."""
+    x = np.full((4, 2), np.finfo(np.longdouble).max / 2, np.longdouble)
+    path = npz_with(tmp_path / "big.npz", x=x, y=np.array([0, 1, 0, 1]))
+    if np.finfo(np.longdouble).max <= np.finfo(np.float64).max:
+        pytest.skip("longdouble is float64 here")
+    with pytest.raises(ValueError, match=r"big\.npz: x\[0, 0\] is inf, not a finite number"):
+        datasets.load_file(path)
+
+
+def test_big_endian_npz_arrays_read_as_their_values(tmp_path):
+    x, y = np.linspace(0, 1, 16).reshape(8, 2), np.array([0, 1] * 4)
+    mine, _ = datasets.load_file(npz_with(tmp_path / "le.npz", x=x, y=y))
+    swapped = npz_with(tmp_path / "be.npz", x=x.astype(">f8"), y=y.astype(">i8"))
+    theirs, _ = datasets.load_file(swapped)
+    for a, b in zip(mine, theirs):
+        np.testing.assert_array_equal(a, b)

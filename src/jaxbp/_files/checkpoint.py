@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxbp._files.guard import load_json, open_regular
+from jaxbp._files.npz import ArchiveError, read_npz
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_meta", "save_checkpoint"]
 
@@ -197,12 +201,18 @@ def _json_entry(path: Path, name: str, raw: np.ndarray | None) -> Any:
     if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
         raise _refuse(path, f"its {name} entry is missing or not JSON bytes")
     try:
-        value = json.loads(raw.tobytes().decode())
-    except (UnicodeDecodeError, ValueError) as err:
+        value = load_json(raw.tobytes())
+    except ValueError as err:
         raise _refuse(path, f"its {name} is not JSON ({err})") from None
     if not isinstance(value, dict):
         raise _refuse(path, f"its {name} is a JSON {type(value).__name__}, not an object")
     return value
+
+
+def _value(value: Any) -> str:
+    """A value read from a file, as a message shows it (at most 60 characters)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _layout(path: Path, layout: dict[str, Any], stored: list[np.ndarray]) -> list[str]:
@@ -218,9 +228,11 @@ def _layout(path: Path, layout: dict[str, Any], stored: list[np.ndarray]) -> lis
     if not isinstance(dtypes, dict):
         raise _refuse(path, "its tree entry has no dtypes object")
     for index, name in dtypes.items():
-        i = int(index) if index.isdigit() else -1
-        if not 0 <= i < len(stored) or name not in EXTENDED:
-            raise _refuse(path, f"its tree entry gives array {index!r} the dtype {name!r}")
+        i = int(index) if re.fullmatch(r"[0-9]{1,9}", index) else -1
+        if not 0 <= i < len(stored) or not isinstance(name, str) or name not in EXTENDED:
+            raise _refuse(
+                path, f"its tree entry gives array {_value(index)} the dtype {_value(name)}"
+            )
         if stored[i].dtype != _bits(EXTENDED[name]):
             raise _refuse(
                 path, f"array {i} ({name}) is stored as {stored[i].dtype}, not its raw bits"
@@ -233,7 +245,8 @@ def _read(path: Path) -> tuple[dict[str, Any], list[np.ndarray], list[str] | Non
     """The meta, stored arrays and leaf key paths (`None` in a file written before they
     were stored) of an intact checkpoint, or `CheckpointError`."""
     try:
-        blob = path.read_bytes()
+        with open_regular(path) as f:
+            blob = f.read()
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({err.strerror}).") from None
     head = len(MAGIC) + 32
@@ -243,24 +256,16 @@ def _read(path: Path) -> tuple[dict[str, Any], list[np.ndarray], list[str] | Non
     if hashlib.sha256(payload).digest() != blob[len(MAGIC) : head]:
         raise _refuse(path, "checksum mismatch, the checkpoint is truncated or corrupted")
     try:
-        with np.load(io.BytesIO(payload), allow_pickle=False) as data:
-            names = set(data.files)
-            raw = data["meta"] if "meta" in names else None
-            raw_tree = data["tree"] if "tree" in names else None
-            leaf_names = names - {"meta", "tree"}
-            n = len(leaf_names)
-            if leaf_names != {f"leaf_{i}" for i in range(n)}:
-                raise _refuse(
-                    path, f"its arrays are {sorted(leaf_names)}, not leaf_0 to leaf_{n - 1}"
-                )
-            stored = [data[f"leaf_{i}"] for i in range(n)]
-    except CheckpointError:
-        raise
-    except Exception as err:  # not an archive, an object array, a damaged member, ...
+        arrays, _ = read_npz(io.BytesIO(payload))
+    except ArchiveError as err:  # not an archive, an object array, a damaged member, ...
         raise _refuse(
-            path,
-            f"the checksum is right but the payload is unreadable ({type(err).__name__}: {err})",
+            path, f"the checksum is right but the payload is unreadable ({err})"
         ) from None
+    raw, raw_tree = arrays.pop("meta", None), arrays.pop("tree", None)
+    n = len(arrays)
+    if set(arrays) != {f"leaf_{i}" for i in range(n)}:
+        raise _refuse(path, f"its arrays are {sorted(arrays)}, not leaf_0 to leaf_{n - 1}")
+    stored = [arrays[f"leaf_{i}"] for i in range(n)]
     meta = _json_entry(path, "meta", raw)
     for i, arr in enumerate(stored):
         if arr.dtype.kind not in NUMERIC_KINDS:
@@ -277,7 +282,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     head = len(MAGIC) + 32
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             header = f.read(head)
             if len(header) < head or not header.startswith(MAGIC):
                 raise _refuse(path, "not a jaxbp checkpoint (bad header)")
@@ -288,17 +293,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
                 raise _refuse(path, "checksum mismatch, the checkpoint is truncated or corrupted")
             f.seek(head)
             try:
-                with np.load(f, allow_pickle=False) as data:
-                    raw = data["meta"] if "meta" in data.files else None
-            except Exception as err:  # not an archive, a damaged member, ...
+                arrays, _ = read_npz(f, names={"meta"})
+            except ArchiveError as err:  # not an archive, a damaged member, ...
                 raise _refuse(
-                    path,
-                    "the checksum is right but the payload is unreadable "
-                    f"({type(err).__name__}: {err})",
+                    path, f"the checksum is right but the payload is unreadable ({err})"
                 ) from None
     except OSError as err:
         raise CheckpointError(f"{path}: cannot read checkpoint ({err.strerror}).") from None
-    return _json_entry(path, "meta", raw)
+    return _json_entry(path, "meta", arrays.get("meta"))
 
 
 def read_arrays(path: str | Path) -> tuple[dict[str, Any], list[np.ndarray]]:

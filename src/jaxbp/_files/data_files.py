@@ -9,13 +9,16 @@ one); nothing a file holds ends in a traceback.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from pathlib import Path
 
 import numpy as np
 
+from jaxbp._files.guard import kind_of, open_regular
 from jaxbp._files.idx import is_idx, read_idx
+from jaxbp._files.npz import ArchiveError, read_npz
 
 __all__ = ["read_table"]
 
@@ -31,6 +34,9 @@ def read_table(
         raise ValueError(f"{path}: no such data file.")
     if path.is_dir():
         raise ValueError(f"{path}: is a folder; a data file must be {FORMATS}.")
+    if not path.is_file():  # never opened: a FIFO or a device would block or never end
+        what = kind_of(path.stat().st_mode)
+        raise ValueError(f"{path}: is {what}, not a regular file; a data file must be {FORMATS}.")
     kind = path.suffix.lower() if path.suffix.lower() in (".npz", ".csv") else "idx"
     if kind == "idx" and not is_idx(path):
         raise ValueError(
@@ -81,27 +87,28 @@ def _check_table(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:  # a truncated or foreign file fails in many ways (BadZipFile, EOFError, ValueError)
-        with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
-            files = sorted(data.files)
-            x, y = (data["x"], data["y"]) if {"x", "y"} <= set(files) else (None, None)
-    except Exception as err:
+    with open_regular(path) as f:
+        try:  # a truncated or foreign file, a member that is no array: one ArchiveError
+            arrays, files = read_npz(f, names={"x", "y"})
+        except ArchiveError as err:
+            raise ValueError(f"{path}: not a readable .npz file ({err}).") from None
+    if set(arrays) != {"x", "y"}:
         raise ValueError(
-            f"{path}: not a readable .npz file ({type(err).__name__}: {err})."
-        ) from None
-    if x is None or y is None:
-        raise ValueError(f"{path}: an .npz data file needs arrays 'x' and 'y'; found {files}.")
+            f"{path}: an .npz data file needs arrays 'x' and 'y'; found {sorted(files)}."
+        )
+    x, y = arrays["x"], arrays["y"]
     for name, arr in (("x", x), ("y", y)):
         if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
             raise ValueError(f"{path}: {name} must be real numbers; got dtype {arr.dtype}.")
-    return x.astype(np.float64), y.astype(np.float64)
+    with np.errstate(over="ignore"):  # past float64 (longdouble): inf, refused as not finite
+        return x.astype(np.float64), y.astype(np.float64)
 
 
 def _read_csv(path: Path, target: str | None) -> tuple[np.ndarray, np.ndarray]:
     rows: list[tuple[int, list[str]]] = []  # (line number, cells)
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: drop a byte-order mark
-            reader = csv.reader(f)
+        with io.TextIOWrapper(open_regular(path), encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)  # utf-8-sig: a byte-order mark is dropped
             for row in reader:
                 if row:  # a blank line is no row
                     rows.append((reader.line_num, row))

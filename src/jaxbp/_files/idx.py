@@ -8,13 +8,17 @@ file; nothing is read past what the header promises (plus one byte, to detect ex
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
+from jaxbp._files.guard import open_regular
 
 __all__ = ["MAX_BYTES", "TYPES", "is_idx", "read_idx"]
 
@@ -27,14 +31,17 @@ MAX_BYTES = 2**34
 GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _open(path: Path) -> BinaryIO:
-    """The file's bytes, decompressed when it is gzipped."""
-    f = path.open("rb")
-    if f.read(2) == GZIP_MAGIC:
-        f.close()
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    f.seek(0)
-    return f
+@contextlib.contextmanager
+def _open(path: Path) -> Iterator[BinaryIO]:
+    """The file's bytes, decompressed when it is gzipped (a regular file only)."""
+    with open_regular(path) as raw:
+        gzipped = raw.read(2) == GZIP_MAGIC
+        raw.seek(0)
+        if not gzipped:
+            yield raw
+            return
+        with gzip.GzipFile(fileobj=raw, mode="rb") as f:
+            yield f  # type: ignore[misc]
 
 
 def _header(f: BinaryIO) -> tuple[str, tuple[int, ...]] | None:

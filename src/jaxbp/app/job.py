@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -69,7 +70,9 @@ class Job:
     its score ("accuracy" or "r2"); `opt_state` is what the step takes (a
     `jaxbp.TrainState` with batch norm's running averages); `history` holds a resumed
     run's logged epochs; `privacy` a DP-SGD run's plan; `folder` is the held `--out`
-    folder (`None` without `--out`).
+    folder (`None` without `--out`); `parity` is a resumed run's parity check at
+    initialisation, as its checkpoint carries it (`runs.schema.PARITY`; `None` for a new
+    run, or a checkpoint written before it was stored).
     """
 
     settings: Settings
@@ -88,6 +91,7 @@ class Job:
     mesh: Any
     folder: RunFolder | None
     privacy: Privacy | None = None
+    parity: dict[str, Any] | None = None
 
     @property
     def out(self) -> Path | None:
@@ -117,6 +121,8 @@ def prepare(settings: Settings) -> Job:
     _check_size(settings, sizes)
     privacy = _privacy(settings, n_train) if settings.dp else None
     config = settings.config(loss, None if privacy is None else privacy.delta)
+    for name in ("data", "labels"):  # found again from any working directory (load_run)
+        config[name] = _absolute(config[name])
     config["data_sha256"] = None if settings.out is None else fingerprint(data)
     model = jaxbp.Config(
         activation=settings.activation, loss=loss, norm=settings.norm, dropout=settings.dropout
@@ -129,7 +135,7 @@ def prepare(settings: Settings) -> Job:
     path = PATHS.get(settings.optimizer, settings.grad)  # K-FAC brings its own
     opt_state = jaxbp.init_train_state(optimizer, params, model, path=PATHS.get(settings.optimizer))
     metric = jaxbp.TASKS[info.task].metric
-    folder, history = None, ()
+    folder, history, parity = None, (), None
     if settings.out is not None:
         folder = RunFolder.hold(settings.out)
         try:
@@ -137,6 +143,7 @@ def prepare(settings: Settings) -> Job:
                 like = {"params": params, "opt_state": opt_state, "key": key}
                 logged = _logged(metric, privacy is not None)
                 params, opt_state, history = _resume(folder, settings, config, like, logged)
+                parity = folder.initial_parity()
             else:
                 what = describe(folder.path)
                 if what is not None and not settings.overwrite:
@@ -165,7 +172,13 @@ def prepare(settings: Settings) -> Job:
         mesh=mesh,
         folder=folder,
         privacy=privacy,
+        parity=parity,
     )
+
+
+def _absolute(name: str | None) -> str | None:
+    """A data file's path made absolute (not resolved: a symbolic link stays one)."""
+    return None if name is None else os.path.abspath(name)
 
 
 def _privacy(settings: Settings, n_train: int) -> Privacy:
@@ -265,6 +278,9 @@ def _resume(
         raise JobError(f"--resume: no checkpoint in {folder.path} (expected {folder.checkpoint}).")
     epoch, saved = found
     saved = {**ADDED_SETTINGS, "data_sha256": config["data_sha256"], **saved}  # older: unknown
+    for name in ("data", "labels"):  # older runs stored them as given: relative to here
+        if isinstance(saved.get(name), str):
+            saved[name] = _absolute(saved[name])
     same = (*RESUMABLE_CHANGES, "data_sha256")
     differs = [k for k, v in config.items() if k not in same and saved.get(k) != v]
     if differs:

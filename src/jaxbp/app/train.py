@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +22,7 @@ import jaxbp
 from jaxbp.app.check_table import layers_text
 from jaxbp.app.job import SAMPLING, Job, Privacy, prepare
 from jaxbp.app.settings import JobError, Settings
-from jaxbp.runs import FIGURES
+from jaxbp.runs import FIGURES, schema
 
 __all__ = ["JobError", "run"]
 
@@ -50,8 +50,12 @@ def _run(job: Job) -> int:
         _say(s, f"DP-SGD: {_privacy_line(job.privacy)}")
     batch = (job.data.x_train[: s.batch_size], job.data.y_train[: s.batch_size])
     parity_key = jax.random.fold_in(job.key, 2**31 - 1)  # masks of a dropout network
-    before = _parity(s, "before", job.params, batch, job.model, parity_key)
-    trained = _train(job)
+    if job.parity is not None:  # resumed: the figure the uninterrupted run took
+        before = Figure(*(job.parity[name] for name in Figure._fields))
+        _say(s, f"parity before training (at initialisation, from the checkpoint): {before}")
+    else:
+        before = _parity(s, "before", job.params, batch, job.model, parity_key)
+    trained = _train(job, before)
     if trained is None:
         return 1
     params, history = trained
@@ -101,6 +105,30 @@ def _run(job: Job) -> int:
     return 0 if passed else 1
 
 
+class Figure(NamedTuple):
+    """A parity check as the summary and the checkpoints keep it (`runs.schema.PARITY`):
+    a run's checkpoints carry the one taken at initialisation, so that a resumed run's
+    summary reports what the uninterrupted run's does."""
+
+    max_rel_err: float
+    atol: float
+    max_scaled_err: float
+    passed: bool
+
+    @classmethod
+    def of(cls, report: Any) -> Figure:
+        return cls(
+            float(report.max_rel_err),
+            float(report.atol),
+            float(report.max_scaled_err),
+            bool(report.passed),
+        )
+
+    def __str__(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return f"worst rel err {self.max_rel_err:.1e} in float64 ({verdict})"
+
+
 def _number(value: float) -> str:
     """A table entry of at most 9 characters: 4 decimals, or 3 digits where those are wider."""
     text = f"{value:.4f}"
@@ -143,9 +171,11 @@ def _finite(tree: Any) -> bool:
     return all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves(tree))
 
 
-def _train(job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
-    """The epochs, each one compiled program; `None` if the loss or the parameters stopped
-    being finite (the last good checkpoint is kept)."""
+def _train(job: Job, before: Figure) -> tuple[Any, list[dict[str, Any]]] | None:
+    """The epochs, each one compiled program; `None` if the loss, the parameters or an
+    epoch's record (`runs.schema.METRICS_LINE`: an evaluated loss that overflowed) stopped
+    being finite (the last good checkpoint is kept). Each checkpoint carries `before`,
+    the parity check at initialisation."""
     s, (x_train, y_train, x_test, y_test) = job.settings, job.data
     if job.privacy is None:
         train_epoch = jaxbp.make_train_epoch(
@@ -206,12 +236,16 @@ def _train(job: Job) -> tuple[Any, list[dict[str, Any]]] | None:
         row |= {
             k: np.mean(np.asarray(v), axis=0).tolist() for k, v in metrics.items() if k != "loss"
         }
+        if (found := schema.problem(row, schema.METRICS_LINE)) is not None:
+            _stop(job, epoch, f"the record of epoch {epoch} is not finite ({found})")
+            return None
         history.append(row)
         progress.epoch(epoch, row)
         if s.diagnostics and not s.quiet:
             print(_diagnostics_line(row), file=sys.stderr)
         if job.folder is not None:
-            _save(job, epoch, row, {"params": params, "opt_state": opt_state, "key": job.key})
+            state = {"params": params, "opt_state": opt_state, "key": job.key}
+            _save(job, epoch, row, state, before)
     return params, history
 
 
@@ -220,13 +254,14 @@ def _stats(opt_state: Any) -> Any:
     return jaxbp.TrainState.of(opt_state).stats or None
 
 
-def _save(job: Job, epoch: int, row: dict[str, Any], state: dict[str, Any]) -> None:
-    """Log the epoch, then checkpoint it; a failing write is reported (`OSError` with the
-    file named) with the checkpoint that is kept."""
+def _save(job: Job, epoch: int, row: dict[str, Any], state: dict[str, Any], before: Figure) -> None:
+    """Log the epoch, then checkpoint it (with the parity check at initialisation); a
+    failing write is reported (`OSError` with the file named) with the checkpoint that
+    is kept."""
     assert job.folder is not None
     try:
         job.folder.append(row)
-        job.folder.save(epoch, state, job.config)
+        job.folder.save(epoch, state, job.config, parity=before._asdict())
     except OSError as err:
         kept, fix = _kept(job, epoch)
         raise OSError(
@@ -291,6 +326,7 @@ def _parity(
     batch normalisation is judged that way from the start: the bias before each batch
     norm has an exactly-zero gradient, whose relative error is rounding over rounding.
     `key` draws a dropout network's masks (the same for both paths).
+    Returns the float64 verdict as a `Figure`.
     """
     report32 = jaxbp.check_parity(params, *batch, model, key=key, atol=None)
     with jax.enable_x64(True):
@@ -313,7 +349,7 @@ def _parity(
         f"{report.max_rel_err:.1e} in float64 (rtol {report.rtol:.0e}{atol}), "
         f"{report32.max_scaled_err:.1e} in float32",
     )
-    return report
+    return Figure.of(report)
 
 
 def _diagnostics_line(row: dict[str, Any]) -> str:

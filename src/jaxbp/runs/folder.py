@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from jaxbp._files.checkpoint import (
     temporary_files,
     write_atomic,
 )
+from jaxbp._files.guard import kind_of, load_json, open_regular
+from jaxbp.runs import schema
 
 try:
     import fcntl
@@ -45,6 +48,9 @@ FIGURES = ("curves.png", "diagnostics.png")
 PREVIOUS, SET_ASIDE = ".jaxbp.previous", "set_aside.json"
 SETTING_ASIDE, RESTORING, DISCARD = ".jaxbp.setting-aside", ".jaxbp.restoring", ".jaxbp.discard"
 RUN_FILES = (METRICS, CHECKPOINT, SUMMARY, *FIGURES)
+ASIDE_FOLDERS = (SETTING_ASIDE, PREVIOUS, RESTORING)
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 OPTIMIZERS = {
     "sgd": lambda lr: optax.sgd(lr),
@@ -64,6 +70,11 @@ class RunError(ValueError):
     """A run folder that cannot be used as asked: held by another run, damaged, refused."""
 
 
+class _NotOurs(RunError):
+    """A name the run folder uses holds something jaxbp does not write there (a symbolic
+    link, a FIFO, a folder, a file with other hard links): refused, never followed."""
+
+
 class _Held(RunError):
     """The folder is held by another live process (`holder`, its process id)."""
 
@@ -72,27 +83,48 @@ class _Held(RunError):
         self.holder = holder
 
 
-def read_metrics(path: Path) -> tuple[list[dict[str, Any]], bool]:
+def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], bool]:
     """The epochs logged in `path` and whether a torn last line (a crash mid-write) was
-    dropped. A damaged line before the last, or epochs out of order, raise `RunError`."""
-    if not path.exists():
+    dropped. A damaged line before the last, epochs out of order, or a line that breaks
+    the schema (`runs.schema.METRICS_LINE`: `"seconds": null`, an accuracy of 2, ...)
+    raise `RunError` naming the file and the line."""
+    path = Path(path)
+    if not os.path.lexists(path):
         return [], False
-    blob = path.read_bytes()
+    try:
+        with open_regular(path) as f:
+            blob = f.read()
+    except OSError as err:
+        raise RunError(
+            f"{path}: cannot read the metrics log ({err.strerror}); refusing to use it."
+        ) from None
     lines = blob.split(b"\n")
     torn = lines.pop() != b""  # the text after the last newline: empty unless torn
     rows = []
     for i, line in enumerate(lines, start=1):
         try:
-            row = json.loads(line.decode())
-        except (UnicodeDecodeError, ValueError):
+            row = load_json(line)
+        except ValueError:
             row = None
-        if not isinstance(row, dict) or row.get("epoch") != i:
+        if not isinstance(row, dict) or not _is_epoch(row.get("epoch"), i):
             raise RunError(
                 f"{path}: line {i} is not the record of epoch {i}; the metrics log is damaged "
                 "or was written by two runs at once; refusing to use it."
             )
+        found = schema.problem(row, schema.METRICS_LINE)
+        if found is not None:
+            raise RunError(
+                f"{path}: line {i} (epoch {i}): {found}; the metrics log is damaged or was "
+                "not written by jaxbp; refusing to use it (restore the log, or start a new "
+                "run: --overwrite or another --out)."
+            )
         rows.append(row)
     return rows, torn
+
+
+def _is_epoch(value: Any, epoch: int) -> bool:
+    """Whether `value` is the integer `epoch` (not `true`, not `1.0`)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value == epoch
 
 
 def fingerprint(data: Any) -> str:
@@ -107,23 +139,70 @@ def fingerprint(data: Any) -> str:
     return digest.hexdigest()
 
 
-def describe(folder: Path) -> str | None:
-    """What run `folder` holds ("a finished run of 4 epochs", ...), or `None` if none."""
+def describe(folder: str | Path) -> str | None:
+    """What run `folder` holds ("a finished run of 4 epochs", ...), or `None` if none.
+    Nothing is followed out of the folder: a symbolic link counts as present, unread."""
+    folder = Path(folder)
     metrics = folder / METRICS
-    if (folder / SUMMARY).exists():
+    if os.path.lexists(folder / SUMMARY):
         try:
-            epochs = json.loads((folder / SUMMARY).read_text())["epochs"]
-            return f"a finished run of {epochs} epochs"
-        except (OSError, ValueError, KeyError, TypeError):
+            with open_regular(folder / SUMMARY, follow=False) as f:
+                summary = load_json(f.read())
+        except (OSError, ValueError):
             return "a finished run"
-    if (folder / CHECKPOINT).exists():
+        if schema.problem(summary, schema.SUMMARY) is not None:
+            return "a finished run"
+        return f"a finished run of {summary['epochs']} epochs"
+    if os.path.lexists(folder / CHECKPOINT):
         return "an unfinished run with a checkpoint"
-    if metrics.exists() and metrics.stat().st_size > 0:
+    if os.path.lexists(metrics) and metrics.lstat().st_size > 0:
         return "a run's metrics.jsonl"
-    present = [name for name in RUN_FILES if name != METRICS and (folder / name).exists()]
+    present = [name for name in RUN_FILES if name != METRICS and os.path.lexists(folder / name)]
     if present:
         return f"files a run writes ({', '.join(present)})"
     return None
+
+
+def _is_folder(path: Path) -> bool:
+    """Whether `path` is a folder itself (a symbolic link to one is not)."""
+    try:
+        return stat.S_ISDIR(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def _refuse_kind(folder: Path, path: Path, what: str, fix: str) -> _NotOurs:
+    return _NotOurs(
+        f"--out {folder}: {path} {what}; jaxbp never follows or writes through it. {fix}"
+    )
+
+
+def _check_kind(folder: Path, path: Path, *, want_folder: bool = False, links: bool = True) -> None:
+    """Refuse (`_NotOurs`) `path` unless it is missing or a regular file (a folder itself
+    with `want_folder`), with no other hard link where `links` (a file jaxbp changes in
+    place)."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise RunError(f"--out {folder}: cannot look at {path} ({err.strerror}).") from None
+    remove = f"Remove it (rm {path}) or choose another --out."
+    if want_folder:
+        if not stat.S_ISDIR(st.st_mode):
+            raise _refuse_kind(folder, path, f"is {kind_of(st.st_mode)}, not a folder", remove)
+        return
+    if not stat.S_ISREG(st.st_mode):
+        target = f" (to {os.readlink(path)})" if stat.S_ISLNK(st.st_mode) else ""
+        what = f"is {kind_of(st.st_mode)}{target}, not a regular file"
+        raise _refuse_kind(folder, path, what, remove)
+    if links and st.st_nlink > 1:
+        raise _refuse_kind(
+            folder,
+            path,
+            f"has {st.st_nlink} hard links (its data is shared with a file elsewhere)",
+            f"Make it a file of its own (cp {path} {path}.own && mv {path}.own {path}).",
+        )
 
 
 @dataclasses.dataclass
@@ -135,15 +214,24 @@ class RunFolder:
     _lock_fd: int | None = None
     _epoch_known: bool = False  # whether `_epoch_now` holds the checkpoint's epoch
     _epoch_now: int | None = None
+    _meta: dict[str, Any] | None = None  # the checkpoint meta `saved` read
 
     @classmethod
-    def hold(cls, path: Path) -> RunFolder:
-        """Create `path` if needed and lock it, or raise `RunError` naming `--out`."""
+    def hold(cls, path: str | Path) -> RunFolder:
+        """Create `path` if needed and lock it, or raise `RunError` naming `--out`.
+
+        Nothing in the folder is followed out of it: every name the run writes (the lock,
+        the metrics log, the checkpoint, the summary and figures, temporaries, the
+        set-aside folders and their files) must be a regular file (a folder for the
+        set-asides), else the folder is refused before anything in it changes."""
+        path = Path(path)
         if path.exists() and not path.is_dir():
             raise RunError(f"--out {path}: is a file, not a folder; name a folder.")
         try:
             path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = _open_lock(path)
+        except _NotOurs:
+            raise
         except OSError as err:
             raise RunError(
                 f"--out {path}: cannot create or write there ({err.strerror})."
@@ -163,6 +251,7 @@ class RunFolder:
         os.write(fd, str(os.getpid()).encode())
         folder = cls(path, fd)
         try:
+            folder._check_kinds()
             folder._check_writable()
             for name in RUN_FILES:  # temporaries left by a run killed mid-write
                 for tmp in temporary_files(path / name):
@@ -173,15 +262,31 @@ class RunFolder:
             raise
         return folder
 
+    def _check_kinds(self) -> None:
+        """Refuse the folder if a name it writes is not what jaxbp writes there (see
+        `hold`), before anything in it changes."""
+        path = self.path
+        for name in RUN_FILES:
+            _check_kind(path, path / name, links=name == METRICS)
+            for tmp in temporary_files(path / name):
+                _check_kind(path, tmp, links=False)
+        for name in ASIDE_FOLDERS:
+            folder = path / name
+            _check_kind(path, folder, want_folder=True)
+            if _is_folder(folder):
+                for inside in folder.iterdir():
+                    _check_kind(path, inside, links=False)
+        for discard in (path / DISCARD, *path.glob(f"{DISCARD}.*")):
+            _check_kind(path, discard, want_folder=True)
+
     def _check_writable(self) -> None:
         """Refuse, before anything trains, a folder (or log) this process cannot write."""
-        probe = self.path / f".jaxbp.probe.{os.getpid()}"
+        probe = self.path / f".jaxbp.probe.{uuid.uuid4().hex}"  # a name none can have planted
         try:
             probe.write_bytes(b"")
             probe.unlink()
-            if (self.path / METRICS).exists():
-                with (self.path / METRICS).open("ab"):
-                    pass
+            if os.path.lexists(self.path / METRICS):
+                os.close(os.open(self.path / METRICS, os.O_WRONLY | os.O_APPEND | NOFOLLOW))
         except OSError as err:
             raise RunError(
                 f"--out {self.path}: cannot write there ({err.strerror}: {err.filename}); "
@@ -214,7 +319,7 @@ class RunFolder:
     def _set_aside(self, names: tuple[str, ...]) -> None:
         """Move `names` (those present) aside until this run's next checkpoint."""
         self._settle()
-        present = [name for name in names if (self.path / name).exists()]
+        present = [name for name in names if os.path.lexists(self.path / name)]
         if not present:
             return
         filling = self.path / SETTING_ASIDE
@@ -232,19 +337,18 @@ class RunFolder:
         since, else delete them (see the comment above)."""
         for name, action in ((SETTING_ASIDE, RESTORING), (PREVIOUS, None)):
             folder = self.path / name
-            if folder.is_dir():
+            if _is_folder(folder):
                 if action is None:
-                    try:
-                        then = json.loads((folder / SET_ASIDE).read_text())["epoch"]
-                    except (OSError, ValueError, KeyError, TypeError):
-                        then = self._epoch()  # unreadable: keep the old run (nothing lost)
+                    then = _aside_epoch(folder / SET_ASIDE)
+                    if then is False:  # unreadable: keep the old run (nothing lost)
+                        then = self._epoch()
                     action = RESTORING if then == self._epoch() else DISCARD
                 if action == DISCARD:
                     self._discard(name)
                 else:
                     os.replace(folder, self.path / action)
         restoring = self.path / RESTORING
-        if restoring.is_dir():
+        if _is_folder(restoring):
             for path in restoring.iterdir():
                 if path.name != SET_ASIDE:
                     os.replace(path, self.path / path.name)
@@ -265,8 +369,8 @@ class RunFolder:
         settling), so that the next discard's rename never meets a folder that is not
         empty."""
         for path in (self.path / DISCARD, *self.path.glob(f"{DISCARD}.*")):
-            shutil.rmtree(path, ignore_errors=True)
-        if (self.path / DISCARD).exists():
+            shutil.rmtree(path, ignore_errors=True)  # a symbolic link: refused, not followed
+        if os.path.lexists(self.path / DISCARD):
             os.replace(self.path / DISCARD, self.path / f"{DISCARD}.{uuid.uuid4().hex}")
 
     def _epoch(self) -> int | None:
@@ -276,9 +380,13 @@ class RunFolder:
         if not self._epoch_known:
             try:
                 epoch = (
-                    read_meta(self.checkpoint).get("epoch") if self.checkpoint.exists() else None
+                    read_meta(self.checkpoint).get("epoch")
+                    if os.path.lexists(self.checkpoint)
+                    else None
                 )
             except (OSError, ValueError):
+                epoch = None
+            if not schema.integer(1).test(epoch):
                 epoch = None
             self._remember(epoch)
         return self._epoch_now
@@ -316,14 +424,23 @@ class RunFolder:
 
     def saved(self) -> tuple[int, dict[str, Any]] | None:
         """`(epoch, settings)` of the folder's checkpoint, checked (`CheckpointError`: its
-        checksum and its meta), without loading its arrays (`load` checks those); `None`
-        if there is no checkpoint."""
-        if not self.checkpoint.exists():
+        checksum and its meta, by `runs.schema.META`), without loading its arrays (`load`
+        checks those); `None` if there is no checkpoint."""
+        if not os.path.lexists(self.checkpoint):
             self._remember(None)
+            self._meta = None
             return None
-        found = _check_meta(self.checkpoint, read_meta(self.checkpoint))
+        meta = read_meta(self.checkpoint)
+        found = _check_meta(self.checkpoint, meta)
         self._remember(found[0])
+        self._meta = meta
         return found
+
+    def initial_parity(self) -> dict[str, Any] | None:
+        """The parity check at initialisation that the checkpoint read by `saved` carries
+        (`runs.schema.PARITY`), or `None` (none saved, or a checkpoint written before it
+        was)."""
+        return None if self._meta is None else self._meta.get("parity")
 
     def load(self, like: Any) -> Any:
         """The checkpoint's state in the structure of `like`, refused (`CheckpointError`)
@@ -339,39 +456,74 @@ class RunFolder:
         (`read_metrics`)."""
         return read_metrics(self.path / METRICS)
 
-    def save(self, epoch: int, state: Any, settings: dict[str, Any]) -> None:
+    def save(
+        self,
+        epoch: int,
+        state: Any,
+        settings: dict[str, Any],
+        *,
+        parity: dict[str, Any] | None = None,
+    ) -> None:
         """Checkpoint `state` (a pytree; `jaxbp train` saves `{"params", "opt_state",
-        "key"}`) after `epoch` epochs, atomically, with the run's `settings` (JSON) as
-        its meta."""
+        "key"}`) after `epoch` epochs, atomically, with the run's `settings` (JSON) and
+        `parity` (the check at initialisation, `runs.schema.PARITY`) as its meta. A meta
+        that breaks `runs.schema.META` (an epoch below 1, ...) raises `RunError` and
+        writes nothing."""
+        meta = {"epoch": epoch, "config": settings}
+        if parity is not None:
+            meta["parity"] = parity
+        self._check_record(meta, schema.META, "checkpoint meta")
         self._epoch_known = False  # a failing write may fail after the rename: read it then
-        save_checkpoint(self.checkpoint, state, {"epoch": epoch, "config": settings})
+        save_checkpoint(self.checkpoint, state, meta)
         self._remember(epoch)
-        if (self.path / PREVIOUS).is_dir():  # what was set aside is replaced for good
+        if _is_folder(self.path / PREVIOUS):  # what was set aside is replaced for good
             self._discard(PREVIOUS)
+
+    def _check_record(self, record: Any, rules: dict[str, Any], what: str) -> None:
+        """Refuse to write a record that breaks its schema (`RunError`), before any write."""
+        found = schema.problem(record, rules)
+        if found is not None:
+            raise RunError(f"{self.path}: refusing to write a {what} whose {found}.")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Write `summary.json` atomically: a finished run's last word. It replaces the
         summary a resumed run set aside (`keep_epochs`) even when no epoch was left to
         train (so no checkpoint was saved since); the figures set aside with it come back
         until new ones are drawn. A replaced run's files (`start_new(overwrite=True)`)
-        still come back if this run saved no checkpoint."""
+        still come back if this run saved no checkpoint. A summary that breaks
+        `runs.schema.SUMMARY` raises `RunError` and changes nothing."""
+        self._check_record(summary, schema.SUMMARY, "summary")
         write_atomic(self.path / SUMMARY, (json.dumps(summary, indent=1) + "\n").encode())
         previous = self.path / PREVIOUS
-        if not previous.is_dir():
+        if not _is_folder(previous):
             return
         if {p.name for p in previous.iterdir()} - {SET_ASIDE} <= {SUMMARY, *FIGURES}:
             for name in FIGURES:
-                if (previous / name).exists() and not (self.path / name).exists():
+                if os.path.lexists(previous / name) and not os.path.lexists(self.path / name):
                     os.replace(previous / name, self.path / name)
             self._discard(PREVIOUS)
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one epoch's line whole: one write, then fsync; on a failed or short
-        write the log is cut back to where it was and the `OSError` raised."""
+        write the log is cut back to where it was and the `OSError` raised. A line that
+        breaks `runs.schema.METRICS_LINE` raises `RunError` and writes nothing; a log
+        that is not a regular file of its own (a symbolic link, a hard link) is refused."""
+        self._check_record(row, schema.METRICS_LINE, "metrics line")
         data = (json.dumps(row) + "\n").encode()
-        fd = os.open(self.path / METRICS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        metrics = self.path / METRICS
         try:
-            size = os.fstat(fd).st_size
+            fd = os.open(
+                metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW | CLOEXEC, 0o644
+            )
+        except OSError as err:
+            if os.path.islink(metrics):
+                _check_kind(self.path, metrics)
+            raise OSError(err.errno, err.strerror, str(metrics)) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+                _check_kind(self.path, metrics)
+            size = st.st_size
             try:
                 written = os.write(fd, data)
                 if written != len(data):
@@ -389,18 +541,62 @@ class RunFolder:
             os.close(fd)
 
 
+def _open_lock(path: Path) -> int:
+    """The lock file's descriptor, opened without following a symbolic link and refused
+    (`_NotOurs`) unless it is a regular file of its own (taking the lock truncates it)."""
+    lock = path / LOCK
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        if os.path.islink(lock) or err.errno == errno.ELOOP:
+            _check_kind(path, lock)
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            _check_kind(path, lock)
+            raise _refuse_kind(path, lock, "is not a regular file", f"Remove it (rm {lock}).")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _aside_epoch(path: Path) -> int | bool | None:
+    """The checkpoint epoch a set-aside's record holds (`None`: no checkpoint then), or
+    `False` if the record is missing or unreadable."""
+    try:
+        with open_regular(path, follow=False) as f:
+            record = load_json(f.read())
+    except (OSError, ValueError):
+        return False
+    if schema.problem(record, schema.SET_ASIDE) is not None:
+        return False
+    return record["epoch"]
+
+
 def _check_meta(path: Path, meta: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """`(epoch, config)` of a run checkpoint's meta, or `CheckpointError`."""
+    """`(epoch, config)` of a run checkpoint's meta, checked against `runs.schema.META`
+    (the run's settings included), or `CheckpointError`."""
     epoch, config = meta.get("epoch"), meta.get("config")
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
         raise CheckpointError(
-            f"{path}: its epoch is {epoch!r}, not a positive integer; refusing to load it."
+            f"{path}: its epoch is {_repr(epoch)}, not a positive integer; refusing to load it."
         )
     if not isinstance(config, dict):
         raise CheckpointError(
             f"{path}: its config is {type(config).__name__}, not an object; refusing to load it."
         )
+    found = schema.problem(meta, schema.META)
+    if found is not None:
+        raise CheckpointError(f"{path}: its {found}; refusing to load it.")
     return epoch, config
+
+
+def _repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_finite(path: Path, params: Any) -> None:

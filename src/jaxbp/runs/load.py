@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +13,22 @@ import numpy as np
 from jaxbp._core.config import Config
 from jaxbp._core.network import init_mlp, init_stats
 from jaxbp._files.checkpoint import CheckpointError, load_checkpoint, read_arrays
+from jaxbp._files.guard import load_json, open_regular
 from jaxbp._train.state import TrainState
+from jaxbp.runs import schema
 from jaxbp.runs.folder import (
+    ASIDE_FOLDERS,
     CHECKPOINT,
     METRICS,
     OPTIMIZERS,
     PATHS,
-    PREVIOUS,
-    RESTORING,
-    SETTING_ASIDE,
     SUMMARY,
     RunError,
     RunFolder,
     _check_finite,
     _check_meta,
     _Held,
+    _NotOurs,
     fingerprint,
     read_metrics,
 )
@@ -70,7 +71,10 @@ class Run:
         common = dict(seed=cfg["seed"], test_fraction=cfg.get("test_fraction", 0.2))
         if cfg.get("data") is not None:
             data, info = datasets.load_file(
-                cfg["data"], target=cfg.get("target"), labels=cfg.get("labels"), **common
+                self._found(cfg["data"]),
+                target=cfg.get("target"),
+                labels=None if cfg.get("labels") is None else self._found(cfg["labels"]),
+                **common,
             )
         else:
             data, info = datasets.load(cfg["dataset"], **common), datasets.INFO[cfg["dataset"]]
@@ -84,6 +88,17 @@ class Run:
                 "the data comes from another version); load the data the run trained on."
             )
         return split, info
+
+    def _found(self, name: str) -> str:
+        """A data file the run names: runs since jaxbp 0.x store it absolute; one stored
+        relative (an older run) is looked up from the working directory, or refused."""
+        if os.path.isabs(name) or os.path.exists(name):
+            return name
+        raise RunError(
+            f"{self.path}: the run names its data file by the relative path {name!r}, "
+            f"which is not found from {os.getcwd()}; load the run from the folder it was "
+            "trained in (runs trained now store the absolute path)."
+        )
 
 
 def _network(path: Path, config: dict[str, Any]) -> Config:
@@ -115,19 +130,25 @@ def _sizes(path: Path, config: dict[str, Any], stored: list[np.ndarray]) -> list
     weights = [a for a in stored[len(stored) - n_leaves :] if a.ndim == 2]
     if len(weights) != len(hidden) + 1:
         raise CheckpointError(f"{path}: its weights are not matrices; refusing to load it.")
-    return [weights[0].shape[0], *(w.shape[1] for w in weights)]
+    sizes = [weights[0].shape[0], *(w.shape[1] for w in weights)]
+    if min(sizes) < 1:
+        shapes = [list(w.shape) for w in weights]
+        raise CheckpointError(f"{path}: its weights {shapes} hold no units; refusing to load it.")
+    return sizes
 
 
 def _settle_for_reading(path: Path) -> None:
     """Put back what a run that ended before its next checkpoint set aside (a replaced
     run, a resumed run's summary and figures), by holding the folder a moment; refuse
     (`RunError`) where that cannot be done now, rather than show the run without them."""
-    aside = [name for name in (SETTING_ASIDE, PREVIOUS, RESTORING) if (path / name).is_dir()]
+    aside = [name for name in ASIDE_FOLDERS if os.path.lexists(path / name)]
     if not aside:
         return
     where = path / aside[0]
     try:
         RunFolder.hold(path).close()
+    except _NotOurs:
+        raise
     except _Held as err:
         raise RunError(
             f"out_dir {path}: process {err.holder} is writing this run and has set files "
@@ -163,7 +184,7 @@ def load_run(out_dir: str | Path) -> Run:
     path = Path(out_dir)
     _settle_for_reading(path)
     ckpt = path / CHECKPOINT
-    if not ckpt.is_file():
+    if not os.path.lexists(ckpt):
         raise RunError(f"out_dir {path}: no {CHECKPOINT} there; is it a jaxbp train --out folder?")
     meta, stored = read_arrays(ckpt)
     epoch, config = _check_meta(ckpt, meta)
@@ -194,10 +215,28 @@ def load_run(out_dir: str | Path) -> Run:
         opt_state = None
     _check_finite(ckpt, params)
     metrics, _ = read_metrics(path / METRICS)
-    summary = None
-    if (path / SUMMARY).is_file():
-        try:
-            summary = json.loads((path / SUMMARY).read_text())
-        except (OSError, ValueError) as err:
-            raise RunError(f"{path / SUMMARY}: not readable JSON ({err}).") from None
-    return Run(path, params, opt_state, config, epoch, metrics[:epoch], summary, network, stats)
+    return Run(
+        path, params, opt_state, config, epoch, metrics[:epoch], _summary(path), network, stats
+    )
+
+
+def _summary(path: Path) -> dict[str, Any] | None:
+    """`summary.json` of the folder, checked against `runs.schema.SUMMARY`; `None` if the
+    run never finished."""
+    where = path / SUMMARY
+    if not os.path.lexists(where):
+        return None
+    try:
+        with open_regular(where) as f:
+            summary = load_json(f.read())
+    except OSError as err:
+        raise RunError(f"{where}: not readable JSON ({err.strerror}).") from None
+    except ValueError as err:
+        raise RunError(f"{where}: not readable JSON ({err}).") from None
+    found = schema.problem(summary, schema.SUMMARY)
+    if found is not None:
+        raise RunError(
+            f"{where}: its {found}; the summary is damaged or was not written by jaxbp "
+            "(delete it, and jaxbp train --resume writes it again)."
+        )
+    return summary
