@@ -292,3 +292,25 @@ def test_big_endian_npz_arrays_read_as_their_values(tmp_path):
     theirs, _ = datasets.load_file(swapped)
     for a, b in zip(mine, theirs):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_nearly_constant_column_is_refused_without_a_warning(tmp_path):
+    """Found by fuzzing: training rows of a column 1e-160 apart and a test row at 1e150
+    standardise past float64 (an overflow warning, a second line on stderr, before the
+    refusal); and a regression target whose test value lies past float32 once
+    standardised became inf in `y_test`, silently."""
+    n = 20
+    test_rows = np.random.default_rng(0).permutation(n)[: round(0.2 * n)]
+    x = np.zeros((n, 2))
+    x[:, 0] = np.arange(n) % 2 * 1e-160
+    x[test_rows[0], 0] = 1e150
+    x[:, 1] = np.arange(n)
+    y = np.arange(n) % 2
+    np.savez(tmp_path / "x.npz", x=x, y=y)
+    with pytest.raises(ValueError, match=r"x\.npz: feature column 0 of sample .* beyond float32"):
+        datasets.load_file(tmp_path / "x.npz")
+    y = np.random.default_rng(1).normal(size=n) * 1e-39
+    y[test_rows[0]] = 1.0
+    np.savez(tmp_path / "y.npz", x=np.arange(2.0 * n).reshape(n, 2), y=y)
+    with pytest.raises(ValueError, match=r"y\.npz: the target of sample .* beyond float32"):
+        datasets.load_file(tmp_path / "y.npz", task="regression")

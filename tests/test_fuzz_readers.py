@@ -517,9 +517,13 @@ def zip_of(members: list[tuple[str, bytes]], compression: int = zipfile.ZIP_STOR
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "Duplicate name" is the point of some cases
-        with zipfile.ZipFile(buf, "w", compression=compression) as z:
+        with zipfile.ZipFile(buf, "w") as z:
             for name, data in members:
-                z.writestr(name, data)
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                if not info.filename:  # "/" or a NUL byte: zipfile's name is empty
+                    info = zipfile.ZipInfo("m", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = compression
+                z.writestr(info, data)
     return buf.getvalue()
 
 

@@ -13,7 +13,8 @@ Every outcome is tallied by reader: `read` (a correct read), `refused` (the docu
 error, one line naming the file) or `crash: CLASS` (anything else: an exception of
 another type, an error that does not name the file, a read that breaks the format's
 rules). It prints the counts and one message per crash class, and exits 1 if any case
-crashed (0 otherwise). Hypothesis draws the cases at random: each run tries new ones.
+crashed or a case could not be built (0 otherwise). Hypothesis draws the cases at
+random: each run tries new ones.
 """
 
 from __future__ import annotations
@@ -44,10 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     import test_fuzz_readers as fuzz
 
     tests = [t for t in fuzz.FUZZ_TESTS if not args.only or any(o in t.__name__ for o in args.only)]
+    broken = 0
     with fuzz.recording() as tally:
         for test in tests:
             start = time.perf_counter()
-            test()
+            try:
+                test()
+            except Exception as err:  # the harness itself, not a reader: say so, go on
+                broken += 1
+                print(f"{test.__name__}: the fuzz case itself failed: {err!r}", file=sys.stderr)
             print(f"{test.__name__}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     crashed = 0
     for reader, counts in tally.items():
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         for (reader, kind), message in sorted(fuzz.EXAMPLE.items()):
             print(f"  {reader} / {kind}: {message}")
     print(f"\n{crashed} crashes in {sum(sum(c.values()) for c in tally.values())} inputs")
-    return 1 if crashed else 0
+    return 1 if crashed or broken else 0
 
 
 if __name__ == "__main__":

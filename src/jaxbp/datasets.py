@@ -203,7 +203,8 @@ def _standardise(v: np.ndarray, train: np.ndarray) -> np.ndarray:
         v = v / np.where(peak > 2.0**500, np.exp2(np.floor(np.log2(np.maximum(peak, 1.0)))), 1.0)
     mean, std = v[train].mean(axis=0), v[train].std(axis=0)
     std = np.where(std > 0, std, 1.0)  # constant features (digits' corner pixels) stay 0
-    return (v - mean) / std
+    with np.errstate(over="ignore"):  # a nearly constant column: inf, refused by `_split`
+        return (v - mean) / std
 
 
 def _split(
@@ -242,8 +243,22 @@ def _split(
             if standardise
             else f"{where} is {x[row, col]:.3g}, beyond float32; rescale it or standardise."
         )
+    with np.errstate(over="ignore"):
+        y32 = y.astype(y_dtype)
+    if info.task == "regression" and not np.all(np.isfinite(y32)):
+        row = int(np.argmin(np.isfinite(y32)))
+        raise ValueError(
+            f"{source}: the target of sample {row} (0-based) lies {y[row]:.3g} training "
+            "standard deviations from the training mean, beyond float32; rescale the target "
+            "or drop that sample."
+            if standardise
+            else f"{source}: the target of sample {row} (0-based) is {y[row]:.3g}, beyond "
+            "float32; rescale it or standardise."
+        )
     as_y = lambda v: jnp.asarray(v, y_dtype)  # noqa: E731
-    return Dataset(jnp.asarray(x32[train]), as_y(y[train]), jnp.asarray(x32[test]), as_y(y[test]))
+    return Dataset(
+        jnp.asarray(x32[train]), as_y(y32[train]), jnp.asarray(x32[test]), as_y(y32[test])
+    )
 
 
 def _sklearn(name: str) -> tuple[np.ndarray, np.ndarray]:

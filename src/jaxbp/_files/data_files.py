@@ -100,7 +100,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     for name, arr in (("x", x), ("y", y)):
         if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
             raise ValueError(f"{path}: {name} must be real numbers; got dtype {arr.dtype}.")
-    with np.errstate(over="ignore"):  # past float64 (longdouble): inf, refused as not finite
+    with np.errstate(over="ignore", invalid="ignore"):  # inf or NaN: refused as not finite
         return x.astype(np.float64), y.astype(np.float64)
 
 

@@ -95,16 +95,14 @@ def _member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
                 data += chunk
             if len(data) != want or f.read(1):  # reading to the end checks the CRC
                 raise ArchiveError(f"its member {name!r} is truncated or has extra bytes")
+        if dtype.itemsize == 0:
+            array = np.zeros(shape, dtype)
+        else:
+            array = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
+        return array if dtype.isnative else array.astype(dtype.newbyteorder("="))
     except ArchiveError:
         raise
-    except Exception as err:  # a damaged header, stream or CRC: zipfile's and numpy's errors
+    except Exception as err:  # a damaged header, stream or CRC, a shape numpy refuses, ...
         raise ArchiveError(
             f"its member {name!r} is damaged ({type(err).__name__}: {err})"
         ) from None
-    if dtype.itemsize == 0:
-        array = np.zeros(shape, dtype)
-    else:
-        array = np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C")
-    if not dtype.isnative:
-        array = array.astype(dtype.newbyteorder("="))
-    return array

@@ -7,6 +7,12 @@ which the writing run holds (`flock`) so that a second run into the same folder 
 refused at once. Whatever a crash leaves (a torn last metrics line, a temporary
 checkpoint file) is repaired or ignored, never trusted.
 
+Every record in the folder keeps a schema (`jaxbp.runs.schema`: each field a type and a
+range), checked when it is written and when it is read: a metrics line, the summary,
+the checkpoint's meta and the run's settings in it. Nothing is followed out of the
+folder: each name the run writes must be a regular file (the lock and the log with no
+other hard link), or the folder is refused before anything in it changes.
+
 `jaxbp train` is one client of this module; a training loop of one's own writes a folder
 that `load_run` reads by the same calls, when the settings it saves name the network as
 `jaxbp train`'s do (`hidden`, `activation`, `loss`, `optimizer`, `lr`, `seed`, `dataset`
@@ -24,6 +30,7 @@ or `data`). `jaxbp train --resume` continues it only when the settings are all t
 """
 
 from jaxbp._files.checkpoint import write_atomic
+from jaxbp.runs import schema
 from jaxbp.runs.folder import (
     CHECKPOINT,
     FIGURES,
@@ -53,5 +60,6 @@ __all__ = [
     "fingerprint",
     "load_run",
     "read_metrics",
+    "schema",
     "write_atomic",
 ]

@@ -51,6 +51,7 @@ RUN_FILES = (METRICS, CHECKPOINT, SUMMARY, *FIGURES)
 ASIDE_FOLDERS = (SETTING_ASIDE, PREVIOUS, RESTORING)
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted as the lock never blocks the run
 
 OPTIMIZERS = {
     "sgd": lambda lr: optax.sgd(lr),
@@ -187,7 +188,8 @@ def _check_kind(folder: Path, path: Path, *, want_folder: bool = False, links: b
         return
     except OSError as err:
         raise RunError(f"--out {folder}: cannot look at {path} ({err.strerror}).") from None
-    remove = f"Remove it (rm {path}) or choose another --out."
+    rm = "rm -r" if stat.S_ISDIR(st.st_mode) else "rm"
+    remove = f"Remove it ({rm} {path}) or choose another --out."
     if want_folder:
         if not stat.S_ISDIR(st.st_mode):
             raise _refuse_kind(folder, path, f"is {kind_of(st.st_mode)}, not a folder", remove)
@@ -523,6 +525,7 @@ class RunFolder:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
                 _check_kind(self.path, metrics)
+                raise _refuse_kind(self.path, metrics, "changed kind", f"Remove it (rm {metrics}).")
             size = st.st_size
             try:
                 written = os.write(fd, data)
@@ -546,9 +549,9 @@ def _open_lock(path: Path) -> int:
     (`_NotOurs`) unless it is a regular file of its own (taking the lock truncates it)."""
     lock = path / LOCK
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC | os.O_NONBLOCK, 0o644)
-    except OSError as err:
-        if os.path.islink(lock) or err.errno == errno.ELOOP:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC | NONBLOCK, 0o644)
+    except OSError:
+        if os.path.lexists(lock):  # a link, a folder, ...: refused naming it
             _check_kind(path, lock)
         raise
     try:
@@ -556,7 +559,8 @@ def _open_lock(path: Path) -> int:
         if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
             _check_kind(path, lock)
             raise _refuse_kind(path, lock, "is not a regular file", f"Remove it (rm {lock}).")
-        os.set_blocking(fd, True)
+        if NONBLOCK:
+            os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise

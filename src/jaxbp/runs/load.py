@@ -69,6 +69,12 @@ class Run:
 
         cfg = self.config
         common = dict(seed=cfg["seed"], test_fraction=cfg.get("test_fraction", 0.2))
+        if cfg.get("data") is None and cfg.get("dataset") not in datasets.INFO:
+            raise RunError(
+                f"{self.path}: its settings name no data file (data) and no built-in dataset "
+                f"(dataset: {cfg.get('dataset')!r}, not one of {sorted(datasets.INFO)}); "
+                "load the data the run trained on yourself."
+            )
         if cfg.get("data") is not None:
             data, info = datasets.load_file(
                 self._found(cfg["data"]),
@@ -188,6 +194,11 @@ def load_run(out_dir: str | Path) -> Run:
         raise RunError(f"out_dir {path}: no {CHECKPOINT} there; is it a jaxbp train --out folder?")
     meta, stored = read_arrays(ckpt)
     epoch, config = _check_meta(ckpt, meta)
+    if (found := schema.problem(config, schema.LOADABLE, prefix="config.")) is not None:
+        raise CheckpointError(
+            f"{ckpt}: its {found}; load_run rebuilds a run from the settings jaxbp train "
+            "saves (hidden, activation, loss, seed, ...); refusing to load it."
+        )
     network = _network(ckpt, config)
     sizes = _sizes(ckpt, config, stored)
     params = init_mlp(jax.random.key(0), sizes, norm=network.norm)

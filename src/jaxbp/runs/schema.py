@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "CONFIG",
+    "LOADABLE",
     "META",
     "METRICS_LINE",
     "PARITY",
@@ -182,6 +183,13 @@ CONFIG: dict[str, Rule] = {
 }
 """A run's settings, as `jaxbp train` stores them (`Run.config`): those a loop of one's
 own saves must keep the same rules."""
+
+LOADABLE: dict[str, Rule] = {
+    **CONFIG,
+    **{name: required(CONFIG[name]) for name in ("hidden", "activation", "loss", "seed")},
+}
+"""The settings `load_run` rebuilds a run from: `CONFIG`, with the network's and the
+split's (a loop of one's own must save these, as `jaxbp train` does)."""
 
 PARITY: dict[str, Rule] = {
     "max_rel_err": required(FIGURE),
