@@ -108,7 +108,8 @@ def _run(job: Job) -> int:
 class Figure(NamedTuple):
     """A parity check as the summary and the checkpoints keep it (`runs.schema.PARITY`):
     a run's checkpoints carry the one taken at initialisation, so that a resumed run's
-    summary reports what the uninterrupted run's does."""
+    summary reports what the uninterrupted run's does (a run resumed from a checkpoint
+    written before they carried it takes its figure where it resumes, and carries that)."""
 
     max_rel_err: float
     atol: float
