@@ -250,6 +250,20 @@ def test_refused_by_name(fn, changes, match):
         fn(params, x, y, **kw)
 
 
+def test_kfac_inverts_the_psd_part_of_a_factor_rounding_made_indefinite():
+    """A running average that float32 rounding left with a negative eigenvalue (seen at
+    -4e-6) still gives a positive-definite preconditioner for a damping below it."""
+    q = jnp.linalg.qr(jax.random.normal(KEY, (4, 4)))[0]
+    w = jnp.asarray([-4e-6, 0.0, 0.5, 2.0])
+    factor = (q * w[None, :]) @ q.T
+    path = jaxbp.KFAC(damping=1e-14)
+    state = jaxbp.KFACState([factor], [factor], [], [], jnp.zeros((), jnp.int32))
+    inv = path._refreshed(state).inv_A[0]
+    want = (q / (jnp.maximum(w, 0) + 1e-7)[None, :]) @ q.T
+    np.testing.assert_allclose(inv, want, rtol=1e-9)
+    assert float(jnp.min(jnp.linalg.eigvalsh(inv))) > 0
+
+
 def test_kfac_path_step_is_the_preconditioned_gradient_and_trains():
     params, x, y, cfg = problem(CASES[0])
     net = jaxbp.Network.of(params, cfg)
