@@ -4,6 +4,7 @@ Each script runs in a subprocess, as a user would run it (`python experiments/NA
 with `--smoke --out <tmp_path>`.
 """
 
+import numpy as np
 import pytest
 
 import jaxbp
@@ -40,9 +41,14 @@ def test_vanishing_gradients(tmp_path):
             assert all(len(norms) == r["depth"] for norms in stats["delta_norms"])
             assert len(stats["delta_ratio"]) == data["config"]["seeds"]
             assert set(stats["delta_ratio_summary"]) >= {"geomean", "min", "max"}
+            saturated = np.asarray(stats["saturated"])  # (threshold, hidden layer)
+            assert saturated.shape == (2, r["depth"] - 1)
+            assert np.all((saturated >= 0) & (saturated <= 1))
+            assert np.all(saturated[0] <= saturated[1])  # a stricter threshold counts fewer
         assert len(r["test_accuracy"]) == data["config"]["seeds"]
     md = (tmp_path / "vanishing_gradients.md").read_text()
     assert "## Verdict" in md and "| activation | init | depth |" in md
+    assert "## Saturation at depth 3" in md
 
 
 def test_memory_for_time(tmp_path):
