@@ -31,10 +31,12 @@ def test_outputs(tmp_path, capsys):
         "seconds",
         "train_loss",
         "test_loss",
+        "train_accuracy",
         "test_accuracy",
         "parity_max_rel_err",
     } <= set(summary)
     assert summary["test_loss"] == lines[-1]["test_loss"]
+    assert summary["train_accuracy"] == lines[-1]["train_accuracy"]
     assert summary["parity_dtype"] == "float64" and summary["parity_max_rel_err"] < 1e-12
     assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
 
@@ -154,6 +156,45 @@ def test_diagnostics_logged_and_plotted(tmp_path, capsys):
     assert (tmp_path / "diagnostics.png").read_bytes().startswith(b"\x89PNG")
     code, _, err = run_train(capsys, *args, "--diagnostics", "--grad", "autodiff")
     assert code == 2 and "use --grad manual" in err
+
+
+def test_saturation_threshold_is_a_flag_and_changes_no_step(tmp_path, capsys):
+    """--saturation T counts units whose slope is below T x the activation's largest: a
+    larger T counts at least as many, and the training is the same."""
+    args = ["--dataset", "xor", "--hidden", "8,8", "--activation", "sigmoid", "--epochs", "2"]
+    logged = {}
+    for t in ("0.1", "0.9"):
+        out = tmp_path / t
+        code, _, err = run_train(
+            capsys, *args, "--quiet", "--diagnostics", "--saturation", t, "--out", str(out)
+        )
+        assert code == 0, err
+        logged[t] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        config = json.loads((out / "summary.json").read_text())["config"]
+        assert config["saturation"] == float(t)
+    for low, high in zip(logged["0.1"], logged["0.9"], strict=True):
+        assert low["train_loss"] == high["train_loss"]
+        assert all(a <= b for a, b in zip(low["saturated"], high["saturated"], strict=True))
+    assert sum(logged["0.9"][-1]["saturated"]) > sum(logged["0.1"][-1]["saturated"])
+    # a threshold only changes what is counted: a resumed run may change it
+    more = [*args, "--quiet", "--diagnostics", "--epochs", "3", "--out", str(tmp_path / "0.1")]
+    code, _, err = run_train(capsys, *more, "--saturation", "0.5", "--resume")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--saturation", "0.1"], "--saturation 0.1 sets the threshold of the saturated-units"),
+        (["--diagnostics", "--saturation", "0"], "argument --saturation: expected a fraction"),
+        (["--diagnostics", "--saturation", "1"], "argument --saturation: expected a fraction"),
+    ],
+    ids=["without-diagnostics", "zero", "one"],
+)
+def test_bad_saturation_is_one_line(capsys, args, fragment):
+    code, out, err = run_train(capsys, *SMALL, *args)
+    assert code == 2 and fragment in err and out == "", err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_devices(capsys):

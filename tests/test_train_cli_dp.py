@@ -33,7 +33,7 @@ def rdp_epsilon(sigma, q, steps, delta):
 
 
 def test_default_delta_is_the_largest_power_of_ten_below_one_over_n():
-    assert [default_delta(n) for n in (1437, 1000, 999, 800, 60_000, 9)] == [
+    assert [default_delta(n) for n in (1438, 1000, 999, 800, 60_000, 9)] == [
         1e-4,
         1e-4,
         1e-3,
@@ -41,29 +41,72 @@ def test_default_delta_is_the_largest_power_of_ten_below_one_over_n():
         1e-5,
         1e-1,
     ]
-    for n in (1437, 1000, 999, 800, 60_000, 9):
+    for n in (1438, 1000, 999, 800, 60_000, 9):
         assert default_delta(n) < 1 / n <= 10 * default_delta(n)
 
 
-def test_dp_run_writes_epsilon_delta_sampling_and_clipped_fraction(tmp_path, capsys):
+@pytest.mark.parametrize("sampling", [None, "poisson", "shuffle"])
+def test_dp_run_writes_epsilon_delta_sampling_and_clipped_fraction(tmp_path, capsys, sampling):
+    """Poisson sampling unless asked otherwise; epsilon after every epoch in the log and
+    the summary, each the RDP accountant's for the steps taken so far."""
+    chosen = [] if sampling is None else ["--dp-sampling", sampling]
     code, out, err = run_train(
-        capsys, *XOR, *DP, "--norm", "layer", "--epochs", "3", "--out", str(tmp_path)
+        capsys, *XOR, *DP, *chosen, "--norm", "layer", "--epochs", "3", "--out", str(tmp_path)
     )
     assert code == 0, err
     dp = json.loads((tmp_path / "summary.json").read_text())["dp"]
-    steps = 3 * -(-N_TRAIN // 50)
+    per_epoch = -(-N_TRAIN // 50)
+    steps = 3 * per_epoch
     assert (dp["steps"], dp["sample_rate"], dp["delta"]) == (steps, 50 / N_TRAIN, 1e-3)
     assert dp["epsilon"] == pytest.approx(rdp_epsilon(1.1, 50 / N_TRAIN, steps, 1e-3), rel=1e-9)
-    assert (
-        dp["accountant"] == "rdp" and "Poisson" in dp["sampling"] and "shuffled" in dp["sampling"]
-    )
+    want = [rdp_epsilon(1.1, 50 / N_TRAIN, e * per_epoch, 1e-3) for e in (1, 2, 3)]
     logged = rows(tmp_path)
+    assert [r["epsilon"] for r in logged] == pytest.approx(want, rel=1e-9)
+    assert dp["epsilon_per_epoch"] == pytest.approx(want, rel=1e-9)
+    assert dp["epsilon_per_epoch"][-1] == dp["epsilon"]
+    method = sampling or "poisson"
+    assert dp["accountant"] == "rdp" and dp["batch_sampling"] == method
+    meaning = {"poisson": "the run's guarantee", "shuffle": "as if Poisson-sampled"}[method]
+    if method == "poisson":  # each step's batch size K ~ Binomial(800, 1/16): mean 50
+        assert "guarantee" in dp["sampling"]
+        assert all(40 < r["batch"] < 60 for r in logged)
+    else:
+        assert "shuffled" in dp["sampling"] and all("batch" not in r for r in logged)
     assert all({"clipped", "grad_norm"} <= set(r) for r in logged)
     assert dp["clipped_fraction"] == pytest.approx(np.mean([r["clipped"] for r in logged]))
     assert dp["clipped_fraction_last_epoch"] == logged[-1]["clipped"]
     line = next(x for x in out.splitlines() if x.startswith("DP-SGD: epsilon"))
     assert f"epsilon {dp['epsilon']:.3g} at delta 0.001" in line and "clipped" in line
+    assert meaning in line
     assert out.splitlines()[-1].endswith("parity passed")
+
+
+def test_progress_shows_the_epsilon_spent(tmp_path, capsys):
+    args = [a for a in XOR if a != "--quiet"]
+    code, _, err = run_train(capsys, *args, *DP, "--epochs", "2", "--out", str(tmp_path))
+    assert code == 0, err
+    shown = [line for line in err.splitlines() if line.startswith("epoch ")]
+    logged = [f"epsilon {r['epsilon']:.3g}" for r in rows(tmp_path)]
+    assert len(shown) == 2 and all(e in s for e, s in zip(logged, shown, strict=True))
+
+
+def test_a_resumed_run_keeps_its_sampling_unless_told(tmp_path, capsys):
+    """A run resumed without --dp-sampling samples as its checkpoint did (runs from before
+    the flag shuffled: `completed`); asking for another sampling is refused."""
+    from jaxbp.app.settings import completed
+
+    assert completed({"dp_clip": 1.0})["dp_sampling"] == "shuffle"
+    assert completed({"dp_clip": None})["dp_sampling"] is None
+    assert completed({"dp_clip": 1.0, "dp_sampling": "poisson"})["dp_sampling"] == "poisson"
+    out = str(tmp_path)
+    args = [*XOR, *DP, "--out", out]
+    assert run_train(capsys, *args, "--dp-sampling", "shuffle", "--epochs", "1")[0] == 0
+    code, _, err = run_train(capsys, *args, "--epochs", "2", "--resume")
+    assert code == 0, err
+    dp = json.loads((tmp_path / "summary.json").read_text())["dp"]
+    assert dp["batch_sampling"] == "shuffle" and len(dp["epsilon_per_epoch"]) == 2
+    code, _, err = run_train(capsys, *args, "--dp-sampling", "poisson", "--epochs", "3", "--resume")
+    assert code == 2 and "dp_sampling: 'shuffle' in the checkpoint, 'poisson' now" in err
 
 
 def test_clipped_fraction_is_all_or_nothing_at_extreme_clips(tmp_path, capsys):
@@ -80,6 +123,7 @@ def test_without_clipping_or_noise_dp_sgd_is_plain_sgd(tmp_path, capsys):
     plain, dp = tmp_path / "plain", tmp_path / "dp"
     args = [*XOR, "--optimizer", "sgd", "--lr", "0.1", "--epochs", "3"]
     assert run_train(capsys, *args, "--out", str(plain))[0] == 0
+    args += ["--dp-sampling", "shuffle"]  # the plain run's batches
     assert (
         run_train(capsys, *args, "--dp-clip", "1e6", "--dp-noise", "1e-30", "--out", str(dp))[0]
         == 0
@@ -139,6 +183,8 @@ BAD = [
     ([*DP, "--diagnostics"], "--diagnostics is not available with DP-SGD"),
     ([*DP, "--devices", "1"], "--devices cannot split a DP-SGD run"),
     (["--dp-delta", "1e-5"], "--dp-delta sets the delta of a DP-SGD run's epsilon; it needs"),
+    (["--dp-sampling", "poisson"], "--dp-sampling sets how a DP-SGD run samples its batches; it"),
+    ([*DP, "--dp-sampling", "uniform"], "argument --dp-sampling: invalid choice: 'uniform'"),
     ([*DP, "--dp-delta", "0.01"], "--dp-delta 0.01: at least 1/n_train = 1/800"),
     ([*DP, "--dp-delta", "1"], "argument --dp-delta: expected a probability strictly between"),
     (["--dp-clip", "0", "--dp-noise", "1"], "argument --dp-clip: expected a positive number"),

@@ -42,6 +42,7 @@ from jaxbp._privacy.accounting import (
     dp_noise_multiplier,
 )
 from jaxbp._privacy.dp import DPSGD, dp_value_and_grad, make_dp_train_epoch, make_dp_train_step
+from jaxbp._privacy.tracker import DPTracker
 from jaxbp._train.builders import epoch_fn, step_fn, sweep_fn
 from jaxbp._train.diagnostics import backward_flow_stats
 from jaxbp._train.epochs import epoch_batches, epoch_means
@@ -72,6 +73,7 @@ __all__ = [
     "Config",
     "Context",
     "DPSampling",
+    "DPTracker",
     "Dense",
     "Dropout",
     "EigenFactors",

@@ -88,6 +88,10 @@ positive_float = float_where(
 dropout_rate = float_where(
     lambda v: 0 <= v < 1, "a rate from 0 (no dropout) up to but excluding 1, e.g. 0.2"
 )
+threshold = float_where(
+    lambda v: 0 < v < 1,
+    "a fraction strictly between 0 and 1 of the activation's largest slope, e.g. 0.01",
+)
 probability = float_where(
     lambda v: 0 < v < 1, "a probability strictly between 0 and 1, e.g. 1e-5 (a DP delta)"
 )
@@ -162,6 +166,13 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="log per-layer ||delta_l||, ||dW_l|| and saturated units per epoch (manual gradients)",
     )
+    parser.add_argument(
+        "--saturation",
+        type=threshold,
+        metavar="T",
+        help="with --diagnostics: a unit is saturated where its slope phi'(z) is below T times "
+        "the activation's largest (default: 0.01)",
+    )
     parser.add_argument("--devices", type=positive_int, help="split each batch over N devices")
     parser.add_argument(
         "--norm",
@@ -196,9 +207,17 @@ def _add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=probability,
         metavar="D",
         help="the delta of the (epsilon, delta) reported; default: the largest power of ten "
-        "below 1/n_train (1e-4 for digits' 1437 training rows). delta is the chance that "
+        "below 1/n_train (1e-4 for digits' 1438 training rows). delta is the chance that "
         "the guarantee fails outright, so it must stay well below 1/n: at 1/n, releasing "
         "one random example whole would qualify",
+    )
+    dp.add_argument(
+        "--dp-sampling",
+        choices=("poisson", "shuffle"),
+        help="how batches are drawn: poisson (the default: each example in each step's batch "
+        "with probability batch_size/n_train, the sampling the accountant analyses, so "
+        "epsilon is a guarantee) or shuffle (fixed-size batches of one permutation per "
+        "epoch: epsilon is the 'as if Poisson' figure); a resumed run keeps its own",
     )
 
 

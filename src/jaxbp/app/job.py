@@ -16,7 +16,7 @@ import optax
 
 import jaxbp
 from jaxbp import datasets
-from jaxbp.app.settings import ADDED_SETTINGS, RESUMABLE_CHANGES, JobError, Settings
+from jaxbp.app.settings import RESUMABLE_CHANGES, JobError, Settings, completed
 from jaxbp.runs import METRICS, OPTIMIZERS, PATHS, RunFolder, describe, fingerprint
 
 __all__ = [
@@ -36,16 +36,26 @@ MAX_ACTIVATIONS = 2**30
 """Most hidden and output values one batch may hold (batch size x the sum of the widths)."""
 
 
-SAMPLING = (
-    "shuffled fixed-size batches (one permutation per epoch), accounted as Poisson sampling "
-    "at rate batch_size / n_train: the figure common practice reports, not a proven bound "
-    "for shuffled batches (see jaxbp.dp_epsilon)"
-)
-"""How a DP-SGD run of `jaxbp train` samples its batches, and what its epsilon means."""
+SAMPLING = {
+    "poisson": (
+        "Poisson sampling at rate batch_size / n_train (each example in each step's batch "
+        "with that probability; padded and masked, the sum divided by the expected batch "
+        "size): the sampling the RDP accountant analyses, so epsilon is the run's guarantee"
+    ),
+    "shuffle": (
+        "shuffled fixed-size batches (one permutation per epoch), accounted as Poisson "
+        "sampling at rate batch_size / n_train: the figure common practice reports, not a "
+        "proven bound for shuffled batches (see jaxbp.dp_epsilon)"
+    ),
+}
+"""How a DP-SGD run of `jaxbp train` samples its batches (`--dp-sampling`), and what its
+epsilon means."""
 
 
 class Privacy(NamedTuple):
-    """A DP-SGD run's plan and the privacy it spends over all `--epochs` (RDP accountant)."""
+    """A DP-SGD run's plan and the privacy it spends over all `--epochs` (RDP accountant):
+    `steps` in all, `per_epoch` each epoch, batches sampled by `sampling` ("poisson" or
+    "shuffle")."""
 
     l2_clip: float
     noise_multiplier: float
@@ -53,10 +63,18 @@ class Privacy(NamedTuple):
     sample_rate: float
     steps: int
     epsilon: float
+    sampling: str
+    per_epoch: int
+
+    def tracker(self, epochs: int) -> jaxbp.DPTracker:
+        """The privacy spent after `epochs` epochs (`jaxbp.DPTracker`)."""
+        return jaxbp.DPTracker(
+            self.noise_multiplier, self.sample_rate, self.delta, epochs * self.per_epoch
+        )
 
 
 def default_delta(n: int) -> float:
-    """The largest power of ten strictly below `1 / n`: 1e-4 for 1437 examples, 1e-4 for
+    """The largest power of ten strictly below `1 / n`: 1e-4 for 1438 examples (digits), 1e-4 for
     1000 (1e-3 would equal 1/n)."""
     return 10.0 ** -len(str(n))
 
@@ -133,6 +151,8 @@ def prepare(settings: Settings) -> Job:
     )
     optimizer = OPTIMIZERS[settings.optimizer](settings.lr)
     path = PATHS.get(settings.optimizer, settings.grad)  # K-FAC brings its own
+    if settings.saturation is not None:  # the diagnostics' threshold
+        path = jaxbp.Manual(threshold=settings.saturation)
     opt_state = jaxbp.init_train_state(optimizer, params, model, path=PATHS.get(settings.optimizer))
     metric = jaxbp.TASKS[info.task].metric
     folder, history, parity = None, (), None
@@ -144,6 +164,8 @@ def prepare(settings: Settings) -> Job:
                 logged = _logged(metric, privacy is not None)
                 params, opt_state, history = _resume(folder, settings, config, like, logged)
                 parity = folder.initial_parity()
+                if privacy is not None:  # the checkpoint's sampling, unless one was given
+                    privacy = privacy._replace(sampling=config["dp_sampling"])
             else:
                 what = describe(folder.path)
                 if what is not None and not settings.overwrite:
@@ -192,19 +214,27 @@ def _privacy(settings: Settings, n_train: int) -> Privacy:
             "the guarantee fails outright, and at 1/n releasing one random example whole "
             f"would qualify. Use a delta below 1/n, e.g. {default_delta(n_train):g} (the default)."
         )
-    sampling = jaxbp.dp_epoch_sampling(
-        n=n_train, batch_size=settings.batch_size, epochs=settings.epochs
-    )
+    plan = jaxbp.dp_epoch_sampling(n=n_train, batch_size=settings.batch_size, epochs=1)
     try:
-        epsilon = jaxbp.dp_epsilon(
-            noise_multiplier=settings.dp_noise,
-            sample_rate=sampling.sample_rate,
-            steps=sampling.steps,
-            delta=delta,
+        tracker = jaxbp.DPTracker.of(
+            noise_multiplier=settings.dp_noise, sample_rate=plan.sample_rate, delta=delta
         )
     except ImportError as err:
         raise JobError(f"--dp-clip/--dp-noise: {err}") from None
-    return Privacy(settings.dp_clip, settings.dp_noise, delta, *sampling, epsilon)
+    steps = settings.epochs * plan.steps
+    epsilon = tracker.advanced(steps).epsilon
+    sampling = settings.sampling
+    assert sampling is not None
+    return Privacy(
+        settings.dp_clip,
+        settings.dp_noise,
+        delta,
+        plan.sample_rate,
+        steps,
+        epsilon,
+        sampling,
+        plan.steps,
+    )
 
 
 def _load(settings: Settings) -> tuple[datasets.Dataset, datasets.DatasetInfo]:
@@ -277,7 +307,9 @@ def _resume(
     if found is None:
         raise JobError(f"--resume: no checkpoint in {folder.path} (expected {folder.checkpoint}).")
     epoch, saved = found
-    saved = {**ADDED_SETTINGS, "data_sha256": config["data_sha256"], **saved}  # older: unknown
+    saved = completed({"data_sha256": config["data_sha256"], **saved})  # older: unknown
+    if settings.dp_sampling is None and config["dp_sampling"] is not None:
+        config["dp_sampling"] = saved["dp_sampling"]  # not asked for: the run's own
     for name in ("data", "labels"):  # older runs stored them as given: relative to here
         if isinstance(saved.get(name), str):
             saved[name] = _absolute(saved[name])

@@ -27,9 +27,10 @@ DEFAULTS: dict[str | None, dict[str, Any]] = {
 """Per-dataset settings that `jaxbp train` uses unless a flag says otherwise; every
 dataset also defaults to adam, lr 1e-3, batch size 32."""
 
-RESUMABLE_CHANGES = ("lr", "grad", "dp_delta")
+RESUMABLE_CHANGES = ("lr", "grad", "dp_delta", "saturation")
 """Settings that `--resume` may change (besides `--epochs`); any other must match.
-`dp_delta` only chooses where the privacy spent is read off: it changes no step."""
+`dp_delta` only chooses where the privacy spent is read off, `saturation` what the
+diagnostics count: neither changes a step."""
 
 ADDED_SETTINGS: dict[str, Any] = {
     "norm": None,
@@ -37,9 +38,22 @@ ADDED_SETTINGS: dict[str, Any] = {
     "dp_clip": None,
     "dp_noise": None,
     "dp_delta": None,
+    "saturation": None,
 }
 """Settings that checkpoints written before they existed lack, with the value those runs
-had (a missing one compares equal to it on `--resume`)."""
+had (a missing one compares equal to it on `--resume`); see also `completed`."""
+
+DP_SAMPLINGS = ("poisson", "shuffle")
+"""How a DP-SGD run of `jaxbp train` samples its batches (`--dp-sampling`; default
+poisson, the sampling its epsilon is a guarantee for)."""
+
+
+def completed(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's settings with those it predates filled in as its run had them:
+    `ADDED_SETTINGS`, and `dp_sampling` "shuffle" for a DP-SGD run (the only sampling
+    before `--dp-sampling`), `None` for any other."""
+    dp = saved.get("dp_clip") is not None
+    return {**ADDED_SETTINGS, "dp_sampling": "shuffle" if dp else None, **saved}
 
 
 class JobError(Exception):
@@ -77,6 +91,8 @@ class Settings:
     dp_clip: float | None = None
     dp_noise: float | None = None
     dp_delta: float | None = None
+    dp_sampling: str | None = None
+    saturation: float | None = None
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> Settings:
@@ -112,6 +128,8 @@ class Settings:
             dp_clip=ns.dp_clip,
             dp_noise=ns.dp_noise,
             dp_delta=ns.dp_delta,
+            dp_sampling=ns.dp_sampling,
+            saturation=ns.saturation,
         )
         settings.check()
         return settings
@@ -151,6 +169,11 @@ class Settings:
                 f"--optimizer kfac preconditions the manual gradient of dense layers with "
                 f"their Kronecker factors, and {flag} does not go with it: drop {flag}, or "
                 "use another --optimizer."
+            )
+        if self.saturation is not None and not self.diagnostics:
+            raise JobError(
+                f"--saturation {self.saturation:g} sets the threshold of the saturated-units "
+                "diagnostic; it needs --diagnostics."
             )
         if self.diagnostics and self.grad != "manual":
             raise JobError(
@@ -200,11 +223,12 @@ class Settings:
                 "--dp-noise 1.1)."
             )
         if not self.dp:
-            if self.dp_delta is not None:
-                raise JobError(
-                    "--dp-delta sets the delta of a DP-SGD run's epsilon; it needs --dp-clip "
-                    "and --dp-noise."
-                )
+            for flag, given, what in (
+                ("--dp-delta", self.dp_delta, "the delta of a DP-SGD run's epsilon"),
+                ("--dp-sampling", self.dp_sampling, "how a DP-SGD run samples its batches"),
+            ):
+                if given is not None:
+                    raise JobError(f"{flag} sets {what}; it needs --dp-clip and --dp-noise.")
             return
         refusals = (
             (  # a layer whose record has no per-example gradients: only a --norm one here
@@ -261,4 +285,14 @@ class Settings:
             "dp_clip": self.dp_clip,
             "dp_noise": self.dp_noise,
             "dp_delta": dp_delta,
+            "dp_sampling": self.sampling,
+            "saturation": self.saturation,
         }
+
+    @property
+    def sampling(self) -> str | None:
+        """A DP-SGD run's batch sampling (`--dp-sampling`, default "poisson"), or `None`.
+        A resumed run given no `--dp-sampling` keeps its checkpoint's (`job.prepare`)."""
+        if not self.dp:
+            return None
+        return self.dp_sampling or "poisson"

@@ -71,10 +71,13 @@ def _run(job: Job) -> int:
     privacy = None
     if job.privacy is not None:
         privacy = _privacy_summary(job.privacy, history)
+        meaning = {
+            "poisson": "Poisson-sampled batches: the run's guarantee",
+            "shuffle": "as if Poisson-sampled (batches are shuffled)",
+        }[job.privacy.sampling]
         print(
-            f"DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} (RDP); "
-            f"{privacy['clipped_fraction']:.1%} of example gradients clipped; "
-            "epsilon as if Poisson-sampled (batches are shuffled)"
+            f"DP-SGD: epsilon {privacy['epsilon']:.3g} at delta {privacy['delta']:g} (RDP, "
+            f"{meaning}); {privacy['clipped_fraction']:.1%} of example gradients clipped"
         )
     print(
         f"{s.epochs} epochs in {seconds:.1f} s of training; "
@@ -88,6 +91,7 @@ def _run(job: Job) -> int:
             "seconds": seconds,
             "train_loss": last["train_loss"],
             "test_loss": last["test_loss"],
+            f"train_{score}": last[f"train_{score}"],
             f"test_{score}": last[f"test_{score}"],
             "parity_max_rel_err": max(before.max_rel_err, after.max_rel_err),
             "parity_atol": max(before.atol, after.atol),
@@ -143,26 +147,34 @@ def _layers(settings: Settings) -> str:
 
 
 def _privacy_line(p: Privacy) -> str:
+    sampled = {
+        "poisson": "Poisson-sampled batches, so a guarantee",
+        "shuffle": "as if batches were Poisson-sampled; they are shuffled, see jaxbp.dp_epsilon",
+    }[p.sampling]
     return (
         f"clip {p.l2_clip:g}, noise {p.noise_multiplier:g}; {p.steps} steps at sampling rate "
-        f"{p.sample_rate:.4g} spend epsilon {p.epsilon:.3g} at delta {p.delta:g} (RDP accountant, "
-        "as if batches were Poisson-sampled; they are shuffled, see jaxbp.dp_epsilon)"
+        f"{p.sample_rate:.4g} spend epsilon {p.epsilon:.3g} at delta {p.delta:g} (RDP "
+        f"accountant, {sampled})"
     )
 
 
 def _privacy_summary(p: Privacy, history: list[dict[str, Any]]) -> dict[str, Any]:
     """What summary.json says of a DP-SGD run: the privacy spent over all its epochs and
-    the fraction of example gradients clipped (over all epochs, and in the last)."""
+    after each (at this run's delta, whatever delta logged them), how batches were
+    sampled, and the fraction of example gradients clipped (over all epochs, and in the
+    last)."""
     clipped = [h["clipped"] for h in history]
     return {
         "epsilon": p.epsilon,
+        "epsilon_per_epoch": [p.tracker(epoch).epsilon for epoch in range(1, len(history) + 1)],
         "delta": p.delta,
         "accountant": "rdp",
         "l2_clip": p.l2_clip,
         "noise_multiplier": p.noise_multiplier,
         "sample_rate": p.sample_rate,
         "steps": p.steps,
-        "sampling": SAMPLING,
+        "batch_sampling": p.sampling,
+        "sampling": SAMPLING[p.sampling],
         "clipped_fraction": sum(clipped) / len(clipped),
         "clipped_fraction_last_epoch": clipped[-1],
     }
@@ -187,6 +199,7 @@ def _train(job: Job, before: Figure) -> tuple[Any, list[dict[str, Any]]] | None:
             diagnostics=s.diagnostics,
             grad_norm=True,
             mesh=job.mesh,
+            donate=True,  # the loop never reads an epoch's inputs again
         )
     else:  # DP-SGD: the manual path's per-example gradients, clipped, noised
         train_epoch = jaxbp.make_dp_train_epoch(
@@ -195,6 +208,8 @@ def _train(job: Job, before: Figure) -> tuple[Any, list[dict[str, Any]]] | None:
             batch_size=s.batch_size,
             l2_clip=job.privacy.l2_clip,
             noise_multiplier=job.privacy.noise_multiplier,
+            sampling=job.privacy.sampling,
+            donate=True,
         )
     steps = -(-x_train.shape[0] // s.batch_size)
     start = time.perf_counter()  # compile once, outside the timed epochs
@@ -237,6 +252,8 @@ def _train(job: Job, before: Figure) -> tuple[Any, list[dict[str, Any]]] | None:
         row |= {
             k: np.mean(np.asarray(v), axis=0).tolist() for k, v in metrics.items() if k != "loss"
         }
+        if job.privacy is not None:  # the privacy spent so far, at this run's delta
+            row["epsilon"] = job.privacy.tracker(epoch).epsilon
         if (found := schema.problem(row, schema.METRICS_LINE)) is not None:
             _stop(job, epoch, f"the record of epoch {epoch} is not finite ({found})")
             return None
@@ -300,6 +317,8 @@ class _Progress:
             return
         done = round(24 * epoch / self.total)
         score = f"{self.metric} {row[f'test_{self.metric}']:.4f}"
+        if "epsilon" in row:
+            score += f"  epsilon {row['epsilon']:.3g}"
         line = (
             f"epoch {epoch:>{len(str(self.total))}}/{self.total} {'#' * done}{'.' * (24 - done)} "
             f"loss {row['train_loss']:.4f}  test {score}  {row['samples_per_s']:,.0f} samples/s"

@@ -152,6 +152,8 @@ METRICS_LINE: dict[str, Rule] = {
     "train_r2": number(high=1),
     "test_r2": number(high=1),
     "clipped": UNIT,
+    "batch": NONNEGATIVE,
+    "epsilon": number(0, finite=False),
     "grad_norm": NONNEGATIVE,
     "delta_norm": list_of(NONNEGATIVE),
     "grad_W_norm": list_of(NONNEGATIVE),
@@ -179,6 +181,8 @@ CONFIG: dict[str, Rule] = {
     "dp_clip": nullable(number(0, open_low=True)),
     "dp_noise": nullable(number(0)),
     "dp_delta": nullable(number(0, 1, open_low=True, open_high=True)),
+    "dp_sampling": nullable(TEXT),
+    "saturation": nullable(number(0, 1, open_low=True, open_high=True)),
     "data_sha256": nullable(TEXT),
 }
 """A run's settings, as `jaxbp train` stores them (`Run.config`): those a loop of one's
@@ -210,12 +214,14 @@ check taken at initialisation."""
 
 PRIVACY: dict[str, Rule] = {
     "epsilon": number(0, finite=False),
+    "epsilon_per_epoch": list_of(number(0, finite=False)),
     "delta": number(0, 1, open_low=True, open_high=True),
     "accountant": TEXT,
     "l2_clip": number(0, open_low=True),
     "noise_multiplier": NONNEGATIVE,
     "sample_rate": number(0, 1, open_low=True),
     "steps": integer(1),
+    "batch_sampling": TEXT,
     "sampling": TEXT,
     "clipped_fraction": UNIT,
     "clipped_fraction_last_epoch": UNIT,
@@ -228,7 +234,9 @@ SUMMARY: dict[str, Rule] = {
     "seconds": NONNEGATIVE,
     "train_loss": number(),
     "test_loss": number(),
+    "train_accuracy": UNIT,
     "test_accuracy": UNIT,
+    "train_r2": number(high=1),
     "test_r2": number(high=1),
     "parity_max_rel_err": FIGURE,
     "parity_atol": NONNEGATIVE,
