@@ -314,3 +314,23 @@ def test_a_nearly_constant_column_is_refused_without_a_warning(tmp_path):
     np.savez(tmp_path / "y.npz", x=np.arange(2.0 * n).reshape(n, 2), y=y)
     with pytest.raises(ValueError, match=r"y\.npz: the target of sample .* beyond float32"):
         datasets.load_file(tmp_path / "y.npz", task="regression")
+
+
+def test_digits_are_read_without_importing_scikit_learn():
+    """The digits come from the file scikit-learn ships, parsed as `load_digits` parses
+    it (the same arrays and dtypes), and loading them imports no scikit-learn (3 s)."""
+    from jaxbp.datasets import _digits
+
+    x, y = sk.load_digits(return_X_y=True)
+    got_x, got_y = _digits()
+    assert got_x.dtype == x.dtype and got_y.dtype == y.dtype
+    np.testing.assert_array_equal(got_x, x)
+    np.testing.assert_array_equal(got_y, y)
+    code = (
+        "import sys; from jaxbp import datasets; datasets.load('digits'); "
+        "print('sklearn' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip() == "False"
