@@ -28,6 +28,7 @@ import jax.numpy as jnp
 from jax.scipy.special import erfc
 
 from jaxbp._core.inits import check_init
+from jaxbp._core.records import Record
 
 Array = jax.Array
 
@@ -62,8 +63,8 @@ def check_arity(owner: str, field: str, fn: Any, args: str) -> None:
         ) from None
 
 
-@dataclasses.dataclass(frozen=True)
-class Activation:
+@dataclasses.dataclass(frozen=True, repr=False)
+class Activation(Record):
     """An elementwise nonlinearity `phi`, its handwritten derivative, and its facts.
 
     **Arguments:**
@@ -99,6 +100,10 @@ class Activation:
     max_deriv: float | None = None
 
     min_units = 1  # the smallest output layer it makes sense on
+
+    @property
+    def _builtin(self) -> bool:
+        return ACTIVATIONS.get(self.name) == self
 
     def __post_init__(self) -> None:
         owner = record_owner("Activation", self.name)
@@ -157,8 +162,8 @@ class Activation:
         return crossed
 
 
-@dataclasses.dataclass(frozen=True)
-class Softmax:
+@dataclasses.dataclass(frozen=True, repr=False)
+class Softmax(Record):
     """The softmax output link; not elementwise, so it carries a vector-Jacobian product.
 
     `a_k = exp(z_k) / sum_j exp(z_j)` over the last axis of `z: (batch, K)`, `K >= 2`
@@ -168,6 +173,10 @@ class Softmax:
     name: str = "softmax"
     kinks: tuple[float, ...] = ()
     min_units = 2
+
+    @property
+    def _builtin(self) -> bool:
+        return self == SOFTMAX
 
     def fn(self, z: Array) -> Array:
         return jax.nn.softmax(z, axis=-1)

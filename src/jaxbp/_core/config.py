@@ -25,6 +25,7 @@ from jaxbp._core.dropout import Dropout
 from jaxbp._core.layers import Activate, Dense, Layer, as_layer
 from jaxbp._core.losses import REDUCTIONS, Loss, OutputActivation, get_loss, get_output_activation
 from jaxbp._core.norm import BatchNorm, LayerNorm
+from jaxbp._core.records import shown
 from jaxbp._core.validate import is_real
 
 __all__ = ["KEYWORDS", "Config", "Keywords"]
@@ -110,6 +111,22 @@ class Config:
                     "jaxbp.LayerNorm, jaxbp.BatchNorm or jaxbp.Dropout records in the list."
                 )
             set_("layers", _check_layers(self.layers))
+
+    def __repr__(self) -> str:
+        """`Config(activation='tanh', loss='cross_entropy', norm=None, dropout=0.0)`: a
+        built-in record by its name (as the keywords take it), a user's by its own repr;
+        the output activation, reduction and layers only where they are not the defaults."""
+        canonical = self.loss.link if self.loss is not None else get_activation("identity")
+        fields = (
+            ("activation", self.activation, self.activation is not None),
+            ("loss", self.loss, True),
+            ("output_activation", self.output_activation, self.output_activation != canonical),
+            ("reduction", self.reduction, self.reduction != "mean"),
+            ("layers", self.layers, self.layers is not None),
+            ("norm", self.norm, self.layers is None),
+            ("dropout", self.dropout, self.layers is None),
+        )
+        return f"Config({', '.join(f'{k}={shown(v)}' for k, v, show in fields if show)})"
 
     @property
     def output(self) -> OutputActivation:

@@ -15,7 +15,7 @@ Array = jax.Array
 __all__ = ["Dropout"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Dropout(Layer):
     """Inverted dropout: in training each entry is kept with probability `1 - rate` and
     scaled by `1 / (1 - rate)`; at evaluation the identity. `a: (n, j) -> (n, j)`.

@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxbp._core.activations import Activation, Softmax, get_activation
 from jaxbp._core.inits import check_init, init_weight
+from jaxbp._core.records import Record
 from jaxbp._core.validate import is_int
 
 Array = jax.Array
@@ -44,7 +45,7 @@ class Context(NamedTuple):
     stats: Any = None
 
 
-class Layer:
+class Layer(Record):
     """The base layer record: every fact a layer may declare, with its default.
 
     **Facts** (class attributes):
@@ -95,6 +96,10 @@ class Layer:
       layer adds to the Hessian of the loss in its input, `sum_k g_k d^2 out_k / d in^2`,
       as its diagonal for an elementwise layer (an activation: `phi''(z) * g`), `None`
       for a layer linear in its input (dense, dropout); `jaxbp.diag_hessian` needs it.
+
+    A layer prints as its kind and the fields that differ from their defaults,
+    `Dense(width=8)`, `Activate(activation='tanh')` (`jaxbp._core.records`); a dataclass
+    layer of one's own prints so too when declared with `repr=False`.
     """
 
     name: ClassVar[str] = "layer"
@@ -217,7 +222,7 @@ DENSE_RULE = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Dense(Layer):
     """The affine map of eq. 1.1, `z = a @ W + b` with `W: (i, o)`, `b: (o,)`.
 
@@ -307,7 +312,7 @@ class Dense(Layer):
         del params, a, g
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Activate(Layer):
     """An elementwise activation `a = phi(z)` as a layer (or the softmax, at the output).
 

@@ -45,6 +45,7 @@ from jaxbp._core.activations import (
     check_arity,
     record_owner,
 )
+from jaxbp._core.records import Record
 from jaxbp._core.tasks import TASKS, Task
 from jaxbp._core.validate import is_real
 
@@ -70,8 +71,8 @@ def get_output_activation(output_activation: Any) -> OutputActivation:
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class Loss:
+@dataclasses.dataclass(frozen=True, repr=False)
+class Loss(Record):
     """A per-sample loss of eq. 1.2 with everything jaxbp needs to know about it.
 
     **Arguments:**
@@ -150,6 +151,10 @@ class Loss:
         object.__setattr__(self, "task", task)
         if not isinstance(self.any_output, bool):
             raise TypeError(f"{owner}: any_output must be a bool; got {self.any_output!r}.")
+
+    @property
+    def _builtin(self) -> bool:
+        return LOSSES.get(self.name) == self
 
     def targets(self, y: Any, batch: int, n_out: int, dtype: Any) -> Array:
         """`y` checked and prepared by the task: float `(batch, n_L)` of `dtype`."""
@@ -334,6 +339,11 @@ def huber(delta: float = 1.0) -> Loss:
     if not (math.isfinite(delta) and delta > 0):
         raise ValueError(f"huber delta must be finite and > 0, e.g. 1.0; got {delta!r}.")
     d = float(delta)
+    return LOSSES["huber"] if d == 1.0 else _huber(d)  # the built-in record at d = 1
+
+
+def _huber(d: float) -> Loss:
+    """The record of `huber(d)`, `d` checked."""
 
     def value(z: Array, a: Array, y: Array) -> Array:
         del z
@@ -392,7 +402,7 @@ LOSSES: dict[str, Loss] = {
             _ce_sqrt,
             _ce_sample,
         ),
-        huber(1.0),
+        _huber(1.0),
     )
 }
 """The built-in losses by name."""

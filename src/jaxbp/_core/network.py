@@ -32,6 +32,7 @@ from jaxbp._core.inits import check_init
 from jaxbp._core.layers import DENSE_RULE, Activate, Context, Dense, Layer
 from jaxbp._core.losses import Loss, OutputActivation
 from jaxbp._core.norm import BatchNorm, LayerNorm
+from jaxbp._core.records import shown
 from jaxbp._core.validate import (
     check_float_dtype,
     check_int,
@@ -84,10 +85,17 @@ class Network:
     stateful: bool = dataclasses.field(init=False, compare=False, repr=False)
 
     def __repr__(self) -> str:
+        """`Network(activation 'tanh', layers dense-tanh-dense, widths=[4, 8, 8, 3],
+        loss='mse', output='identity', reduction='mean')`: records as `jaxbp.Config`
+        shows them, a layer by its name (an activation layer by its activation's)."""
+        cfg = self.config
+        head = f"activation {shown(cfg.activation)}, " if cfg.activation is not None else ""
+        names = "-".join(
+            layer.name if layer.phi is None else layer.phi.name for layer in self.layers
+        )
         return (
-            f"Network({self.describe()}, widths={list(self.widths)}, loss="
-            f"{None if self.loss is None else self.loss.name!r}, output={self.output.name!r}, "
-            f"reduction={self.config.reduction!r})"
+            f"Network({head}layers {names}, widths={list(self.widths)}, loss="
+            f"{shown(self.loss)}, output={shown(self.output)}, reduction={cfg.reduction!r})"
         )
 
     def __post_init__(self) -> None:

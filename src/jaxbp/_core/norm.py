@@ -79,7 +79,7 @@ def _normalise_backward(dxhat: Array, xhat: Array, inv_std: Array, axis: int) ->
     return (dxhat - mean_d - xhat * mean_dx) * inv_std
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class LayerNorm(Layer):
     """Layer normalisation: each example's units to mean 0 and variance 1, then
     `gain * xhat + bias` (see the module docstring). `a: (n, j) -> (n, j)`."""
@@ -119,7 +119,7 @@ class LayerNorm(Layer):
         return jnp.sum(jnp.square(g * cache[0]), axis=1) + jnp.sum(g * g, axis=1)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class BatchNorm(Layer):
     """Batch normalisation: in training each unit to mean 0 and variance 1 over the batch,
     then `gain * xhat + bias`; at evaluation with the running averages instead.

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp._core.records import Record
 from jaxbp._core.validate import as_array
 
 Array = jax.Array
@@ -38,8 +39,8 @@ Array = jax.Array
 __all__ = ["TASKS", "Task"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Task:
+@dataclasses.dataclass(frozen=True, repr=False)
+class Task(Record):
     """What targets mean for a loss: their check and preparation, the score, the encoding.
 
     - `name`: "regression", "binary", "classification", or a user's own.
@@ -57,6 +58,10 @@ class Task:
     prepare: Callable[[Any, int, int, Any, str], Array]
     score: Callable[[Array, Array], Array]
     encode: Callable[[Any, int], tuple[Array, int]]
+
+    @property
+    def _builtin(self) -> bool:
+        return TASKS.get(self.name) == self
 
 
 def _is_concrete(y: Array) -> bool:
