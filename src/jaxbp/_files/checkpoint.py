@@ -23,6 +23,7 @@ import io
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -105,14 +106,52 @@ def temporary_files(path: str | Path) -> list[Path]:
     return sorted(path.parent.glob(f".{path.name}.*.tmp"))
 
 
+PROC_STATUS = "/proc/self/status"
+"""Where Linux shows a process's umask (its `Umask:` line)."""
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux
+    4.7 and later: the `Umask:` line of `/proc/self/status`); elsewhere set to 0o077 and
+    put back at once (`os.umask`): a file another thread creates in between is the more
+    private for it, never less."""
+    try:
+        with open(PROC_STATUS, "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: str | Path) -> int:
+    """The permissions `open(path, "wb")` leaves `path` with: those of the regular file
+    already there (its owner chose them), else `0o666` less the umask."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISREG(st.st_mode):
+        return st.st_mode & 0o777
+    return 0o666 & ~umask()
+
+
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Replace `path` by `data` whole or not at all: a temporary file in the same folder
     (`.NAME.*.tmp`, see `temporary_files`), flushed and fsynced, renamed over `path`, and
-    the folder fsynced so that the rename itself survives a crash. A failing write raises
-    `OSError` and leaves the old file as it was (and no temporary)."""
+    the folder fsynced so that the rename itself survives a crash. The file gets the
+    permissions `open` would give it (`new_file_mode`: the umask's, or those of the file it
+    replaces), not the temporary's 0600. A failing write raises `OSError` and leaves the
+    old file as it was (and no temporary)."""
     path = Path(path)
+    mode = new_file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # not on Windows, where a file has no such bits
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -136,7 +175,8 @@ def save_checkpoint(path: str | Path, tree: Any, meta: dict[str, Any] | None = N
 
     The file appears whole or not at all: it is written to a temporary file in the same
     folder (`.NAME.*.tmp`), flushed and fsynced, then renamed over `path`, and the folder is
-    fsynced. Leaves must hold numbers (bool, integer, float, complex, and the ml_dtypes
+    fsynced; it gets the permissions `open` would give it (the umask's, or those of the
+    file it replaces). Leaves must hold numbers (bool, integer, float, complex, and the ml_dtypes
     JAX uses: bfloat16, float8, int4, ...) or be PRNG keys; the key path of each leaf is
     stored, so `load_checkpoint` refuses a template of another structure.
 

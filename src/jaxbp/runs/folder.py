@@ -515,7 +515,7 @@ class RunFolder:
         metrics = self.path / METRICS
         try:
             fd = os.open(
-                metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW | CLOEXEC, 0o644
+                metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW | CLOEXEC, 0o666
             )
         except OSError as err:
             if os.path.islink(metrics):
@@ -549,7 +549,7 @@ def _open_lock(path: Path) -> int:
     (`_NotOurs`) unless it is a regular file of its own (taking the lock truncates it)."""
     lock = path / LOCK
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC | NONBLOCK, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | NOFOLLOW | CLOEXEC | NONBLOCK, 0o666)
     except OSError:
         if os.path.lexists(lock):  # a link, a folder, ...: refused naming it
             _check_kind(path, lock)
