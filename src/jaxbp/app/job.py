@@ -18,6 +18,7 @@ import jaxbp
 from jaxbp import datasets
 from jaxbp.app.settings import RESUMABLE_CHANGES, JobError, Settings, completed
 from jaxbp.runs import METRICS, OPTIMIZERS, PATHS, RunFolder, describe, fingerprint
+from jaxbp.runs.optimizers import spec_of
 
 __all__ = [
     "MAX_ACTIVATIONS",
@@ -310,6 +311,8 @@ def _resume(
     saved = completed({"data_sha256": config["data_sha256"], **saved})  # older: unknown
     if settings.dp_sampling is None and config["dp_sampling"] is not None:
         config["dp_sampling"] = saved["dp_sampling"]  # not asked for: the run's own
+    spec = spec_of(saved)  # older: from optimizer and lr; --lr may change on --resume
+    saved["optimizer_spec"] = spec and {**spec, "learning_rate": config["lr"]}
     for name in ("data", "labels"):  # older runs stored them as given: relative to here
         if isinstance(saved.get(name), str):
             saved[name] = _absolute(saved[name])

@@ -276,6 +276,7 @@ class Settings:
             "loss": loss,
             "optimizer": self.optimizer,
             "lr": self.lr,
+            "optimizer_spec": jaxbp.runs.OPTIMIZERS[self.optimizer].spec(self.lr),
             "batch_size": self.batch_size,
             "seed": self.seed,
             "grad": self.grad,

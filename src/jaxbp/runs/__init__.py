@@ -16,10 +16,13 @@ other hard link), or the folder is refused before anything in it changes.
 `jaxbp train` is one client of this module; a training loop of one's own writes a folder
 that `load_run` reads by the same calls, when the settings it saves name the network as
 `jaxbp train`'s do (`hidden`, `activation`, `loss`, `optimizer`, `lr`, `seed`, `dataset`
-or `data`). `jaxbp train --resume` continues it only when the settings are all those
-`jaxbp train` stores for the command (`Run.config` of a `jaxbp train` run shows them:
-`init`, `batch_size`, `grad`, `data_sha256`, ...) and every logged epoch holds what
-`jaxbp train` logs:
+or `data`). The optimizer is recorded as a spec too (`optimizer_spec`: its name and every
+hyperparameter, `jaxbp.runs.optimizers`), from which `Run.optimizer()` and
+`Run.grad_path()` rebuild what the run trained with.
+`jaxbp train --resume` continues it only when the settings are all those `jaxbp train`
+stores for the command (`Run.config` of a `jaxbp train` run shows them: `init`,
+`batch_size`, `grad`, `optimizer_spec`, `data_sha256`, ...) and every logged epoch holds
+what `jaxbp train` logs:
 
     folder = RunFolder.hold(Path("runs/mine"))
     folder.start_new()                    # a folder holding a run: overwrite=True
@@ -30,7 +33,7 @@ or `data`). `jaxbp train --resume` continues it only when the settings are all t
 """
 
 from jaxbp._files.checkpoint import write_atomic
-from jaxbp.runs import schema
+from jaxbp.runs import optimizers, schema
 from jaxbp.runs.folder import (
     CHECKPOINT,
     FIGURES,
@@ -59,6 +62,7 @@ __all__ = [
     "describe",
     "fingerprint",
     "load_run",
+    "optimizers",
     "read_metrics",
     "schema",
     "write_atomic",

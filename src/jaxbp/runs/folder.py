@@ -17,9 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 
-from jaxbp._curvature.kfac_path import KFAC
 from jaxbp._files.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -30,6 +28,7 @@ from jaxbp._files.checkpoint import (
 )
 from jaxbp._files.guard import kind_of, load_json, open_regular
 from jaxbp.runs import schema
+from jaxbp.runs.optimizers import OPTIMIZERS, PATHS  # noqa: F401 (their home before)
 
 try:
     import fcntl
@@ -52,19 +51,6 @@ ASIDE_FOLDERS = (SETTING_ASIDE, PREVIOUS, RESTORING)
 NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted as the lock never blocks the run
-
-OPTIMIZERS = {
-    "sgd": lambda lr: optax.sgd(lr),
-    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
-    "adam": lambda lr: optax.adam(lr),
-    "kfac": lambda lr: optax.sgd(lr, momentum=0.9),
-}
-"""The optimizers a run may name, built from its learning rate."""
-
-PATHS = {"kfac": KFAC()}
-"""The gradient paths an optimizer's name brings with it (K-FAC: the preconditioned
-gradient, `jaxbp.KFAC` with its defaults, under `optax.sgd(lr, momentum=0.9)`); the
-others train on the gradient `--grad` names."""
 
 
 class RunError(ValueError):

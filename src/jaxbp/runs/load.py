@@ -9,19 +9,19 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 
 from jaxbp._core.config import Config
 from jaxbp._core.network import init_mlp, init_stats
 from jaxbp._files.checkpoint import CheckpointError, load_checkpoint, read_arrays
 from jaxbp._files.guard import load_json, open_regular
+from jaxbp._privacy.dp import DPSGD
 from jaxbp._train.state import TrainState
-from jaxbp.runs import schema
+from jaxbp.runs import optimizers, schema
 from jaxbp.runs.folder import (
     ASIDE_FOLDERS,
     CHECKPOINT,
     METRICS,
-    OPTIMIZERS,
-    PATHS,
     SUMMARY,
     RunError,
     RunFolder,
@@ -34,7 +34,7 @@ from jaxbp.runs.folder import (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class Run:
     """A `jaxbp train --out` folder, loaded: the trained state and what was logged.
 
@@ -48,6 +48,14 @@ class Run:
     - `network`: the network as a `jaxbp.Config` (activation, loss, norm, dropout), for
       `jaxbp.evaluate(run.params, x, y, run.network, stats=run.stats)`.
     - `stats`: batch normalisation's running averages (`None` without batch norm).
+
+    The optimizer and the gradient path it trained with come back as values
+    (`optimizer()`, `grad_path()`, from `optimizer_spec`), so that training continues
+    where the run stopped:
+
+        epoch = jaxbp.make_train_epoch(run.optimizer(), run.network, batch_size=32,
+                                       grad=run.grad_path())
+        params, opt_state, _ = epoch(run.params, run.opt_state, key, x, y)
     """
 
     path: Path
@@ -59,6 +67,55 @@ class Run:
     summary: dict[str, Any] | None
     network: Any = None
     stats: Any = None
+
+    def __repr__(self) -> str:
+        spec = self.optimizer_spec
+        optimizer = "unknown" if spec is None else f"{spec.get('name')} {spec.get('learning_rate')}"
+        state = "finished" if self.summary is not None else "unfinished"
+        return (
+            f"Run({str(self.path)!r}, epoch={self.epoch}, {state}, network={self.network!r}, "
+            f"hidden={self.config.get('hidden')}, optimizer={optimizer!r}, "
+            f"metrics={len(self.metrics)} epochs)"
+        )
+
+    @property
+    def optimizer_spec(self) -> dict[str, Any] | None:
+        """The optimizer the run trained with, as a spec (JSON, `jaxbp.runs.optimizers`):
+        `{"name": "adam", "learning_rate": 0.001, "b1": 0.9, ...}`, its name and every
+        hyperparameter. The spec its settings record (`config["optimizer_spec"]`), or for a
+        run saved before specs were recorded, the one its `optimizer` and `lr` name;
+        `None` if they name none this version knows."""
+        return optimizers.spec_of(self.config)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        """The optax transformation the run trained with, rebuilt from `optimizer_spec`:
+        `run.opt_state` is its state (inside a `jaxbp.TrainState` for batch norm and
+        K-FAC), so its `update` continues where the run stopped. `RunError` if this
+        version cannot rebuild it (an optimizer it does not know: `run.opt_state` is
+        then `None`)."""
+        return optimizers.build(self._spec())[0]
+
+    def grad_path(self) -> Any:
+        """The gradient path the run trained on, as `jaxbp.make_train_step(...,
+        grad=...)` and its kin take it: the `jaxbp.KFAC(...)` of a K-FAC run's spec, a
+        `jaxbp.DPSGD(...)` for a DP-SGD run (`dp_clip`, `dp_noise`), else the name in its
+        `grad` setting ("manual" where it holds none). `RunError` as `optimizer()`."""
+        path = optimizers.build(self._spec())[1]
+        cfg = self.config
+        if path is None and cfg.get("dp_clip") is not None:
+            sampling = cfg.get("dp_sampling") or "shuffle"
+            return DPSGD(cfg["dp_clip"], cfg["dp_noise"], sampling)
+        return path if path is not None else cfg.get("grad", "manual")
+
+    def _spec(self) -> dict[str, Any]:
+        """`optimizer_spec`, checked that this version rebuilds it, or `RunError`."""
+        why = optimizers.problem(self.config)
+        if why is not None:
+            raise RunError(
+                f"{self.path}: cannot rebuild the run's optimizer ({why}); build it yourself "
+                "(e.g. optax.adam(lr)) and start its state afresh (run.opt_state is None)."
+            )
+        return optimizers.spec_of(self.config)  # type: ignore[return-value]
 
     def dataset(self) -> tuple[Any, Any]:
         """`(Dataset, DatasetInfo)` as the run trained on it: the same split, standardised,
@@ -204,10 +261,9 @@ def load_run(out_dir: str | Path) -> Run:
     params = init_mlp(jax.random.key(0), sizes, norm=network.norm)
     stats = init_stats(params, network)
     key = jax.random.key(0)
-    make = OPTIMIZERS.get(config.get("optimizer"))  # type: ignore[arg-type]
-    if make is not None and isinstance(config.get("lr"), (int, float)):
-        trains = PATHS.get(config["optimizer"])  # K-FAC keeps its factors in the state
-        opt_state = TrainState.create(make(config["lr"]), params, network, trains).slot()
+    if optimizers.problem(config) is None:  # the optimizer spec: recorded, or name and lr
+        optimizer, trains = optimizers.build(optimizers.spec_of(config))  # type: ignore[arg-type]
+        opt_state = TrainState.create(optimizer, params, network, trains).slot()  # K-FAC's too
         like = {"params": params, "opt_state": opt_state, "key": key}
         state = load_checkpoint(ckpt, like)[0]
         params, opt_state = state["params"], state["opt_state"]

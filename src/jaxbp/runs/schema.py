@@ -22,6 +22,7 @@ __all__ = [
     "LOADABLE",
     "META",
     "METRICS_LINE",
+    "OPTIMIZER_SPEC",
     "PARITY",
     "SET_ASIDE",
     "SUMMARY",
@@ -161,6 +162,23 @@ METRICS_LINE: dict[str, Rule] = {
 }
 """One epoch's line of `metrics.jsonl` (the epoch is also its line number)."""
 
+OPTIMIZER_SPEC: dict[str, Rule] = {
+    "name": required(TEXT),
+    "learning_rate": required(number(0, open_low=True)),
+    "momentum": nullable(number(0)),
+    "nesterov": FLAG,
+    "b1": number(0, 1, open_high=True),
+    "b2": number(0, 1, open_high=True),
+    "eps": NONNEGATIVE,
+    "eps_root": NONNEGATIVE,
+    "damping": number(0, open_low=True),
+    "every": integer(1),
+    "decay": number(0, 1, open_high=True),
+    "kind": TEXT,
+}
+"""The optimizer a run trained with (`jaxbp.runs.optimizers`): its name, learning rate
+and every other hyperparameter it used (those of `runs.OPTIMIZERS[name]`)."""
+
 CONFIG: dict[str, Rule] = {
     "dataset": nullable(TEXT),
     "data": nullable(TEXT),
@@ -172,6 +190,7 @@ CONFIG: dict[str, Rule] = {
     "loss": TEXT,
     "optimizer": TEXT,
     "lr": number(0, open_low=True),
+    "optimizer_spec": obj(OPTIMIZER_SPEC),
     "batch_size": integer(1),
     "seed": integer(0, 2**32 - 1),
     "grad": TEXT,
