@@ -18,7 +18,8 @@ that `load_run` reads by the same calls, when the settings it saves name the net
 `jaxbp train`'s do (`hidden`, `activation`, `loss`, `optimizer`, `lr`, `seed`, `dataset`
 or `data`). The optimizer is recorded as a spec too (`optimizer_spec`: its name and every
 hyperparameter, `jaxbp.runs.optimizers`), from which `Run.optimizer()` and
-`Run.grad_path()` rebuild what the run trained with.
+`Run.grad_path()` rebuild what the run trained with; the logged epochs come back as
+columns (`Run.columns`, `Run.frame`: `jaxbp.runs.columns`, `jaxbp.runs.frame`).
 `jaxbp train --resume` continues it only when the settings are all those `jaxbp train`
 stores for the command (`Run.config` of a `jaxbp train` run shows them: `init`,
 `batch_size`, `grad`, `optimizer_spec`, `data_sha256`, ...) and every logged epoch holds
@@ -48,6 +49,7 @@ from jaxbp.runs.folder import (
     read_metrics,
 )
 from jaxbp.runs.load import Run, load_run
+from jaxbp.runs.table import columns, frame
 
 __all__ = [
     "CHECKPOINT",
@@ -59,8 +61,10 @@ __all__ = [
     "Run",
     "RunError",
     "RunFolder",
+    "columns",
     "describe",
     "fingerprint",
+    "frame",
     "load_run",
     "optimizers",
     "read_metrics",

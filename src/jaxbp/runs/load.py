@@ -32,6 +32,7 @@ from jaxbp.runs.folder import (
     fingerprint,
     read_metrics,
 )
+from jaxbp.runs.table import columns, frame
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -56,6 +57,8 @@ class Run:
         epoch = jaxbp.make_train_epoch(run.optimizer(), run.network, batch_size=32,
                                        grad=run.grad_path())
         params, opt_state, _ = epoch(run.params, run.opt_state, key, x, y)
+
+    The metrics come back as columns (`columns()`, `frame()` for a pandas DataFrame).
     """
 
     path: Path
@@ -116,6 +119,17 @@ class Run:
                 "(e.g. optax.adam(lr)) and start its state afresh (run.opt_state is None)."
             )
         return optimizers.spec_of(self.config)  # type: ignore[return-value]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The logged metrics as columns, one value an epoch (`jaxbp.runs.columns`): a
+        per-layer metric such as `delta_norm` as `delta_norm_1 ... delta_norm_L`
+        (layers numbered from 1, as `delta_l` in eq. 1.4), NaN where an epoch lacks it."""
+        return columns(self.metrics)
+
+    def frame(self) -> Any:
+        """`columns()` as a pandas DataFrame, one row an epoch (`jaxbp.runs.frame`); an
+        `ImportError` naming the fix if pandas is not installed."""
+        return frame(self.metrics)
 
     def dataset(self) -> tuple[Any, Any]:
         """`(Dataset, DatasetInfo)` as the run trained on it: the same split, standardised,
