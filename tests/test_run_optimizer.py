@@ -233,8 +233,9 @@ def test_a_spec_that_breaks_its_schema_is_refused_on_read_and_write(one_epoch, t
 
 
 def test_grad_path_of_a_dp_sgd_run(one_epoch):
-    """A DP-SGD run continues on its path: clipped and noised per-example gradients."""
-    assert load_run(one_epoch["dp-sgd"]).grad_path() == jaxbp.DPSGD(1.0, 1.1)
+    """A DP-SGD run continues on its path: clipped and noised per-example gradients, its
+    batches Poisson-sampled (jaxbp train's default)."""
+    assert load_run(one_epoch["dp-sgd"]).grad_path() == jaxbp.DPSGD(1.0, 1.1, "poisson")
     assert load_run(one_epoch["sgd"]).grad_path() == "manual"
 
 

@@ -113,32 +113,32 @@ class KFAC(GradientPath):
     def step(
         self, setting: Setting, params: Params, state: TrainState, batch: Batch
     ) -> tuple[Params, TrainState, dict[str, Array]]:
-        """One K-FAC update: the gradient and the batch's factors from one stacked backward
-        pass, the running averages, the inverses (refreshed every `every` steps), the
-        preconditioned gradient, the optimizer."""
+        """One K-FAC update: the gradient (eq. 1.4 from the loss's delta) and the batch's
+        factors (the curvature columns' deltas alone, vmapped: no weight gradients of
+        theirs are formed), the running averages, the inverses (refreshed every `every`
+        steps), the preconditioned gradient, the optimizer."""
         net, (key, x, y) = setting.net, batch
         dtype = jnp.result_type(*jax.tree.leaves(params))
         check_in_dtype("damping", self.damping, dtype, "Pass e.g. damping=0.1.")
         flow = forward_flow(net, params, x, net.context(True, key))  # masks from the key
         value, delta_L = source(net, flow, y)
         columns = curvature_columns(net, flow, y, None if self.kind == "exact" else 1, key)
-        stacked = jnp.concatenate([delta_L[None], columns])  # (1 + C, n, n_L)
-        back = jax.vmap(lambda d: backward_flow(flow, d))(stacked)  # one pass, all columns
-        grads = cast_like(jax.tree.map(lambda t: t[0], back.grads), params)
-        kstate = self._averaged(state.path_state, flow, back)
+        grads = cast_like(backward_flow(flow, delta_L).grads, params)
+        outs = jax.vmap(lambda d: backward_flow(flow, d).out)(columns)  # (C, n, n_l) each
+        kstate = self._averaged(state.path_state, flow, outs)
         kstate = jax.lax.cond(kstate.count % self.every == 0, self._refreshed, lambda s: s, kstate)
         kstate = kstate._replace(count=kstate.count + 1)
         g = Gradient(value, self._preconditioned(kstate, grads), {}, state.stats)
         return self.update(setting, params, state._replace(path_state=kstate), g)
 
-    def _averaged(self, kstate: KFACState, flow: Any, back: Any) -> KFACState:
+    def _averaged(self, kstate: KFACState, flow: Any, outs: Any) -> KFACState:
         """The running averages moved toward this batch's factors (the batch's alone at the
-        first step)."""
+        first step); `outs` are the curvature columns' deltas at each layer's output."""
         weight = jnp.where(kstate.count == 0, 0.0, self.decay)
         a_new, g_new = [], []
         dense = [
-            (layer, cache, out[1:])
-            for layer, cache, out in zip(flow.layers, flow.caches, back.out, strict=True)
+            (layer, cache, out)
+            for layer, cache, out in zip(flow.layers, flow.caches, outs, strict=True)
             if layer.has_params
         ]
         for (layer, cache, out), a_old, g_old in zip(dense, kstate.A, kstate.G, strict=True):
