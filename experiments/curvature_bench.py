@@ -3,24 +3,26 @@ ratios taken within one run on this CPU (float32).
 
 On the "small" (64-128-128-10, batch 128) and "medium" (784-512-512-10, batch 256)
 tanh / cross-entropy configurations of `jaxbp bench`, everything jitted and timed in one
-process, round-robin (`jaxbp.app.bench.round_robin`: after warm-up, the smallest of the
-per-round medians):
+process pinned to one core (jax and torch one compute thread each: on a shared machine a
+thread pool waiting for a busy core distorts the times), round-robin
+(`jaxbp.app.bench.round_robin`: after warm-up, the smallest of the per-round medians; a
+call slower than `SLOW_S` is timed apart, in turn with the manual step and jaxbp's calls):
 
 1. `sum_grad_squared`, `grad_variance`, `batch_dot_grad` and `diag_ggn` (exact) against
    the manual training step of `jaxbp bench` (`make_train_step`, SGD with momentum);
 2. the same quantities from `jax.vmap(jax.grad(loss of one example))` (and, for the GGN
    diagonal, `jax.vmap` over examples of `jax.vjp` of the logits applied to every column
    of the loss Hessian's square root), checked equal first;
-3. BackPACK (torch, float32, same sizes and batches, `torch.set_num_threads` = the cores
-   jax uses): one backward pass with `SumGradSquared`, `Variance`, `BatchGrad` (1.7 has no
-   `BatchDotGrad`: the Gram matrix is formed from it) or `DiagGGNExact`;
+3. BackPACK (torch, float32, same sizes and batches): one backward pass with
+   `SumGradSquared`, `Variance`, `BatchGrad` (1.7 has no `BatchDotGrad`: the Gram matrix
+   is formed from it) or `DiagGGNExact`;
 4. K-FAC: `jaxbp.step_fn(sgd(0.01, momentum=0.9), net, jaxbp.KFAC(every=10))` against the
    plain manual SGD step and against kfac-jax's optimizer on the same MLP (registered with
    `kfac_jax.register_dense` and `register_softmax_cross_entropy_loss`, same learning rate,
    momentum, damping, decay and inverse period, one sampled label per example): time per
    step over windows of 10 steps (so inverse refreshes are included), time to the first
    step (tracing and compilation), and the loss after 50 steps from the same
-   initialisation on the same batches of a learnable task.
+   initialisation on the same batches of a learnable task (`_kfac_compare.py`).
 
 Writes curvature_bench.{json,md} under --out (default experiments/results).
 Needs torch and backpack-for-pytorch (pip install -e ".[peers]"), kfac-jax for its
@@ -38,79 +40,37 @@ import warnings
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
 import jaxbp
 from _common import log, make_parser, markdown_table, write_results
+from _curvature_routes import VMAP, backpack_calls
+from _kfac_compare import kfac_jax_status, kfac_runs
 from jaxbp.app import bench
 
 QUANTITIES = ("sum_grad_squared", "grad_variance", "batch_dot_grad", "diag_ggn")
-BACKPACK_EXT = {
-    "sum_grad_squared": "SumGradSquared",
-    "grad_variance": "Variance",
-    "batch_dot_grad": "BatchGrad",
-    "diag_ggn": "DiagGGNExact",
-}
 N_BATCHES = 8
+SLOW_S = 0.25
+"""A call slower than this (seconds) is timed apart, with `SLOW_REPS` repetitions."""
+SLOW_REPS = 2
 
 
-# --- the jaxbp calls and the vmap route ------------------------------------------------------
+# --- the timed calls -------------------------------------------------------------------------
 
 
-def logits_fn(params, x):
-    """The tanh MLP's logits, plain JAX."""
-    a = x
-    for layer in params[:-1]:
-        a = jnp.tanh(a @ layer["W"] + layer["b"][None, :])
-    return a @ params[-1]["W"] + params[-1]["b"][None, :]
+def recorded(calls):
+    """`(calls, times)`: the calls, each appending its wall time to `times[name]` (so
+    that the fastest call is known besides `round_robin`'s medians)."""
+    times = {name: [] for name in calls}
 
+    def timing(name, call):
+        def timed_call(i):
+            begin = time.perf_counter()
+            call(i)
+            times[name].append(time.perf_counter() - begin)
 
-def per_example_terms(params, x, y):
-    """`t_n = grad l_n / N` (the mean's per-example terms), each leaf `(N, ...)`:
-    `jax.vmap(jax.grad)` of the plain loss of one example."""
-    one = lambda p, xn, yn: bench.plain_loss(p, xn[None], yn[None])  # noqa: E731
-    grads = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, x, y)
-    return jax.tree.map(lambda g: g / x.shape[0], grads)
+        return timed_call
 
-
-def vmap_sum_grad_squared(params, x, y):
-    return jax.tree.map(lambda t: jnp.sum(t**2, axis=0), per_example_terms(params, x, y))
-
-
-def vmap_grad_variance(params, x, y):
-    n = x.shape[0]
-    terms = per_example_terms(params, x, y)
-    return jax.tree.map(lambda t: jnp.sum(t**2, axis=0) / n - (jnp.sum(t, 0) / n) ** 2, terms)
-
-
-def vmap_batch_dot_grad(params, x, y):
-    flat = [t.reshape(x.shape[0], -1) for t in jax.tree.leaves(per_example_terms(params, x, y))]
-    return sum(t @ t.T for t in flat)
-
-
-def vmap_diag_ggn(params, x, y):
-    """`(1/N) sum_n sum_c (J_n^T s_{n,c})^2`: per example, `jax.vjp` of the logits applied
-    to each column of `S` with `S S^T = diag(p) - p p^T` (softmax cross-entropy)."""
-    del y  # the GGN of softmax cross-entropy does not depend on the labels
-
-    def one(xn):
-        logits, vjp = jax.vjp(lambda p: logits_fn(p, xn[None])[0], params)
-        prob = jax.nn.softmax(logits)
-        root = jnp.sqrt(prob)
-        s = jnp.diag(root) - jnp.outer(prob, root)
-        columns = jax.vmap(lambda c: vjp(c)[0])(s.T)
-        return jax.tree.map(lambda t: jnp.sum(t**2, axis=0), columns)
-
-    return jax.tree.map(lambda t: jnp.mean(t, axis=0), jax.vmap(one)(x))
-
-
-VMAP = {
-    "sum_grad_squared": vmap_sum_grad_squared,
-    "grad_variance": vmap_grad_variance,
-    "batch_dot_grad": vmap_batch_dot_grad,
-    "diag_ggn": vmap_diag_ggn,
-}
+    return {name: timing(name, call) for name, call in calls.items()}, times
 
 
 def blocking(fn, params, data):
@@ -130,255 +90,16 @@ def max_rel(a, b):
     )
 
 
-# --- BackPACK --------------------------------------------------------------------------------
-
-
-def torch_copy(params):
-    """A float32 torch `nn.Sequential` of `Linear`/`Tanh` with the same weights."""
-    import torch
-    from torch import nn
-
-    layers = []
-    for i, p in enumerate(params):
-        w = np.asarray(p["W"])
-        linear = nn.Linear(*w.shape)
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(w.T.copy()))
-            linear.bias.copy_(torch.from_numpy(np.asarray(p["b"]).copy()))
-        layers.append(linear)
-        if i < len(params) - 1:
-            layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
-
-
-def backpack_calls(params, data):
-    """`{quantity: call(i)}`: one forward and one backward pass with the BackPACK
-    extension (the Gram matrix from `BatchGrad`), and `"torch backward"` without one."""
-    import torch
-    from backpack import backpack, extend
-    from backpack import extensions as bx
-
-    model = extend(torch_copy(params))
-    loss_func = extend(torch.nn.CrossEntropyLoss())
-    batches = [
-        (torch.from_numpy(np.array(x)), torch.from_numpy(np.array(y).astype(np.int64)))
-        for x, y in data
-    ]
-
-    def make(extension):
-        def call(i):
-            x, y = batches[i % len(batches)]
-            model.zero_grad(set_to_none=True)
-            loss = loss_func(model(x), y)
-            if extension is None:
-                loss.backward()
-                return
-            with backpack(getattr(bx, extension)()):
-                loss.backward()
-            if extension == "BatchGrad":
-                flat = torch.cat([p.grad_batch.flatten(1) for p in model.parameters()], 1)
-                flat @ flat.T
-
-        return call
-
-    calls = {q: make(e) for q, e in BACKPACK_EXT.items()}
-    calls["torch backward"] = make(None)
-    return calls
-
-
-# --- K-FAC -----------------------------------------------------------------------------------
-
-
-def kfac_jax_status():
-    """`(module or None, note)`: kfac-jax if it runs here, else why not. kfac-jax 0.0.8
-    unpacks `Primitive.get_bind_params` as a pair, which jax 0.10 no longer returns (it
-    gives the parameters with `subfuns` inside); if that is the only failure, a shim of
-    its one evaluating function (`tag_graph_matcher.eval_jaxpr_eqn`) is installed."""
-    if importlib.util.find_spec("kfac_jax") is None:
-        return None, "kfac-jax not installed"
-    import kfac_jax
-
-    version = importlib.metadata.version("kfac-jax")
-    try:
-        probe_kfac_jax(kfac_jax)
-        return kfac_jax, f"kfac-jax {version} as installed"
-    except Exception as error:  # reported, then the shim is tried
-        native = f"{type(error).__name__}: {error}".splitlines()[0]
-    log(f"kfac-jax {version} fails on jax {jax.__version__} ({native}); trying the shim")
-    install_kfac_jax_shim()
-    try:
-        probe_kfac_jax(kfac_jax)
-    except Exception as error:
-        return None, f"kfac-jax {version} fails: {native}; with the shim: {error}"
-    return kfac_jax, (
-        f"kfac-jax {version} fails as installed on jax {jax.__version__} ({native}); run "
-        "here with a shim of tag_graph_matcher.eval_jaxpr_eqn for the new get_bind_params"
-    )
-
-
-def install_kfac_jax_shim():
-    import jax.extend as jex
-    from kfac_jax._src import tag_graph_matcher
-
-    def eval_jaxpr_eqn(eqn, in_values):
-        bound = eqn.primitive.get_bind_params(eqn.params)
-        if isinstance(bound, tuple):  # jax < 0.10: (subfuns, params)
-            subfuns, params = bound
-        else:
-            params = dict(bound)
-            subfuns = params.pop("subfuns", ())
-        with jex.source_info_util.user_context(eqn.source_info.traceback):
-            out = eqn.primitive.bind(*subfuns, *in_values, **params)
-        return out if isinstance(out, list) else [out]
-
-    tag_graph_matcher.eval_jaxpr_eqn = eval_jaxpr_eqn
-
-
-def probe_kfac_jax(kfac_jax):
-    params = jaxbp.init_mlp(jax.random.key(0), (3, 4, 2))
-    batch = (jnp.ones((4, 3)), jnp.array([0, 1, 0, 1]))
-    runner = KfacJax(kfac_jax, params, batch, every=1)
-    runner.step(jax.random.key(1), batch)
-
-
-class KfacJax:
-    """kfac-jax's optimizer on the plain tanh MLP, its dense layers and loss registered,
-    with jaxbp's K-FAC settings: fixed learning rate, momentum and damping, curvature
-    EMA `decay`, inverses every `every` steps, one sampled label per example."""
-
-    def __init__(self, kfac_jax, params, batch, every=10, lr=0.01, momentum=0.9,
-                 damping=0.1, decay=0.95):  # fmt: skip
-        def loss(params, batch):
-            x, y = batch
-            a = x
-            for i, layer in enumerate(params):
-                z = kfac_jax.register_dense(a @ layer["W"] + layer["b"], a, layer["W"], layer["b"])
-                a = jnp.tanh(z) if i < len(params) - 1 else z
-            kfac_jax.register_softmax_cross_entropy_loss(a, y)
-            return optax.softmax_cross_entropy_with_integer_labels(a, y).mean()
-
-        self.opt = kfac_jax.Optimizer(
-            value_and_grad_func=jax.value_and_grad(loss),
-            l2_reg=0.0,
-            use_adaptive_learning_rate=False,
-            use_adaptive_momentum=False,
-            use_adaptive_damping=False,
-            initial_damping=damping,
-            curvature_ema=decay,
-            inverse_update_period=every,
-            estimation_mode="fisher_gradients",
-            num_burnin_steps=0,
-            multi_device=False,
-        )
-        hyper = dict(learning_rate=lr, momentum=momentum, damping=damping)
-        self.hyper = {k: jnp.asarray(v) for k, v in hyper.items()}
-        self.params = params
-        self.state = self.opt.init(params, jax.random.key(0), batch)
-        self.steps = 0
-
-    def step(self, key, batch):
-        self.params, self.state, stats = self.opt.step(
-            self.params, self.state, key, batch=batch, global_step_int=self.steps, **self.hyper
-        )
-        self.steps += 1
-        return stats["loss"]
-
-
-class JaxbpStep:
-    """A `jaxbp.step_fn` step with its own params and `TrainState`."""
-
-    def __init__(self, params, path=None, lr=0.01):
-        opt = optax.sgd(lr, momentum=0.9)
-        net = jaxbp.Config(**bench.KW)
-        self.fn = jaxbp.step_fn(opt, net) if path is None else jaxbp.step_fn(opt, net, path)
-        self.params = params
-        self.state = jaxbp.TrainState.create(opt, params, net, path)
-        self.steps = 0
-
-    def step(self, key, batch):
-        self.params, self.state, metrics = self.fn(self.params, self.state, key, *batch)
-        self.steps += 1
-        return metrics["loss"]
-
-
-def teacher_batches(config, count, key):
-    """`count` batches of a learnable task: normal inputs, labels the argmax of a random
-    linear teacher."""
-    n_in, n_out = config.sizes[0], config.sizes[-1]
-    key, teacher_key = jax.random.split(key)
-    teacher = jax.random.normal(teacher_key, (n_in, n_out)) / jnp.sqrt(n_in)
-    out = []
-    for k in jax.random.split(key, count):
-        x = jax.random.normal(k, (config.batch, n_in), jnp.float32)
-        out.append((x, jnp.argmax(x @ teacher, axis=1)))
-    return out
-
-
-def kfac_runs(config, kfac_jax, window, windows, train_steps):
-    """K-FAC timing (per step, over windows of `window` steps), time to the first step,
-    and losses after `train_steps` steps for SGD, jaxbp's K-FAC and kfac-jax."""
-    data = bench.batches(config, N_BATCHES, jax.random.key(1))
-    key = jax.random.key(2)
-    make = {
-        "sgd": lambda p: JaxbpStep(p),
-        "jaxbp_kfac": lambda p: JaxbpStep(p, jaxbp.KFAC(every=window)),
-    }
-    if kfac_jax is not None:
-        make["kfac_jax"] = lambda p: KfacJax(kfac_jax, p, data[0], every=window)
-    first, runners = {}, {}
-    for name, build in make.items():
-        start = time.perf_counter()
-        runner = build(bench.init(config)[0])
-        jax.block_until_ready(runner.step(key, data[0]))
-        first[name] = time.perf_counter() - start
-        runners[name] = runner
-
-    def windowed(runner):
-        def call(i):
-            for s in range(window):
-                k = jax.random.fold_in(key, runner.steps)
-                loss = runner.step(k, data[(i * window + s) % len(data)])
-            jax.block_until_ready((loss, runner.params))
-
-        return call
-
-    per_window = bench.round_robin(
-        {name: windowed(r) for name, r in runners.items()}, windows, rounds=3, warmup=1
-    )
-    train = teacher_batches(config, train_steps, jax.random.key(3))
-    held_out = teacher_batches(config, 4, jax.random.key(4))
-    losses = {}
-    for name, build in make.items():
-        runner = build(bench.init(config)[0])
-        curve = [
-            float(runner.step(jax.random.fold_in(key, t), batch)) for t, batch in enumerate(train)
-        ]
-        test = np.mean([float(bench.plain_loss(runner.params, *b)) for b in held_out])
-        losses[name] = {
-            "first": curve[0],
-            "last5_mean": float(np.mean(curve[-5:])),
-            "held_out": float(test),
-        }
-    return {
-        name: {
-            "ms_per_step": 1e3 * per_window[name] / window,
-            "first_step_s": first[name],
-            **{f"loss_{k}": v for k, v in losses[name].items()},
-        }
-        for name in make
-    }
-
-
-# --- the run ---------------------------------------------------------------------------------
-
-
 def jitted(fn, net):
     """`jax.jit` of `fn(params, x, y, net)`."""
     return jax.jit(lambda p, x, y: fn(p, x, y, net))
 
 
-def quantity_rows(config, reps):
-    """Parts 1-3 for one configuration: every call timed round-robin, and the ratios."""
+def quantity_calls(config):
+    """`(calls, agreement)` for `config`: `{name: call(i)}` for the manual step, jitted
+    `manual_grad`, jaxbp's quantities, the vmap route's, BackPACK's and torch's plain
+    backward pass; and per quantity the vmap route's largest relative difference to jaxbp
+    (checked before anything is timed)."""
     params = bench.init(config)[0]
     data = bench.batches(config, N_BATCHES, jax.random.key(1))
     net = jaxbp.Config(**bench.KW)
@@ -389,47 +110,121 @@ def quantity_rows(config, reps):
         for q in QUANTITIES
     }
     calls = {"manual step": bench.step_call(config, "manual")}
-    calls["manual_grad"] = blocking(
-        jax.jit(lambda p, x, y: jaxbp.manual_grad(p, x, y, net)), params, data
-    )
+    calls["manual_grad"] = blocking(jitted(jaxbp.manual_grad, net), params, data)
     calls |= {f"jaxbp {q}": blocking(f, params, data) for q, f in jaxbp_fns.items()}
     calls |= {f"vmap {q}": blocking(f, params, data) for q, f in vmap_fns.items()}
     calls |= {f"BackPACK {q}": c for q, c in backpack_calls(params, data).items()}
-    seconds = bench.round_robin(calls, reps, rounds=3)
-    step = seconds["manual step"]
+    return calls, agreement
+
+
+def probe(calls):
+    """`{name: seconds}`: each call compiled (its first call), then timed once."""
+    seconds = {}
+    for name, call in calls.items():
+        call(0)
+        begin = time.perf_counter()
+        call(1)
+        seconds[name] = time.perf_counter() - begin
+    return seconds
+
+
+def timed_in_turn(calls, reps, ours):
+    """`(seconds, apart)`: `seconds[name]` maps every name to seconds per call, timed
+    round-robin (`reps` calls each) with all the others; a call slower than `SLOW_S` at
+    its probe is timed apart instead, in a round-robin of its own with the calls `ours`
+    (`SLOW_REPS` rounds of one call each), and `apart[name]` holds that round-robin's
+    times (of `ours` too), so that a ratio to a slow call is taken within one run."""
+    slow = [name for name, t in probe(calls).items() if t > SLOW_S]
+    fast = {name: call for name, call in calls.items() if name not in slow}
+    seconds = bench.round_robin(fast, reps, rounds=5, warmup=1)
+    apart = {}
+    if slow:
+        log(f"timing {', '.join(slow)} apart ({SLOW_REPS} reps each: > {SLOW_S} s a call)")
+        group = {name: calls[name] for name in [*ours, *slow]}
+        times = bench.round_robin(group, SLOW_REPS, rounds=SLOW_REPS, warmup=0)
+        seconds |= {name: times[name] for name in slow}
+        apart = dict.fromkeys(slow, times)
+    return seconds, apart
+
+
+def quantity_rows(config, reps):
+    """Parts 1-3 for one configuration: `(rows, record)`, a row per quantity (times and
+    ratios) and the configuration's record (sizes, batch and the baselines' times)."""
+    calls, agreement = quantity_calls(config)
+    calls, every_time = recorded(calls)
+    ours = ["manual step", *(f"jaxbp {q}" for q in QUANTITIES)]
+    seconds, apart = timed_in_turn(calls, reps, ours)
+
+    def ratio(q, other):
+        """jaxbp's `q` over `other`: from the medians of the round-robin that timed
+        `other`, and from the fastest call of each."""
+        times = apart.get(other, seconds)
+        fastest = min(every_time[f"jaxbp {q}"]) / min(every_time[other])
+        return times[f"jaxbp {q}"] / times[other], fastest
+
     rows = []
     for q in QUANTITIES:
-        t = seconds[f"jaxbp {q}"]
-        rows.append(
-            {
-                "config": config.name,
-                "quantity": q,
-                "jaxbp_ms": 1e3 * t,
-                "manual_step_ms": 1e3 * step,
-                "vmap_ms": 1e3 * seconds[f"vmap {q}"],
-                "backpack_ms": 1e3 * seconds[f"BackPACK {q}"],
-                "over_manual_step": t / step,
-                "over_vmap": t / seconds[f"vmap {q}"],
-                "over_backpack": t / seconds[f"BackPACK {q}"],
-                "vmap_rel_diff": agreement[q],
-            }
-        )
-    extra = {
+        others = {"manual_step": "manual step", "vmap": f"vmap {q}", "backpack": f"BackPACK {q}"}
+        row = {"config": config.name, "quantity": q, "jaxbp_ms": 1e3 * seconds[f"jaxbp {q}"]}
+        for key, other in others.items():
+            row[f"{key}_ms"] = 1e3 * seconds[other]
+            row[f"over_{key}"], row[f"over_{key}_min"] = ratio(q, other)
+        row["timed_apart"] = [other for other in others.values() if other in apart]
+        row["vmap_rel_diff"] = agreement[q]
+        rows.append(row)
+    record = {
         "config": config.name,
+        "sizes": list(config.sizes),
+        "batch": config.batch,
+        "manual_step_ms": 1e3 * seconds["manual step"],
         "manual_grad_ms": 1e3 * seconds["manual_grad"],
-        "manual_step_ms": 1e3 * step,
         "torch_backward_ms": 1e3 * seconds["BackPACK torch backward"],
     }
-    return rows, extra
+    return rows, record
+
+
+def one_core(torch):
+    """Pin this process to one core, and torch to one thread (XLA sizes its pool from the
+    affinity): on a shared machine a thread pool that waits for a busy core distorts the
+    times, torch's most, and one core each compares the libraries' work, not their pools.
+    Must come before jax's backend starts. Returns the core."""
+    core = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    torch.set_num_threads(1)
+    return core
+
+
+# --- the tables ------------------------------------------------------------------------------
 
 
 def yes(ok):
     return "yes" if ok else "**no**"
 
 
-def markdown(result):
+def dagger(row, route):
+    """A mark on a time measured apart (slower than `SLOW_S`)."""
+    return " †" if f"{route} {row['quantity']}" in row["timed_apart"] else ""
+
+
+def shape(record):
+    """`64-128-128-10, batch 128`."""
+    return f"{'-'.join(map(str, record['sizes']))}, batch {record['batch']}"
+
+
+def times(ratio):
+    """A ratio at two decimals, or two significant digits below 0.1 (`0.0038`)."""
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
+
+
+def ratio_cell(row, key, target):
+    """`median ratio (fastest-call ratio) yes/no`, the target checked on the median."""
+    value = row[f"over_{key}"]
+    return f"{times(value)} ({times(row[f'over_{key}_min'])}) {yes(target(value))}"
+
+
+def config_table(record, rows):
+    """One configuration's heading, baselines and table."""
     header = [
-        "config",
         "quantity",
         "jaxbp ms",
         "/ manual step (<= 2?)",
@@ -440,50 +235,76 @@ def markdown(result):
     ]
     body = [
         [
-            r["config"],
             r["quantity"],
             f"{r['jaxbp_ms']:.2f}",
-            f"{r['over_manual_step']:.2f} {yes(r['over_manual_step'] <= 2)}",
-            f"{r['vmap_ms']:.2f}",
-            f"{r['over_vmap']:.2f} {yes(r['over_vmap'] < 1)}",
-            f"{r['backpack_ms']:.2f}",
-            f"{r['over_backpack']:.2f} {yes(r['over_backpack'] < 1)}",
+            ratio_cell(r, "manual_step", lambda v: v <= 2),
+            f"{r['vmap_ms']:.2f}{dagger(r, 'vmap')}",
+            ratio_cell(r, "vmap", lambda v: v < 1),
+            f"{r['backpack_ms']:.2f}{dagger(r, 'BackPACK')}",
+            ratio_cell(r, "backpack", lambda v: v < 1),
         ]
-        for r in result["quantities"]
+        for r in rows
     ]
     text = (
-        "## jaxbp curvature bench (CPU, float32)\n\n"
-        f"{result['device']}, {result['threads']} threads for jax and torch; median times "
-        "(round-robin, the smallest of 3 per-round medians). tanh MLP, softmax cross-entropy "
-        "(mean). The manual step is `jaxbp bench`'s (manual_grad + SGD with momentum, jitted);"
-        " BackPACK's time is one forward and one backward pass with the extension "
-        "(`BatchGrad` and its Gram matrix for batch_dot_grad).\n\n"
+        f"### {record['config']} ({shape(record)})\n\nManual step "
+        f"{record['manual_step_ms']:.2f} ms, jitted manual_grad {record['manual_grad_ms']:.2f} "
+        f"ms, torch forward+backward {record['torch_backward_ms']:.2f} ms.\n\n"
     )
-    text += markdown_table(header, body)
-    text += "\nBaselines: " + "; ".join(
-        f"{e['config']}: manual step {e['manual_step_ms']:.2f} ms, jitted manual_grad "
-        f"{e['manual_grad_ms']:.2f} ms, torch forward+backward {e['torch_backward_ms']:.2f} ms"
-        for e in result["baselines"]
-    )
-    text += (
-        ". The vmap route agrees with jaxbp to "
-        f"{max(r['vmap_rel_diff'] for r in result['quantities']):.1e} (max relative difference, "
-        "float32) before it is timed.\n"
-    )
+    return text + markdown_table(header, body)
+
+
+def span(values):
+    """`a-b` (or `a` when all are equal as `times` writes them)."""
+    low, high = times(min(values)), times(max(values))
+    return low if low == high else f"{low}-{high}"
+
+
+def summary(result):
+    """The measured numbers in a few sentences: per configuration each quantity over the
+    manual step and the ranges over the vmap route and BackPACK; K-FAC against kfac-jax."""
+    parts = []
+    for record in result["configs"]:
+        rows = [r for r in result["quantities"] if r["config"] == record["config"]]
+        steps = ", ".join(f"{r['over_manual_step']:.2f}x ({r['quantity']})" for r in rows)
+        parts.append(
+            f"On {record['config']} ({shape(record)}) jaxbp's quantities take {steps} the "
+            f"manual step's time, {span([r['over_vmap'] for r in rows])}x the vmap route's and "
+            f"{span([r['over_backpack'] for r in rows])}x BackPACK's."
+        )
     k = result["kfac"]
-    text += (
-        f"\n## K-FAC training step ({k['config']}: {'-'.join(map(str, k['sizes']))}, batch "
-        f"{k['batch']})\n\nSGD(0.01, momentum 0.9) for all; K-FAC damping 0.1, decay 0.95, "
-        f"inverses every {k['window']} steps, one sampled label per example. Time per step is "
-        f"the average over windows of {k['window']} steps (inverse refreshes included); "
+    runs = k["runs"]
+    ours, sgd = runs["jaxbp_kfac"], runs["sgd"]
+    text = (
+        f"jaxbp's K-FAC step on {k['config']} takes {ours['ms_per_step']:.1f} ms "
+        f"({ours['ms_per_step'] / sgd['ms_per_step']:.2f}x the SGD step"
+    )
+    losses = f"a loss of {ours['loss_last5_mean']:.3f} over its last 5 of {k['train_steps']} steps"
+    if "kfac_jax" in runs:
+        theirs = runs["kfac_jax"]
+        text += f", {ours['ms_per_step'] / theirs['ms_per_step']:.2f}x kfac-jax's"
+        losses += f" (kfac-jax {theirs['loss_last5_mean']:.3f}"
+    else:
+        losses += " (kfac-jax not run"
+    losses += f", SGD {sgd['loss_last5_mean']:.3f})"
+    parts.append(f"{text}) and reaches {losses}.")
+    return " ".join(parts)
+
+
+def kfac_table(k):
+    """The K-FAC section: settings, then a row per optimizer."""
+    text = (
+        f"## K-FAC training step ({k['config']}: {shape(k)})\n\n"
+        "SGD(0.01, momentum 0.9) for all; K-FAC damping 0.1, decay 0.95, "
+        f"inverses every {k['window']} steps, one sampled label per example. Time per step: the "
+        f"fastest of {k['windows']} windows of {k['window']} consecutive steps (each with one "
+        "inverse refresh), taken in turn with the other optimizers, divided by the window; "
         "first step = building the optimizer state and the first step (tracing, compilation). "
         f"Loss after {k['train_steps']} steps on a learnable task (teacher labels), same "
-        "initialisation and batches. kfac-jax: "
-        f"{k['kfac_jax_note']}.\n\n"
+        f"initialisation and batches. kfac-jax: {k['kfac_jax_note']}.\n\n"
     )
     names = {"sgd": "SGD step (jaxbp manual)", "jaxbp_kfac": "jaxbp KFAC", "kfac_jax": "kfac-jax"}
     sgd = k["runs"]["sgd"]["ms_per_step"]
-    kheader = [
+    header = [
         "optimizer",
         "ms / step",
         "/ SGD step",
@@ -492,7 +313,7 @@ def markdown(result):
         f"loss steps {k['train_steps'] - 4}-{k['train_steps']}",
         "held-out loss",
     ]
-    kbody = [
+    body = [
         [
             names[name],
             f"{r['ms_per_step']:.2f}",
@@ -504,20 +325,59 @@ def markdown(result):
         ]
         for name, r in k["runs"].items()
     ]
-    text += markdown_table(kheader, kbody)
-    text += "\n" + "".join(f"- {line}\n" for line in result["notes"])
-    return text
+    return text + markdown_table(header, body)
+
+
+def markdown(result):
+    load = result["load_average_1min"]
+    text = (
+        "## jaxbp curvature bench (CPU, float32)\n\n"
+        f"{result['device']}; the process pinned to one core (jax and torch one compute "
+        f"thread each: the machine is shared, 1-minute load average {load['start']:.1f} at "
+        f"the start, {load['end']:.1f} at the end). Times: round-robin, the smallest of the "
+        "per-round medians. tanh MLP, softmax cross-entropy (mean). The manual step is "
+        "`jaxbp bench`'s (manual_grad + SGD with momentum, jitted); BackPACK's time is one "
+        "forward and one backward pass with the extension (for batch_dot_grad BackPACK 1.7 "
+        "has no `BatchDotGrad`: `BatchGrad` and the Gram matrix of its (N, P) per-example "
+        "gradients, as the vmap route forms them; jaxbp multiplies each layer's (N, N) Gram "
+        "matrices of its inputs and deltas). Ratios: from the medians, and in parentheses from "
+        "the fastest call of each (less sensitive to other processes on the machine); yes/no: "
+        "the target, on the medians. The vmap route agrees with jaxbp to "
+        f"{max(r['vmap_rel_diff'] for r in result['quantities']):.1e} (max relative "
+        "difference, float32) before it is timed.\n\n"
+        f"**Summary.** {result['summary']}\n\n"
+    )
+    for record in result["configs"]:
+        rows = [r for r in result["quantities"] if r["config"] == record["config"]]
+        text += config_table(record, rows) + "\n"
+    if any(r["timed_apart"] for r in result["quantities"]):
+        text += (
+            f"† slower than {SLOW_S} s a call: timed apart, {SLOW_REPS} rounds of one call "
+            "each in turn with the manual step and jaxbp's four calls, and its ratio taken "
+            "from that round-robin.\n\n"
+        )
+    text += kfac_table(result["kfac"])
+    return text + "\n" + "".join(f"- {line}\n" for line in result["notes"])
+
+
+def kfac_jax_clause(k):
+    """`; kfac-jax's step, with the same work, is R x the SGD step` (or nothing)."""
+    if "kfac_jax" not in k["runs"]:
+        return ""
+    ratio = k["runs"]["kfac_jax"]["ms_per_step"] / k["runs"]["sgd"]["ms_per_step"]
+    return f"; kfac-jax's step, with the same work, is {ratio:.2f}x the SGD step"
 
 
 def notes(result):
     """Short sentences on the targets, from the numbers."""
     out = []
+    outputs = {c["config"]: c["sizes"][-1] for c in result["configs"]}
     for r in result["quantities"]:
         where = f"{r['config']} {r['quantity']}"
         if r["over_manual_step"] > 2:
             why = (
-                "it carries K = 10 curvature columns back through the network, K backward "
-                "passes' worth of work where the step has one"
+                f"it carries K = {outputs[r['config']]} curvature columns back through every "
+                "layer but the first, where the step carries one delta"
                 if r["quantity"] == "diag_ggn"
                 else "the per-example squares and products add work of the backward pass's size"
             )
@@ -526,15 +386,16 @@ def notes(result):
             out.append(f"{where}: not faster than the vmap route ({r['over_vmap']:.2f}x).")
         if r["over_backpack"] >= 1:
             out.append(f"{where}: not faster than BackPACK ({r['over_backpack']:.2f}x).")
-    runs = result["kfac"]["runs"]
-    ratio = runs["jaxbp_kfac"]["ms_per_step"] / runs["sgd"]["ms_per_step"]
+    k = result["kfac"]
+    ratio = k["runs"]["jaxbp_kfac"]["ms_per_step"] / k["runs"]["sgd"]["ms_per_step"]
     if ratio > 2:
-        sizes = result["kfac"]["sizes"]
+        sizes = k["sizes"]
         out.append(
             f"jaxbp K-FAC is {ratio:.2f}x the SGD step (target 2x): the sampled column doubles "
-            "the backward pass, the factors add (n_in^2 + n_out^2) x batch per layer, and every "
-            f"{result['kfac']['window']} steps the refresh inverts {len(sizes) - 1} pairs of "
-            f"factors up to {max(sizes)}x{max(sizes)}."
+            "the backward pass, the factors add (n_in^2 + n_out^2) x batch per layer, the "
+            "preconditioning n_in^2 n_out + n_in n_out^2 per layer, and every "
+            f"{k['window']} steps the refresh inverts {len(sizes) - 1} pairs of factors up to "
+            f"{max(sizes)}x{max(sizes)}{kfac_jax_clause(k)}."
         )
     if not out:
         out.append("Every target is met.")
@@ -554,25 +415,25 @@ def main():
         return
     import torch
 
+    core = one_core(torch)
     warnings.filterwarnings("ignore", message="Full backward hook is firing")
-    threads = len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
     start = time.perf_counter()
     names, reps, kfac_config = ("small", "medium"), 200, "medium"
     window, windows, train_steps = 10, 9, 50
     if args.smoke:
         names, reps, kfac_config = ("small",), 6, "small"
         window, windows, train_steps = 3, 2, 6
+    load_before = os.getloadavg()[0]
     kfac_jax, kfac_jax_note = kfac_jax_status()
     log(f"kfac-jax: {kfac_jax_note}")
-    quantities, baselines = [], []
+    quantities, configs = [], []
     for name in names:
         config = bench.CONFIGS[name]
-        rows, extra = quantity_rows(
+        rows, record = quantity_rows(
             config, bench.reps_for(config, reps) if not args.smoke else reps
         )
         quantities += rows
-        baselines.append(extra)
+        configs.append(record)
         for r in rows:
             log(
                 f"{name} {r['quantity']}: {r['jaxbp_ms']:.2f} ms, "
@@ -580,7 +441,7 @@ def main():
                 f"{r['over_backpack']:.2f}x BackPACK ({time.perf_counter() - start:.0f} s)"
             )
     config = bench.CONFIGS[kfac_config]
-    runs = kfac_runs(config, kfac_jax, window, windows, train_steps)
+    runs = kfac_runs(config, kfac_jax, window, windows, train_steps, N_BATCHES)
     for name, r in runs.items():
         log(
             f"{kfac_config} {name}: {r['ms_per_step']:.2f} ms/step, first step "
@@ -589,7 +450,8 @@ def main():
     result = {
         "experiment": "curvature_bench",
         "device": f"{jax.devices()[0].device_kind} ({os.cpu_count()} cores)",
-        "threads": threads,
+        "core": core,
+        "threads": 1,
         "versions": {
             "jax": jax.__version__,
             "torch": torch.__version__,
@@ -597,18 +459,21 @@ def main():
             "kfac-jax": None if kfac_jax is None else importlib.metadata.version("kfac-jax"),
         },
         "smoke": args.smoke,
+        "configs": configs,
         "quantities": quantities,
-        "baselines": baselines,
         "kfac": {
             "config": kfac_config,
             "sizes": list(config.sizes),
             "batch": config.batch,
             "window": window,
+            "windows": windows,
             "train_steps": train_steps,
             "kfac_jax_note": kfac_jax_note,
             "runs": runs,
         },
+        "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
     }
+    result["summary"] = summary(result)
     result["notes"] = notes(result)
     result["wall_s"] = time.perf_counter() - start
     text = markdown(result)
