@@ -56,6 +56,14 @@ def completed(saved: dict[str, Any]) -> dict[str, Any]:
     return {**ADDED_SETTINGS, "dp_sampling": "shuffle" if dp else None, **saved}
 
 
+AS_GIVEN = (
+    *("data", "target", "labels", "loss", "optimizer", "seed", "grad", "out", "resume"),
+    *("overwrite", "quiet", "diagnostics", "devices", "dropout", "saturation"),
+    *("dp_clip", "dp_noise", "dp_delta", "dp_sampling"),
+)
+"""The settings `Settings.from_args` takes from the command line as they are parsed."""
+
+
 class JobError(Exception):
     """A user's mistake in a job's input: reported as one line on stderr, exit status 2."""
 
@@ -104,32 +112,14 @@ class Settings:
         activation = pick("activation")
         settings = cls(
             dataset=dataset,
-            data=ns.data,
-            target=ns.target,
-            labels=ns.labels,
             hidden=tuple(pick("hidden")),
             activation=activation,
             init=ns.init or jaxbp.ACTIVATIONS[activation].init,
-            loss=ns.loss,
-            optimizer=ns.optimizer,
             lr=pick("lr"),
             batch_size=pick("batch_size"),
             epochs=pick("epochs"),
-            seed=ns.seed,
-            grad=ns.grad,
-            out=ns.out,
-            resume=ns.resume,
-            overwrite=ns.overwrite,
-            quiet=ns.quiet,
-            diagnostics=ns.diagnostics,
-            devices=ns.devices,
             norm=None if ns.norm == "none" else ns.norm,
-            dropout=ns.dropout,
-            dp_clip=ns.dp_clip,
-            dp_noise=ns.dp_noise,
-            dp_delta=ns.dp_delta,
-            dp_sampling=ns.dp_sampling,
-            saturation=ns.saturation,
+            **{name: getattr(ns, name) for name in AS_GIVEN},
         )
         settings.check()
         return settings

@@ -142,16 +142,21 @@ FIGURE = number(0, finite=False, nan=True)
 """A parity error: >= 0; inf where the reference is 0 and the other is not, NaN where
 the gradients themselves are not finite."""
 
-METRICS_LINE: dict[str, Rule] = {
-    "epoch": required(integer(1)),
-    "seconds": NONNEGATIVE,
-    "samples_per_s": NONNEGATIVE,
+SCORES: dict[str, Rule] = {
     "train_loss": number(),
     "test_loss": number(),
     "train_accuracy": UNIT,
     "test_accuracy": UNIT,
     "train_r2": number(high=1),
     "test_r2": number(high=1),
+}
+"""A run's scores on each split, as an epoch's line and the summary give them."""
+
+METRICS_LINE: dict[str, Rule] = {
+    "epoch": required(integer(1)),
+    "seconds": NONNEGATIVE,
+    "samples_per_s": NONNEGATIVE,
+    **SCORES,
     "clipped": UNIT,
     "batch": NONNEGATIVE,
     "epsilon": number(0, finite=False),
@@ -251,12 +256,7 @@ SUMMARY: dict[str, Rule] = {
     "grad": TEXT,
     "epochs": required(integer(1)),
     "seconds": NONNEGATIVE,
-    "train_loss": number(),
-    "test_loss": number(),
-    "train_accuracy": UNIT,
-    "test_accuracy": UNIT,
-    "train_r2": number(high=1),
-    "test_r2": number(high=1),
+    **SCORES,
     "parity_max_rel_err": FIGURE,
     "parity_atol": NONNEGATIVE,
     "parity_max_scaled_err": FIGURE,
