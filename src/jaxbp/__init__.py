@@ -1,8 +1,8 @@
 """jaxbp: multilayer perceptrons with back-propagation written by hand (eq. 1.4)
 and checked against `jax.grad`.
 
-Equation numbers cite chapter 1 of the course this project comes from; see the
-README for the notation.
+Equation numbers cite chapter 1 of the course this project comes from; see
+docs/model.md for the notation.
 """
 
 from jaxbp import datasets, runs

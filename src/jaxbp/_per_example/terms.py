@@ -98,7 +98,7 @@ def check_per_example(net: Network, what: str) -> None:
             raise ValueError(
                 f"{what} needs every layer to say whether its gradient is a sum of "
                 f"per-example terms: the layer {layer!r} has no per_example attribute (see "
-                "README, Extending jaxbp: per_example = True with per_example_grads and "
+                "docs/extending.md: per_example = True with per_example_grads and "
                 "per_example_sq_norms, or False)."
             )
         missing = [
@@ -109,7 +109,7 @@ def check_per_example(net: Network, what: str) -> None:
         if missing:
             raise ValueError(
                 f"{what}: the layer {layer!r} says per_example = True but has no "
-                f"{' or '.join(missing)}; define them (see README, Extending jaxbp) or set "
+                f"{' or '.join(missing)}; define them (see docs/extending.md) or set "
                 "per_example = False."
             )
     coupled = [layer.name for layer in net.layers if not layer.per_example]
