@@ -17,7 +17,9 @@ from jaxbp.runs import schema
 
 __all__ = ["RunError", "describe", "fingerprint", "read_metrics"]
 
-CHECKPOINT, METRICS, SUMMARY = "checkpoint.jaxbp", "metrics.jsonl", "summary.json"
+CHECKPOINT = "checkpoint.jaxbp"  # one name a line: the API reference lists each
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
 FIGURES = ("curves.png", "diagnostics.png")
 RUN_FILES = (METRICS, CHECKPOINT, SUMMARY, *FIGURES)
 """The files a run writes in its folder (besides its lock and set-asides)."""
