@@ -4,6 +4,9 @@
 - Rank promotion raises: a bias added as `(n,)` to `(batch, n)` without an explicit
   axis is an error here, which catches broadcasting bugs in a handwritten backward pass.
 - Warnings are errors (pyproject.toml), deprecated JAX APIs included.
+- One persistent compilation cache per session (`pytest_configure`), in a temporary
+  folder removed at its end: a program compiled by one test, one xdist worker or one
+  subprocess is loaded by the others that need it instead of compiled again.
 """
 
 import contextlib
@@ -11,8 +14,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -26,6 +31,35 @@ from jaxbp._files.checkpoint import MAGIC
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+XLA_CACHE = {
+    "JAX_COMPILATION_CACHE_DIR": None,  # the session's folder
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    "JAXBP_CACHE_DIR": None,  # what `jaxbp train` uses, in process or not (cli.compile_cache)
+}
+"""The environment of the session's compilation cache: every program is kept, however
+quick to compile or small. Set in the controller, so the xdist workers and every
+subprocess (an experiment, `jaxbp train`) inherit it; nothing reaches a user's cache."""
+_CACHE_FOLDER = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
+        folder = tempfile.mkdtemp(prefix="jaxbp-tests-xla-")
+        config.stash[_CACHE_FOLDER] = folder
+        os.environ.update({name: value or folder for name, value in XLA_CACHE.items()})
+    # jax read the environment when conftest imported it; a worker's is the controller's.
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    folder = config.stash.get(_CACHE_FOLDER, None)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
 
 LOSS_OUTPUTS = list(_LOSS_OUTPUTS)
 """Every loss with the kinds of output it takes: the one case table of `jaxbp check`."""

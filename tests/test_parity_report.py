@@ -50,6 +50,19 @@ def test_catches_a_wrong_derivative(problem, finite_differences):
         assert report.leaves[0].fd_err > 1e-6 > report.leaves[-1].fd_err
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "op-by-op"])
+def test_compiled_or_op_by_op_gives_the_same_verdict(problem, compiled):
+    """Both ways compute the same two gradients: the same leaves pass, and a wrong
+    derivative fails either way."""
+    report = jaxbp.check_parity(
+        *problem, activation="tanh", loss="cross_entropy", compiled=compiled
+    )
+    assert report.passed and max(leaf.rel_err for leaf in report.leaves) < 1e-12
+    bad = jaxbp.Activation("tanh", jnp.tanh, lambda z, a: 1.01 * (1 - a * a))
+    report = jaxbp.check_parity(*problem, activation=bad, loss="cross_entropy", compiled=compiled)
+    assert not report.passed and report.leaves[0].rel_err > 1e-3
+
+
 def test_custom_rtol(problem):
     report = jaxbp.check_parity(*problem, activation="relu", loss="cross_entropy", rtol=0.0)
     assert report.rtol == 0.0
@@ -288,6 +301,12 @@ CHECK_ERRORS = [
         {"finite_differences": "no"},
         TypeError,
         ["finite_differences must be True or False", "str 'no'"],
+    ),
+    (
+        "compiled-none",
+        {"compiled": None},
+        TypeError,
+        ["compiled must be True or False", "NoneType None", "compiled=False"],
     ),
 ]
 

@@ -220,6 +220,7 @@ def check_parity(
     atol: float | str | None = None,
     finite_differences: bool = False,
     key: Array | None = None,
+    compiled: bool = True,
     **keywords: Unpack[Keywords],
 ) -> ParityReport:
     """Compare `manual_grad` with `jax.grad(loss_fn)` leaf by leaf.
@@ -247,6 +248,10 @@ def check_parity(
     - `key`: a `jax.random` key (typed, or raw `uint32` data) for the random directions
       (default `jax.random.key(0)`); a network with dropout draws both gradients' masks
       from it too (folded with 1), the same masks. Checked even when nothing draws from it.
+    - `compiled`: both gradients in one compiled program (default: the first check of a
+      network compiles once, then repeats are quick). `False` runs them op by op, whose
+      small programs are shared by every network of the same shapes: quicker for a grid
+      of many networks checked once each (`parity_grid` does so).
 
     Relative errors measure disagreement, and both paths round. In float32 a leaf whose
     gradient is a sum of nearly cancelling terms (the output bias of a well-trained
@@ -261,6 +266,11 @@ def check_parity(
         raise TypeError(
             f"finite_differences must be True or False; got {type(finite_differences).__name__} "
             f"{finite_differences!r}. Pass finite_differences=True to add the float64 check."
+        )
+    if not isinstance(compiled, (bool, np.bool_)):
+        raise TypeError(
+            f"compiled must be True or False; got {type(compiled).__name__} {compiled!r}. "
+            "Pass compiled=False to run a check op by op (quicker for many networks)."
         )
     if rtol is not None:
         meaning = "the bound on each leaf's relative error; or None: by dtype, DEFAULT_RTOL"
@@ -290,7 +300,7 @@ def check_parity(
     dtype = jnp.result_type(x, *jax.tree.leaves(params))
     y = net.loss.targets(y, x.shape[0], net.n_out, dtype)
     with jax.default_matmul_precision("highest"):
-        manual, auto = _gradients(net, params, x, y, masks)
+        manual, auto = (_gradients if compiled else _both_gradients)(net, params, x, y, masks)
     dtype = str(jnp.result_type(*jax.tree.leaves(params)))
     if rtol is None:
         rtol = DEFAULT_RTOL.get(dtype, 1e-5)
@@ -352,13 +362,18 @@ def _rel(m: np.ndarray, a: np.ndarray) -> float:
     return float(diff / ref)
 
 
-@jax.jit
-def _gradients(net: Network, params: Params, x: Array, y: Array, masks: Any) -> tuple[Any, Any]:
-    """Both gradients in one compiled program (a parity check of the same network and
-    shapes compiles once): eqs. 1.3-1.4 by hand, and `jax.grad` of the same loss."""
+def _both_gradients(
+    net: Network, params: Params, x: Array, y: Array, masks: Any
+) -> tuple[Any, Any]:
+    """Eqs. 1.3-1.4 by hand, and `jax.grad` of the same loss."""
     manual = cast_like(gradient(net, params, x, y, masks)[2].grads, params)
     auto = jax.grad(loss_value, argnums=1)(net, params, x, y, net.context(True, masks))
     return manual, auto
+
+
+_gradients = jax.jit(_both_gradients)
+"""Both gradients in one compiled program (a parity check of the same network and shapes
+compiles once)."""
 
 
 @jax.jit
