@@ -13,13 +13,14 @@ import optax
 import pytest
 
 import jaxbp
+from conftest import fast_compile_env
 
 WORKER = str(Path(__file__).with_name("sharded_worker.py"))
 
 
 def test_one_and_four_devices_train_alike(tmp_path):
     out = tmp_path / "virtual.json"
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = fast_compile_env("--xla_force_host_platform_device_count=4")
     subprocess.run([sys.executable, WORKER, "virtual", str(out)], env=env, check=True, timeout=300)
     result = json.loads(out.read_text())
     for grad in ("manual", "autodiff"):
