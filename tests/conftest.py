@@ -49,6 +49,12 @@ def pytest_configure(config):
         folder = tempfile.mkdtemp(prefix="jaxbp-tests-xla-")
         config.stash[_CACHE_FOLDER] = folder
         os.environ.update({name: value or folder for name, value in XLA_CACHE.items()})
+    # Two workers may meet at one entry, one reading it while the other writes it: jax
+    # then warns and compiles the program itself. A fault of this cache, not of jaxbp.
+    for verb in ("reading", "writing"):
+        config.addinivalue_line(
+            "filterwarnings", f"default:Error {verb} persistent compilation cache entry"
+        )
     # jax read the environment when conftest imported it; a worker's is the controller's.
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
