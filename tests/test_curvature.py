@@ -86,11 +86,15 @@ def dense_ggn_and_hessian(params, x, y, cfg):
         z, a = (o, o) if loss.any_output else (o, net.output.fn(o[None])[0])
         return net.scale(N) * loss.value(z[None], a[None], yn[None])[0]
 
-    jac = jax.jacobian(split)(theta)  # (N, K, P)
-    h_out = jax.vmap(jax.hessian(per_example_loss))(split(theta), targets)
-    ggn = jnp.einsum("nkp,nkl,nlq->pq", jac, h_out, jac)
-    hessian = jax.hessian(lambda t: jaxbp.loss_fn(unravel(t), x, y, cfg, key=KEY))(theta)
-    return ggn, hessian, unravel
+    @jax.jit  # one program rather than thousands of eager operations
+    def matrices(theta):
+        jac = jax.jacobian(split)(theta)  # (N, K, P)
+        h_out = jax.vmap(jax.hessian(per_example_loss))(split(theta), targets)
+        ggn = jnp.einsum("nkp,nkl,nlq->pq", jac, h_out, jac)
+        hessian = jax.hessian(lambda t: jaxbp.loss_fn(unravel(t), x, y, cfg, key=KEY))(theta)
+        return ggn, hessian
+
+    return (*matrices(theta), unravel)
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
