@@ -57,3 +57,18 @@ def markdown_table(header, rows):
 def mean_sd(record, key, decimals=3):
     """The table cell `mean ± sd` of `record[KEY_mean]` and `record[KEY_sd]`."""
     return f"{record[f'{key}_mean']:.{decimals}f} ± {record[f'{key}_sd']:.{decimals}f}"
+
+
+def spread(values: list[float | None]) -> dict:
+    """Geometric mean, min and max over the seeds with a positive finite value, and how
+    many seeds had none (`missing`: the first layer's norm underflowed float32 to 0, or
+    a ratio 0/0 or inf)."""
+    good = np.array([v for v in values if v is not None], np.float64)
+    if good.size == 0:
+        return {"geomean": None, "min": None, "max": None, "missing": len(values)}
+    return {
+        "geomean": float(np.exp(np.mean(np.log(good)))),
+        "min": float(good.min()),
+        "max": float(good.max()),
+        "missing": len(values) - int(good.size),
+    }

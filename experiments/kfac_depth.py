@@ -49,7 +49,7 @@ import numpy as np
 import optax
 
 import jaxbp
-from _common import log, make_parser, markdown_table, rounded, write_results
+from _common import log, make_parser, markdown_table, rounded, spread, write_results
 from jaxbp.app.plots import pyplot
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -279,7 +279,7 @@ def summarise(runs: list[dict], targets, cost: dict) -> dict:
     }
     for k, field in (("init", 0), ("final", -1)):
         vals = [r["ratio"][field] for r in runs]
-        out[f"ratio_{k}"] = geo_summary(vals)
+        out[f"ratio_{k}"] = spread(vals)
     for t in targets:
         hits = [r["to_target"][f"{t:g}"] for r in runs if r["to_target"][f"{t:g}"]["epochs"]]
         out[f"target_{t:g}"] = {
@@ -292,18 +292,6 @@ def summarise(runs: list[dict], targets, cost: dict) -> dict:
             ),
         }
     return out
-
-
-def geo_summary(values) -> dict:
-    good = np.array([v for v in values if v is not None], np.float64)
-    if good.size == 0:
-        return {"geomean": None, "min": None, "max": None, "missing": len(values)}
-    return {
-        "geomean": float(np.exp(np.mean(np.log(good)))),
-        "min": float(good.min()),
-        "max": float(good.max()),
-        "missing": len(values) - int(good.size),
-    }
 
 
 def fmt_ratio(s: dict) -> str:
@@ -360,7 +348,7 @@ def ratio_course_table(result, init) -> str:
         epochs = runs[0]["flow_epochs"]
         cells = []
         for i in range(len(epochs)):
-            g = geo_summary([r["ratio"][i] if i < len(r["ratio"]) else None for r in runs])
+            g = spread([r["ratio"][i] if i < len(r["ratio"]) else None for r in runs])
             cells.append("n/a" if g["geomean"] is None else f"{g['geomean']:.1e}")
         rows.append([method, " → ".join(f"{e}: {c}" for e, c in zip(epochs, cells))])
     return markdown_table(["method", "epoch: ||delta_1|| / ||delta_L|| (geometric mean)"], rows)

@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 import jaxbp
-from _common import log, make_parser, markdown_table, rounded, write_results
+from _common import log, make_parser, markdown_table, rounded, spread, write_results
 from jaxbp.app.plots import pyplot
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -190,21 +190,6 @@ def ratios(norms: np.ndarray) -> list[float | None]:
     with np.errstate(divide="ignore", invalid="ignore"):
         r = norms[:, 0] / norms[:, -1]
     return [rounded(v, DIGITS) if np.isfinite(v) and v > 0 else None for v in r]
-
-
-def spread(values: list[float | None]) -> dict:
-    """Geometric mean, min and max over the seeds with a positive finite value, and how
-    many seeds had none (`missing`: the first layer's norm underflowed float32 to 0, or
-    a ratio 0/0 or inf)."""
-    good = np.array([v for v in values if v is not None], np.float64)
-    if good.size == 0:
-        return {"geomean": None, "min": None, "max": None, "missing": len(values)}
-    return {
-        "geomean": float(np.exp(np.mean(np.log(good)))),
-        "min": float(good.min()),
-        "max": float(good.max()),
-        "missing": len(values) - int(good.size),
-    }
 
 
 def fmt_ratio(s: dict) -> str:

@@ -204,3 +204,15 @@ def run_smoke(name, out, md_starts=None, progress=""):
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-epoch `jaxbp train` run with diagnostics (per-layer lists in its log)
+    and both figures."""
+    from jaxbp.app.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    args = ["--dataset", "xor", "--hidden", "3", "--batch-size", "50", "--quiet"]
+    assert main(["train", *args, "--epochs", "2", "--out", str(out), "--diagnostics"]) == 0
+    return out

@@ -24,16 +24,6 @@ from jaxbp.runs import RunError, RunFolder, load_run, schema
 XOR = ["--dataset", "xor", "--hidden", "3", "--batch-size", "50", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished 2-epoch run with diagnostics (per-layer lists in its log) and figures."""
-    from jaxbp.app.cli import main
-
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", *XOR, "--epochs", "2", "--out", str(out), "--diagnostics"]) == 0
-    return out
-
-
 def files(folder):
     """Every file under the folder (set-asides included), by relative path: its bytes."""
     return {

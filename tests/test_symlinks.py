@@ -24,16 +24,6 @@ from jaxbp import datasets, runs
 XOR = ["--dataset", "xor", "--hidden", "3", "--batch-size", "50", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """A finished 2-epoch run with both figures."""
-    from jaxbp.app.cli import main
-
-    out = tmp_path_factory.mktemp("run")
-    assert main(["train", *XOR, "--epochs", "2", "--out", str(out), "--diagnostics"]) == 0
-    return out
-
-
 def snapshot(path):
     """What the outside file or folder holds (a folder: each file's bytes, by name)."""
     if path.is_dir():
