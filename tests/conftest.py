@@ -4,9 +4,13 @@
 - Rank promotion raises: a bias added as `(n,)` to `(batch, n)` without an explicit
   axis is an error here, which catches broadcasting bugs in a handwritten backward pass.
 - Warnings are errors (pyproject.toml), deprecated JAX APIs included.
-- One persistent compilation cache per session (`pytest_configure`), in a temporary
-  folder removed at its end: a program compiled by one test, one xdist worker or one
-  subprocess is loaded by the others that need it instead of compiled again.
+- One persistent compilation cache for the suite (`pytest_configure`): a program compiled
+  by one test, one xdist worker or one subprocess is loaded by the others that need it,
+  and by the next run of the suite, instead of compiled again. It lives in pytest's
+  cache folder (`.pytest_cache/d/jaxbp-xla`; `pytest --cache-clear` empties it, and it
+  is emptied when it outgrows `XLA_CACHE_MAX_BYTES`); with `-p no:cacheprovider`, in a
+  temporary folder removed at the session's end. JAX keys each entry by the program, the
+  jax and jaxlib versions, the XLA flags and the device: an entry is never stale.
 """
 
 import contextlib
@@ -41,13 +45,28 @@ XLA_CACHE = {
 """The environment of the session's compilation cache: every program is kept, however
 quick to compile or small. Set in the controller, so the xdist workers and every
 subprocess (an experiment, `jaxbp train`) inherit it; nothing reaches a user's cache."""
-_CACHE_FOLDER = pytest.StashKey[str]()
+XLA_CACHE_MAX_BYTES = 1 << 30
+"""A kept cache larger than this (one run of the suite fills about 75 MiB) is emptied at the start
+of a run."""
+_CACHE_FOLDER = pytest.StashKey[str]()  # a session's own folder, removed at its end
+
+
+def _cache_folder(config):
+    """The controller's compilation cache folder (see the module's docstring)."""
+    if getattr(config, "cache", None) is None:  # -p no:cacheprovider
+        folder = tempfile.mkdtemp(prefix="jaxbp-tests-xla-")
+        config.stash[_CACHE_FOLDER] = folder
+        return folder
+    folder = config.cache.mkdir("jaxbp-xla")
+    if sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) > XLA_CACHE_MAX_BYTES:
+        shutil.rmtree(folder)
+        folder.mkdir()
+    return str(folder)
 
 
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
-        folder = tempfile.mkdtemp(prefix="jaxbp-tests-xla-")
-        config.stash[_CACHE_FOLDER] = folder
+        folder = _cache_folder(config)
         os.environ.update({name: value or folder for name, value in XLA_CACHE.items()})
     # Two workers may meet at one entry, one reading it while the other writes it: jax
     # then warns and compiles the program itself. A fault of this cache, not of jaxbp.

@@ -48,12 +48,14 @@ def test_an_epoch_is_its_steps_taken_one_by_one(problem):
     got, _, metrics = epoch(params, sgd.init(params), key, x, y)
     q, capacity, steps = 10 / 60, poisson_capacity(60, 10 / 60), 6
     want, state = params, sgd.init(params)
+    # jitted: one program for each batch size drawn, not one per operation and size
+    dp_value_and_grad = jax.jit(jaxbp.dp_value_and_grad, static_argnames=tuple(KW))
     for i, step_key in enumerate(jax.random.split(jax.random.fold_in(key, 1), steps)):
         k_batch, k_step = jax.random.split(step_key)
         idx, mask = poisson_batch(k_batch, 60, q, capacity)
         kept = np.asarray(idx)[np.asarray(mask) > 0]
         assert int(metrics["batch"][i]) == kept.size
-        _, grads, _ = jaxbp.dp_value_and_grad(
+        _, grads, _ = dp_value_and_grad(
             want, k_step, x[kept], y[kept], l2_clip=CLIP, noise_multiplier=NOISE, **KW
         )
         grads = jax.tree.map(lambda g, k=kept.size: g * k / (q * 60), grads)  # / E[K], not / K
