@@ -37,12 +37,12 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 XLA_CACHE = {
-    "JAX_COMPILATION_CACHE_DIR": None,  # the session's folder
+    "JAX_COMPILATION_CACHE_DIR": None,  # the suite's folder (_cache_folder)
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     "JAXBP_CACHE_DIR": None,  # what `jaxbp train` uses, in process or not (cli.compile_cache)
 }
-"""The environment of the session's compilation cache: every program is kept, however
+"""The environment of the suite's compilation cache: every program is kept, however
 quick to compile or small. Set in the controller, so the xdist workers and every
 subprocess (an experiment, `jaxbp train`) inherit it; nothing reaches a user's cache."""
 XLA_CACHE_MAX_BYTES = 1 << 30

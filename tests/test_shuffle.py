@@ -15,12 +15,14 @@ from jaxbp._train.shuffle import permutation, rounds_for
 CHI2_999 = {23: 49.728, 99: 148.230}
 """Chi-square quantiles at 0.999 for these degrees of freedom (scipy.stats.chi2.ppf)."""
 
+jit_permutation = jax.jit(permutation, static_argnums=1)
+"""One compiled program per n, not one per operation and n (the same values: no floats)."""
+
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 5000), seed=st.integers(0, 2**31 - 1))
 def test_is_a_permutation(n, seed):
-    # One compiled program per n, not one per operation and n (the same values: no floats).
-    perm = np.asarray(jax.jit(permutation, static_argnums=1)(jax.random.key(seed), n))
+    perm = np.asarray(jit_permutation(jax.random.key(seed), n))
     assert perm.dtype == np.int32
     assert np.array_equal(np.sort(perm), np.arange(n))
 
