@@ -242,20 +242,14 @@ def compare_case(index, case, mc_samples):
     sgs = jaxbp.sum_grad_squared(params, x, y, cfg)
     var = jaxbp.grad_variance(params, x, y, cfg)
     gram = jaxbp.batch_dot_grad(params, x, y, cfg)
-    bp = backpack_run(params, x, y, case, bx.SumGradSquared())
-    row(
-        "sum_grad_squared",
-        "BackPACK",
-        tree_rel(sgs, scaled(from_torch_list([p.sum_grad_squared for p in bp]), s2)),
-    )
-    row("sum_grad_squared", "torch.func", tree_rel(sgs, ref_sgs))
-    bp = backpack_run(params, x, y, case, bx.Variance())
-    row(
-        "grad_variance",
-        "BackPACK",
-        tree_rel(var, scaled(from_torch_list([p.variance for p in bp]), s2)),
-    )
-    row("grad_variance", "torch.func", tree_rel(var, ref_var))
+    for name, ours, extension, field, ref in (
+        ("sum_grad_squared", sgs, bx.SumGradSquared(), "sum_grad_squared", ref_sgs),
+        ("grad_variance", var, bx.Variance(), "variance", ref_var),
+    ):
+        bp = backpack_run(params, x, y, case, extension)
+        theirs = scaled(from_torch_list([getattr(p, field) for p in bp]), s2)
+        row(name, "BackPACK", tree_rel(ours, theirs))
+        row(name, "torch.func", tree_rel(ours, ref))
     bp = backpack_run(params, x, y, case, bx.BatchGrad())
     batch = np.concatenate([p.grad_batch.detach().numpy().reshape(n, -1) for p in bp], axis=1)
     row("batch_dot_grad", "BackPACK", rel(gram, s2 * batch @ batch.T), "Gram of BatchGrad")
