@@ -72,3 +72,12 @@ def spread(values: list[float | None]) -> dict:
         "max": float(good.max()),
         "missing": len(values) - int(good.size),
     }
+
+
+def fmt_spread(s: dict) -> str:
+    """A `spread` as `geomean [min, max]`, and how many seeds it leaves out as `zero/nan`
+    (as vanishing_gradients.py labels them)."""
+    if s["geomean"] is None:
+        return f"n/a ({s['missing']} zero/nan)"
+    text = f"{s['geomean']:.1e} [{s['min']:.0e}, {s['max']:.0e}]"
+    return text + (f" ({s['missing']} zero/nan)" if s["missing"] else "")

@@ -49,7 +49,7 @@ import numpy as np
 import optax
 
 import jaxbp
-from _common import log, make_parser, markdown_table, rounded, spread, write_results
+from _common import fmt_spread, log, make_parser, markdown_table, rounded, spread, write_results
 from jaxbp.app.plots import pyplot
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -294,13 +294,6 @@ def summarise(runs: list[dict], targets, cost: dict) -> dict:
     return out
 
 
-def fmt_ratio(s: dict) -> str:
-    if s["geomean"] is None:
-        return "n/a"
-    miss = f" ({s['missing']} zero/nan)" if s["missing"] else ""
-    return f"{s['geomean']:.1e} [{s['min']:.0e}, {s['max']:.0e}]{miss}"
-
-
 def fmt_target(t: dict) -> str:
     if not t["reached"]:
         return f"0/{t['of']}"
@@ -332,8 +325,8 @@ def results_table(result, init, targets) -> str:
                 f"{s['test_accuracy_mean']:.3f} [{s['test_accuracy_min']:.3f}, "
                 f"{s['test_accuracy_max']:.3f}]",
                 *(fmt_target(s[f"target_{t:g}"]) for t in targets),
-                fmt_ratio(s["ratio_init"]),
-                fmt_ratio(s["ratio_final"]),
+                fmt_spread(s["ratio_init"]),
+                fmt_spread(s["ratio_final"]),
                 f"{s['median_epoch_s']:.3f}",
             ]
         )
@@ -396,7 +389,7 @@ def verdict(result, init, targets) -> list[str]:
     for method in METHODS:
         s = best[method]["summary"]
         parts.append(
-            f"{method} {fmt_ratio(s['ratio_init'])} → {fmt_ratio(s['ratio_final'])} "
+            f"{method} {fmt_spread(s['ratio_init'])} → {fmt_spread(s['ratio_final'])} "
             f"(final loss {fmt_loss([s['final_train_loss_median']])} median)"
         )
     lines.append(f"- {init} init, ||delta_1|| / ||delta_L|| at init → end: " + "; ".join(parts))

@@ -46,7 +46,7 @@ import numpy as np
 import optax
 
 import jaxbp
-from _common import log, make_parser, markdown_table, rounded, spread, write_results
+from _common import fmt_spread, log, make_parser, markdown_table, rounded, spread, write_results
 from jaxbp.app.plots import pyplot
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -192,15 +192,6 @@ def ratios(norms: np.ndarray) -> list[float | None]:
     return [rounded(v, DIGITS) if np.isfinite(v) and v > 0 else None for v in r]
 
 
-def fmt_ratio(s: dict) -> str:
-    """`geomean [min, max]`, and how many seeds it leaves out as `zero/nan` (as
-    vanishing_gradients.py labels them)."""
-    if s["geomean"] is None:
-        return f"n/a ({s['missing']} zero/nan)"
-    text = f"{s['geomean']:.1e} [{s['min']:.0e}, {s['max']:.0e}]"
-    return text + (f" ({s['missing']} zero/nan)" if s["missing"] else "")
-
-
 def fmt_acc(r: dict) -> str:
     a = r["test_accuracy_summary"]
     text = f"{a['mean']:.3f} [{a['min']:.2f}, {a['max']:.2f}]"
@@ -231,8 +222,8 @@ def main_table(records, dataset, names, activations, depths) -> str:
                 r = find(records, dataset, act, name, depth)
                 row += [
                     fmt_acc(r),
-                    fmt_ratio(r["at_init"]["delta_ratio_summary"]),
-                    fmt_ratio(r["trained"]["delta_ratio_summary"]),
+                    fmt_spread(r["at_init"]["delta_ratio_summary"]),
+                    fmt_spread(r["trained"]["delta_ratio_summary"]),
                 ]
             rows.append(row)
     return markdown_table(head, rows)
@@ -404,8 +395,8 @@ def main(argv: list[str] | None = None) -> None:
                         log(
                             f"{dataset:<13} {activation:<7} depth {depth:>2} {name:<19} "
                             f"acc {fmt_acc(rec):<30} ratio "
-                            f"{fmt_ratio(rec['at_init']['delta_ratio_summary'])} -> "
-                            f"{fmt_ratio(rec['trained']['delta_ratio_summary'])}"
+                            f"{fmt_spread(rec['at_init']['delta_ratio_summary'])} -> "
+                            f"{fmt_spread(rec['trained']['delta_ratio_summary'])}"
                         )
                     if dataset == datasets[0] and depth == min(depths) and arch == (None, 0.0):
                         for rate in lr_check:  # the same program, another rate in the state
