@@ -379,6 +379,7 @@ def test_max_scaled_err_of_a_real_report_by_hand():
     manual, auto = ([np.asarray(g) for g in jax.tree.leaves(t)] for t in (manual, auto))
     norm = np.sqrt(sum(np.sum(a * a) for a in auto))
     assert report.atol == pytest.approx(report.rtol * norm, rel=1e-12)
+    assert report.grad_norm == pytest.approx(norm, rel=1e-12)
     want = max(np.linalg.norm(m - a) / (norm + np.linalg.norm(a)) for m, a in zip(manual, auto))
     assert report.passed and report.max_scaled_err == pytest.approx(want, rel=1e-6, abs=1e-300)
 

@@ -130,12 +130,35 @@ def test_load_run_and_resume_refuse_settings_that_break_their_rules(
     assert files(out) == before
 
 
-def test_a_checkpoints_parity_record_is_checked(finished, tmp_path):
+PARITY_FIELDS = [
+    ("max_rel_err", -1.0, "not a number (inf or NaN included) >= 0"),
+    ("grad_norm", -1.0, "not a finite number >= 0"),
+    ("grad_norm", "1", "not a finite number >= 0"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), PARITY_FIELDS)
+def test_a_checkpoints_parity_record_is_checked(finished, tmp_path, field, value, rule):
     out = tmp_path / "run"
     shutil.copytree(finished, out)
-    with_meta(out, parity={"max_rel_err": -1.0, "atol": 0.0, "max_scaled_err": 0.0})
-    with pytest.raises(CheckpointError, match=r"its parity\.max_rel_err is -1\.0, not a number"):
+    parity = read_meta(out / "checkpoint.jaxbp")["parity"]
+    with_meta(out, parity=parity | {field: value})
+    with pytest.raises(CheckpointError) as err:
         load_run(out)
+    assert f"its parity.{field} is {json.dumps(value)}, {rule}; refusing" in str(err.value)
+
+
+def test_a_checkpoint_from_before_the_parity_scale_resumes(finished, tmp_path, capsys):
+    """A checkpoint whose parity record has no `grad_norm` (written before it did) resumes,
+    and judges the trained network on its own gradient's scale: 0, which it carries on."""
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    parity = read_meta(out / "checkpoint.jaxbp")["parity"]
+    assert parity["grad_norm"] > 0
+    with_meta(out, parity={k: v for k, v in parity.items() if k != "grad_norm"})
+    code, out_, err = run_train(capsys, *XOR[:-1], "--epochs", "3", "--out", str(out), "--resume")
+    assert code == 0 and "at initialisation, from the checkpoint" in out_, err
+    assert read_meta(out / "checkpoint.jaxbp")["parity"]["grad_norm"] == 0.0
 
 
 BAD_SUMMARIES = {

@@ -221,3 +221,29 @@ def test_well_trained_run_passes_parity_and_a_wrong_gradient_still_fails(capsys,
         monkeypatch.setitem(jaxbp.ACTIVATIONS, "tanh", bad)
         code, out, _ = run_train(capsys, *SMALL, "--epochs", "1")
         assert code == 1 and out.splitlines()[-1].endswith("parity FAILED")
+
+
+def test_a_long_trained_run_is_judged_on_the_scale_of_the_gradient_at_initialisation(
+    capsys, monkeypatch, tmp_path
+):
+    """After 1200 epochs of moons the gradient is 1e-7 of its norm at initialisation, and
+    each output delta y_hat - y still rounds on the scale of y: on the trained gradient's
+    own scale rounding alone was 2.7e-8 against rtol 1e-12, so a correct run reported
+    "parity FAILED". Judged on the scale of the gradient at initialisation it passes, and
+    a wrong derivative on the trained network (resumed from its checkpoint, so that the
+    check at initialisation is the correct one) still fails. 32-bit mode, as a user runs it."""
+    import jax.numpy as jnp
+
+    import jaxbp
+
+    args = ["--dataset", "moons", "--out", str(tmp_path), "--quiet"]
+    with x64_off():
+        code, out, err = run_train(capsys, *args, "--epochs", "1200")
+        assert code == 0, err
+        assert out.splitlines()[-1].endswith("parity passed")
+        bad = jaxbp.Activation("tanh", jnp.tanh, lambda z, a: 1 - 0.9 * a * a)  # wrong
+        monkeypatch.setitem(jaxbp.ACTIVATIONS, "tanh", bad)
+        code, out, _ = run_train(capsys, *args, "--epochs", "1201", "--resume")
+    assert code == 1 and out.splitlines()[-1].endswith("parity FAILED")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["parity_max_scaled_err"] > 1e-12

@@ -51,7 +51,7 @@ def _run(job: Job) -> int:
     batch = (job.data.x_train[: s.batch_size], job.data.y_train[: s.batch_size])
     parity_key = jax.random.fold_in(job.key, 2**31 - 1)  # masks of a dropout network
     if job.parity is not None:  # resumed: the figure the uninterrupted run took
-        before = Figure(*(job.parity[name] for name in Figure._fields))
+        before = Figure(**{k: v for k, v in job.parity.items() if k in Figure._fields})
         _say(s, f"parity before training (at initialisation, from the checkpoint): {before}")
     else:
         before = _parity(s, "before", job.params, batch, job.model, parity_key)
@@ -59,7 +59,7 @@ def _run(job: Job) -> int:
     if trained is None:
         return 1
     params, history = trained
-    after = _parity(s, "after", params, batch, job.model, parity_key)
+    after = _parity(s, "after", params, batch, job.model, parity_key, before.grad_norm)
     passed = before.passed and after.passed
     last = history[-1]
     seconds = sum(h["seconds"] for h in history)
@@ -112,13 +112,16 @@ def _run(job: Job) -> int:
 class Figure(NamedTuple):
     """A parity check as the summary and the checkpoints keep it (`runs.schema.PARITY`):
     a run's checkpoints carry the one taken at initialisation, so that a resumed run's
-    summary reports what the uninterrupted run's does (a run resumed from a checkpoint
-    written before they carried it takes its figure where it resumes, and carries that)."""
+    summary reports what the uninterrupted run's does, and judges its trained network on
+    the same scale (a run resumed from a checkpoint written before they carried it takes
+    its figure where it resumes, and carries that; one written before they carried
+    `grad_norm` has 0 there, the trained gradient's own scale)."""
 
     max_rel_err: float
     atol: float
     max_scaled_err: float
     passed: bool
+    grad_norm: float = 0.0  # ||jax.grad|| in float64
 
     @classmethod
     def of(cls, report: Any) -> Figure:
@@ -127,6 +130,7 @@ class Figure(NamedTuple):
             float(report.atol),
             float(report.max_scaled_err),
             bool(report.passed),
+            float(report.grad_norm),
         )
 
     def __str__(self) -> str:
@@ -333,7 +337,13 @@ def _say(settings: Settings, text: str) -> None:
 
 
 def _parity(
-    settings: Settings, when: str, params: Any, batch: tuple, model: jaxbp.Config, key: Any
+    settings: Settings,
+    when: str,
+    params: Any,
+    batch: tuple,
+    model: jaxbp.Config,
+    key: Any,
+    initial: float = 0.0,
 ) -> Any:
     """`manual_grad` vs `jax.grad` on one batch, in float64 (the verdict) and float32.
 
@@ -341,10 +351,13 @@ def _parity(
     sum of nearly cancelling terms (output units with y_hat close to y), whose relative
     rounding error grows past 1e-5 in both paths alike, which says nothing about the math.
     For the same reason a leaf that fails `rtol` on its own norm is judged again on the
-    scale of the whole gradient (`jaxbp.check_parity(..., atol="auto")`, `atol = rtol
-    ||g||`): a wrong derivative is off by that scale and still fails. A network with
-    batch normalisation is judged that way from the start: the bias before each batch
-    norm has an exactly-zero gradient, whose relative error is rounding over rounding.
+    scale of the whole gradient, `atol = rtol max(||g||, initial)`, where `initial` is the
+    norm of the gradient at initialisation (0 for that check itself): trained on, float64
+    meets the same wall, since each output delta y_hat - y rounds on the scale of y however
+    small it gets. A wrong derivative is off on the scale of the gradient it computes,
+    and still fails. A network with batch normalisation is judged on the scale of the
+    whole gradient from the start: the bias before each batch norm has an exactly-zero
+    gradient, whose relative error is rounding over rounding.
     `key` draws a dropout network's masks (the same for both paths).
     Returns the float64 verdict as a `Figure`.
     """
@@ -355,10 +368,13 @@ def _parity(
         y = y if jnp.issubdtype(y.dtype, jnp.integer) else as64(y)
         params64 = jax.tree.map(as64, params)
         report = jaxbp.check_parity(params64, as64(x), y, model, key=key, atol=None)
-        if not report.passed and report.atol == 0:
-            report = jaxbp.check_parity(params64, as64(x), y, model, key=key, atol="auto")
+        scale = max(report.grad_norm, initial)
+        if not report.passed and report.rtol * scale > report.atol:
+            atol = report.rtol * scale
+            report = jaxbp.check_parity(params64, as64(x), y, model, key=key, atol=atol)
+    at = " at initialisation" if initial > report.grad_norm else ""
     atol = (
-        f", atol {report.atol:.1e} = rtol x ||grad||: worst error on that scale "
+        f", atol {report.atol:.1e} = rtol x ||grad{at}||: worst error on that scale "
         f"{report.max_scaled_err:.1e}"
         if report.atol
         else ""

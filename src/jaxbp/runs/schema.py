@@ -224,9 +224,11 @@ PARITY: dict[str, Rule] = {
     "atol": required(NONNEGATIVE),
     "max_scaled_err": required(FIGURE),
     "passed": required(FLAG),
+    "grad_norm": NONNEGATIVE,
 }
 """`manual_grad` against `jax.grad` at initialisation, as a run's checkpoints carry it
-(so that a resumed run reports the figure of the uninterrupted one)."""
+(so that a resumed run reports the figure of the uninterrupted one, and judges its trained
+network on the scale of `grad_norm`, the gradient's norm there)."""
 
 META: dict[str, Rule] = {
     "epoch": required(integer(1)),
