@@ -3,6 +3,9 @@
 - float64 is enabled, so float64 cases are real float64; float32 cases say so.
 - Rank promotion raises: a bias added as `(n,)` to `(batch, n)` without an explicit
   axis is an error here, which catches broadcasting bugs in a handwritten backward pass.
+- float32 matmuls run at full precision ("highest"): on a GPU, JAX's default computes
+  float32 products with TF32 (about 1e-3 relative), which would drown float32 parity at
+  1e-5 in the products' own error. No effect on a CPU, whose float32 products are full.
 - Warnings are errors (pyproject.toml), deprecated JAX APIs included.
 - One persistent compilation cache for the suite (`pytest_configure`): a program compiled
   by one test, one xdist worker or one subprocess is loaded by the others that need it,
@@ -35,6 +38,7 @@ from jaxbp._files.checkpoint import MAGIC
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_default_matmul_precision", "highest")
 
 XLA_CACHE = {
     "JAX_COMPILATION_CACHE_DIR": None,  # the suite's folder (_cache_folder)
