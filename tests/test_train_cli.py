@@ -239,12 +239,14 @@ def test_a_long_trained_run_is_judged_on_the_scale_of_the_gradient_at_initialisa
     """After 1200 epochs of moons the gradient is 1e-7 of its norm at initialisation, and
     each output delta y_hat - y still rounds on the scale of y: on the trained gradient's
     own scale rounding alone was 2.7e-8 against rtol 1e-12, so a correct run reported
-    "parity FAILED". On the scale of the gradient at initialisation it passes. 32-bit
-    mode, as a user runs it."""
+    "parity FAILED". On the scale of the gradient at initialisation it passes, and says
+    so. 32-bit mode, as a user runs it."""
     with x64_off():
-        code, out, err = run_train(capsys, *run, "--epochs", str(epochs), "--quiet")
+        code, out, err = run_train(capsys, *run, "--epochs", str(epochs))
     assert code == 0, err
     assert out.splitlines()[-1].endswith("parity passed")
+    after = next(line for line in out.splitlines() if line.startswith("parity after training"))
+    assert "= rtol x ||grad at initialisation||: worst error on that scale" in after
 
 
 def test_a_wrong_derivative_still_fails_after_training(capsys, monkeypatch, tmp_path):

@@ -189,8 +189,9 @@ class ParityReport:
             "derivative: look at the backward of the layer (or the delta of the loss, the "
             "derivative of the activation) that the leaf belongs to. Unless the network is "
             "well trained: its gradient is then a difference of nearly equal terms (y_hat "
-            "close to y), far smaller than their rounding; judge it on the scale of the "
-            "gradient at initialisation, atol = rtol * report0.grad_norm, as jaxbp train does."
+            "close to y), whose rounding alone can exceed rtol on its scale; judge it on the "
+            "scale of the gradient at initialisation, atol = rtol * report0.grad_norm (report0 "
+            "a check there), as jaxbp train does."
         )
 
 
@@ -267,10 +268,9 @@ def check_parity(
     Train on, and float64 meets the same wall: each output delta `y_hat - y` rounds on the
     scale of `y` however small it gets (`jaxbp train` on moons: after 600 epochs the
     gradient is 5e-5 of its norm at initialisation, and rounding 31 times `rtol` on its
-    scale). Judge a trained network on the scale of the
-    gradient at initialisation, `atol = rtol * report0.grad_norm` (`report0` a check there),
-    as `jaxbp train` does; a wrong derivative is still off on the trained gradient's scale,
-    far above that.
+    scale). Judge a trained network on the scale of the gradient at initialisation, `atol
+    = rtol * report0.grad_norm` (`report0` a check there), as `jaxbp train` does; a wrong
+    derivative is still off on the trained gradient's scale, far above that.
     Both gradients are computed with `jax.default_matmul_precision("highest")`, so that
     an accelerator's reduced-precision float32 matmuls do not blur the comparison.
     """

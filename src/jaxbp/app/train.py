@@ -368,13 +368,13 @@ def _parity(
         y = y if jnp.issubdtype(y.dtype, jnp.integer) else as64(y)
         params64 = jax.tree.map(as64, params)
         report = jaxbp.check_parity(params64, as64(x), y, model, key=key, atol=None)
-        scale = max(report.grad_norm, initial)
+        scale, on = max(report.grad_norm, initial), "||grad||"
         if not report.passed and report.rtol * scale > report.atol:
             atol = report.rtol * scale
             report = jaxbp.check_parity(params64, as64(x), y, model, key=key, atol=atol)
-    at = " at initialisation" if initial > report.grad_norm else ""
+            on = "||grad at initialisation||" if initial > report.grad_norm else on
     atol = (
-        f", atol {report.atol:.1e} = rtol x ||grad{at}||: worst error on that scale "
+        f", atol {report.atol:.1e} = rtol x {on}: worst error on that scale "
         f"{report.max_scaled_err:.1e}"
         if report.atol
         else ""
