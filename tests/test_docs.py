@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import jaxbp
-from conftest import FAST_COMPILE, XLA_CACHE
+from conftest import XLA_CACHE
 
 ROOT = Path(__file__).parent.parent
 API = ROOT / "docs" / "api"
@@ -62,12 +62,11 @@ for line, code in blocks:
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=page_id)
 def test_the_python_blocks_of_a_page_run_in_order(page, tmp_path):
     """A page's blocks in order, in one fresh interpreter with JAX's default settings
-    (not this suite's strict ones; the suite's compilation cache alone is shared) and
-    warnings as errors, in an empty folder."""
+    (not this suite's strict ones; only its compilation cache and `FAST_COMPILE` are
+    shared) and warnings as errors, in an empty folder."""
     spec = tmp_path / "blocks.json"
     spec.write_text(json.dumps([str(page), python_blocks(page)]))
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_") or k in XLA_CACHE}
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     work = tmp_path / "work"
     work.mkdir()
