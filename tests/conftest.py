@@ -198,12 +198,10 @@ def archive(leaves, meta, **entries):
 EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 
 
-def fast_compile_env(xla_flags=None):
-    """The environment for a fresh interpreter: this process's, whose `XLA_FLAGS` start
-    with `FAST_COMPILE` (`pytest_configure`), or with `XLA_FLAGS` set to `FAST_COMPILE`
-    then `xla_flags`."""
-    if xla_flags is None:
-        return dict(os.environ)
+def fast_compile_env(xla_flags):
+    """The environment for a fresh interpreter whose `XLA_FLAGS` are `FAST_COMPILE` then
+    `xla_flags` in place of this process's (a subprocess that is given no environment
+    inherits this process's, which start with `FAST_COMPILE`: `pytest_configure`)."""
     return {**os.environ, "XLA_FLAGS": with_fast_compile(xla_flags)}
 
 
@@ -215,7 +213,6 @@ def run_script(name, *args, timeout=300, progress=""):
         [sys.executable, str(EXPERIMENTS / f"{name}.py"), *args],
         capture_output=True,
         text=True,
-        env=fast_compile_env(),
         timeout=timeout,
         check=False,
     )

@@ -7,7 +7,6 @@ import sys
 import jax.numpy as jnp
 
 import jaxbp
-from conftest import fast_compile_env
 from jaxbp.app import check_table
 from jaxbp.app.cli import main
 
@@ -63,7 +62,6 @@ def test_console_script_table():
         [sys.executable, "-m", "jaxbp.app.cli", "check", "--depths", "1", "--dtypes", "float32"],
         capture_output=True,
         text=True,
-        env=fast_compile_env(),
         check=False,
     )
     assert result.returncode == 0, result.stderr
