@@ -14,12 +14,13 @@
   is emptied when it outgrows `XLA_CACHE_MAX_BYTES`); with `-p no:cacheprovider`, in a
   temporary folder removed at the session's end. JAX keys each entry by the program, the
   jax and jaxlib versions, the XLA flags and the device: an entry is never stale.
-- XLA compiles for compile speed (`FAST_COMPILE`, in this process and every subprocess):
-  the suite's programs are small and run a few times, so LLVM's optimisations cost more
-  than they save (a first run: 10 min 46 s against 12 min 47 s; a later one the same).
-  Every verdict holds at both levels; flags of your own in `XLA_FLAGS` come after these
-  and win: `XLA_FLAGS="--xla_backend_optimization_level=3
-  --xla_llvm_disable_expensive_passes=false"` runs it on the machine code a user's run gets.
+- XLA compiles for compile speed (`FAST_COMPILE`, and `OLDER_EMITTERS` where this XLA
+  has them; in this process and every subprocess): the suite's programs are small and run
+  a few times, so LLVM's optimisations and the MLIR fusion emitters cost more than they
+  save (see docs/performance.md). Every verdict holds either way; flags of your own in
+  `XLA_FLAGS` come after these and win: `XLA_FLAGS="--xla_backend_optimization_level=3
+  --xla_llvm_disable_expensive_passes=false --xla_cpu_use_fusion_emitters=true"` runs it
+  on the machine code a user's run gets.
 """
 
 import contextlib
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 import pytest
 
@@ -58,11 +60,35 @@ subprocess (an experiment, `jaxbp train`) inherit it; nothing reaches a user's c
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 """XLA flags that trade run-time speed for compile speed, which is what the suite's small
 programs spend their time on (see the module's docstring)."""
+OLDER_EMITTERS = "--xla_cpu_use_fusion_emitters=false"
+"""XLA:CPU's elemental emitters instead of its MLIR fusion emitters: a small program
+compiles in about half the time (`a + 1`: 12 ms against 25 ms). XLA is retiring them
+(openxla/xla#48001) and aborts on a flag it does not know, so the suite takes this one
+only where this jaxlib accepts it (`_xla_accepts`)."""
+_SUITE_FLAGS = "JAXBP_TESTS_XLA_FLAGS"
+"""The environment variable through which the controller hands its resolved flags
+(`FAST_COMPILE`, with `OLDER_EMITTERS` where accepted) to the workers and subprocesses."""
+
+
+def _xla_accepts(flag, config):
+    """Whether this jaxlib's XLA starts with `flag`: asked of a fresh interpreter once per
+    jaxlib version (an unknown flag aborts the process), the answer kept in pytest's cache."""
+    key = f"jaxbp/xla-accepts/{jaxlib.__version__}/{flag}"
+    cache = getattr(config, "cache", None)
+    accepted = None if cache is None else cache.get(key, None)
+    if accepted is None:
+        env = {**os.environ, "XLA_FLAGS": flag, "JAX_PLATFORMS": "cpu"}
+        probe = [sys.executable, "-c", "import jax; jax.devices()"]
+        accepted = subprocess.run(probe, env=env, capture_output=True, timeout=300).returncode == 0
+        if cache is not None:
+            cache.set(key, accepted)
+    return accepted
 
 
 def with_fast_compile(xla_flags):
-    """`FAST_COMPILE` then `xla_flags`: XLA takes a flag's last value, so the caller's win."""
-    return f"{FAST_COMPILE} {xla_flags}".strip()
+    """The suite's flags (`FAST_COMPILE`, and `OLDER_EMITTERS` where accepted) then
+    `xla_flags`: XLA takes a flag's last value, so the caller's win."""
+    return f"{os.environ[_SUITE_FLAGS]} {xla_flags}".strip()
 
 
 XLA_CACHE_MAX_BYTES = 1 << 30
@@ -88,6 +114,10 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller, or a run without xdist
         folder = _cache_folder(config)
         os.environ.update({name: value or folder for name, value in XLA_CACHE.items()})
+        flags = FAST_COMPILE
+        if _xla_accepts(OLDER_EMITTERS, config):
+            flags = f"{flags} {OLDER_EMITTERS}"
+        os.environ[_SUITE_FLAGS] = flags
         # Before any backend starts (jax reads XLA_FLAGS then); the workers inherit it.
         os.environ["XLA_FLAGS"] = with_fast_compile(os.environ.get("XLA_FLAGS", ""))
     # Two workers may meet at one entry, one reading it while the other writes it: jax
@@ -199,15 +229,15 @@ EXPERIMENTS = Path(__file__).parent.parent / "experiments"
 
 
 def fast_compile_env(xla_flags):
-    """The environment for a fresh interpreter whose `XLA_FLAGS` are `FAST_COMPILE` then
+    """The environment for a fresh interpreter whose `XLA_FLAGS` are the suite's then
     `xla_flags` in place of this process's (a subprocess that is given no environment
-    inherits this process's, which start with `FAST_COMPILE`: `pytest_configure`)."""
+    inherits this process's, which start with the suite's: `pytest_configure`)."""
     return {**os.environ, "XLA_FLAGS": with_fast_compile(xla_flags)}
 
 
 def run_script(name, *args, timeout=300, progress=""):
     """`python experiments/NAME.py ARGS` in a fresh interpreter, as a user runs it (with
-    `FAST_COMPILE`): it must exit 0 and report its progress on stderr (containing
+    the suite's XLA flags): it must exit 0 and report its progress on stderr (containing
     `progress`). Returns the `subprocess.CompletedProcess`."""
     result = subprocess.run(
         [sys.executable, str(EXPERIMENTS / f"{name}.py"), *args],

@@ -62,7 +62,7 @@ for line, code in blocks:
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=page_id)
 def test_the_python_blocks_of_a_page_run_in_order(page, tmp_path):
     """A page's blocks in order, in one fresh interpreter with JAX's default settings
-    (not this suite's strict ones; only its compilation cache and `FAST_COMPILE` are
+    (not this suite's strict ones; only its compilation cache and XLA flags are
     shared) and warnings as errors, in an empty folder."""
     spec = tmp_path / "blocks.json"
     spec.write_text(json.dumps([str(page), python_blocks(page)]))

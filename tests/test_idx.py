@@ -85,6 +85,10 @@ def damaged(tmp_path):
             bytes([0, 0, 0x08, 3]) + struct.pack(">3I", 2**31, 2**31, 2**31),
             "over the 17,179,869,184-byte limit",
         ),
+        "huge-header-with-a-zero": (  # no values, yet a shape numpy refuses (found by fuzzing)
+            bytes([0, 0, 0x0B, 4]) + struct.pack(">4I", 0, 46534, 374120, 66224461),
+            "over the 17,179,869,184-byte limit",
+        ),
         "truncated-gzip": (gzip.compress(good)[:-20], "gzip stream is truncated or damaged"),
         "labels-as-images": (idx_bytes(labels), "looks like a labels file"),
     }
@@ -98,6 +102,7 @@ def damaged(tmp_path):
         "bad-type-byte",
         "empty",
         "huge-header",
+        "huge-header-with-a-zero",
         "truncated-gzip",
         "labels-as-images",
     ],

@@ -80,10 +80,14 @@ def read_idx(path: str | Path) -> np.ndarray:
                     f"among {[hex(t) for t in TYPES]} and the number of dimensions)."
                 )
             dtype, shape = header
-            want = math.prod(shape) * np.dtype(dtype).itemsize
-            if want > MAX_BYTES:
+            itemsize = np.dtype(dtype).itemsize
+            want = math.prod(shape) * itemsize
+            # What numpy bounds a shape by, a zero dimension or not; `want` if there is none.
+            span = math.prod(d for d in shape if d) * itemsize
+            if span > MAX_BYTES:
+                size = f"{want:,} bytes" if span == want else f"{span:,} bytes but for its 0"
                 raise ValueError(
-                    f"{path}: the IDX header promises {shape} values ({want:,} bytes), over "
+                    f"{path}: the IDX header promises {shape} values ({size}), over "
                     f"the {MAX_BYTES:,}-byte limit; the header is damaged."
                 )
             data = f.read(want + 1)
