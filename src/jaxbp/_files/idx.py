@@ -85,7 +85,11 @@ def read_idx(path: str | Path) -> np.ndarray:
             # What numpy bounds a shape by, a zero dimension or not; `want` if there is none.
             span = math.prod(d for d in shape if d) * itemsize
             if span > MAX_BYTES:
-                size = f"{want:,} bytes" if span == want else f"{span:,} bytes but for its 0"
+                size = (
+                    f"{want:,} bytes"
+                    if span == want
+                    else f"no values, yet {span:,} bytes over its nonzero dimensions"
+                )
                 raise ValueError(
                     f"{path}: the IDX header promises {shape} values ({size}), over "
                     f"the {MAX_BYTES:,}-byte limit; the header is damaged."
